@@ -1,0 +1,13 @@
+//! The cairn node profile, schema 1.
+//!
+//! One TOML document describes a node. This crate turns it into a checked [`Profile`], or a [`Diagnostic`] that
+//! names the file, line, column and key at fault. It has no async and no network dependencies: the builder and
+//! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands.
+
+mod diagnostic;
+mod model;
+pub mod reference;
+
+pub use diagnostic::{Diagnostic, Error};
+pub use model::{Arch, FileContent, FileEntry, Format, Profile, Rock, SCHEMA, reserved_path};
+pub use reference::{Digest, Reference, ReferenceError};

@@ -1,0 +1,549 @@
+//! The profile's keys (the contract) and their checks.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::diagnostic::{Diagnostic, Error};
+use crate::reference::Reference;
+
+/// The schema this crate reads.
+pub const SCHEMA: i64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// The OCI platform architecture name.
+    pub fn oci(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    Tar,
+}
+
+impl Format {
+    pub const ALL: &[(&str, Format)] = &[("tar", Format::Tar)];
+
+    pub fn parse(name: &str) -> Option<Format> {
+        Format::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tar => "tar",
+        }
+    }
+
+    pub fn names() -> String {
+        Format::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A rock named by the profile, with the text it was written as.
+#[derive(Debug, Clone)]
+pub struct Rock {
+    pub reference: Reference,
+    /// The key path (`base.rock`, `layer[0].rock`), for messages.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContent {
+    Inline(String),
+    /// An absolute path inside the profile's folder (checked when the profile was loaded).
+    Source(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    /// Absolute and normal: `/etc/motd`.
+    pub path: String,
+    pub content: FileContent,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A checked profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub file: PathBuf,
+    /// The document as read: its sha256 goes into the build report, its bytes into the image.
+    pub text: String,
+    pub name: String,
+    pub version: String,
+    pub arch: Arch,
+    pub base: Rock,
+    pub layers: Vec<Rock>,
+    pub files: Vec<FileEntry>,
+    pub formats: Vec<Format>,
+}
+
+impl Profile {
+    /// Reads and checks a profile file.
+    pub fn load(file: &Path) -> Result<Profile, Error> {
+        let bytes = std::fs::read(file).map_err(|source| Error::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let offset = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            Diagnostic::at(
+                file,
+                &text,
+                Some(offset..offset),
+                "",
+                "the profile is not UTF-8 text".into(),
+            )
+        })?;
+        Profile::parse(file, text)
+    }
+
+    /// Checks a profile held in memory; `file` names it in messages and anchors `source` paths.
+    pub fn parse(file: &Path, text: String) -> Result<Profile, Error> {
+        let raw = deserialize(file, &text)?;
+        Checker { file, text: &text }.check(raw).map(|mut p| {
+            p.text = text.clone();
+            p
+        })
+    }
+
+    /// Every rock, the base first, then the layers in order.
+    pub fn rocks(&self) -> impl Iterator<Item = &Rock> {
+        std::iter::once(&self.base).chain(self.layers.iter())
+    }
+}
+
+/// Paths the builder writes itself: a `[[file]]` may not claim them.
+pub fn reserved_path(path: &str) -> bool {
+    path == "/usr/lib/cairn"
+        || path.starts_with("/usr/lib/cairn/")
+        || (path.starts_with("/usr/lib/systemd/system/cairn-") && !path[24..].contains('/'))
+        || path.starts_with("/usr/lib/systemd/system/multi-user.target.wants/cairn-")
+        || path.starts_with("/usr/lib/systemd/system/sysinit.target.wants/cairn-")
+        || path.starts_with("/usr/lib/systemd/system/network-online.target.wants/cairn-")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    schema: Spanned<i64>,
+    name: Spanned<String>,
+    version: Spanned<String>,
+    arch: Spanned<String>,
+    base: RawRock,
+    #[serde(default)]
+    layer: Vec<RawRock>,
+    #[serde(default)]
+    file: Vec<RawFile>,
+    image: Option<RawImage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRock {
+    rock: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: Spanned<String>,
+    content: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    formats: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+fn deserialize(file: &Path, text: &str) -> Result<RawProfile, Diagnostic> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| {
+        let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+        Diagnostic::at(
+            file,
+            text,
+            e.span(),
+            &key,
+            e.message().trim_end().to_string(),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let key = if key == "." { String::new() } else { key };
+        let inner = e.into_inner();
+        // Inside arrays of tables the path can come back empty: read the key off the document instead.
+        let key = if key.is_empty() {
+            inner
+                .span()
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_default()
+        } else {
+            key
+        };
+        Diagnostic::at(
+            file,
+            text,
+            inner.span(),
+            &key,
+            inner.message().trim_end().to_string(),
+        )
+    })
+}
+
+/// The dotted key of the `key = value` line holding `offset`, under its nearest `[table]` or `[[array]]` header.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let key = key.trim();
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    match header {
+        None => key.to_string(),
+        Some(h) => {
+            let array = h.starts_with("[[");
+            let name = h.trim_matches(|c| c == '[' || c == ']').trim();
+            if array {
+                let index = text[..line_start]
+                    .lines()
+                    .filter(|l| {
+                        l.trim()
+                            .trim_start_matches("[[")
+                            .trim_end_matches("]]")
+                            .trim()
+                            == name
+                            && l.trim().starts_with("[[")
+                    })
+                    .count()
+                    .saturating_sub(1);
+                format!("{name}[{index}].{key}")
+            } else {
+                format!("{name}.{key}")
+            }
+        }
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, Error> {
+        Err(Diagnostic::at(self.file, self.text, Some(span), key, message.into()).into())
+    }
+
+    fn check(&self, raw: RawProfile) -> Result<Profile, Error> {
+        if *raw.schema.get_ref() != SCHEMA {
+            return self.err(
+                raw.schema.span(),
+                "schema",
+                format!(
+                    "unsupported schema {}: this cairn reads schema {SCHEMA}",
+                    raw.schema.get_ref()
+                ),
+            );
+        }
+        let name = raw.name.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !name_ok {
+            return self.err(
+                raw.name.span(),
+                "name",
+                format!("`{name}` is not a valid name: 1 to 63 of a-z, 0-9 and -, not starting or ending with -"),
+            );
+        }
+        let version = raw.version.get_ref();
+        if version.is_empty() || version.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return self.err(
+                raw.version.span(),
+                "version",
+                "the version must be a non-empty string without spaces",
+            );
+        }
+        let arch = match raw.arch.get_ref().as_str() {
+            "amd64" => Arch::Amd64,
+            "arm64" => Arch::Arm64,
+            other => {
+                return self.err(
+                    raw.arch.span(),
+                    "arch",
+                    format!("unknown arch `{other}`: expected amd64 or arm64"),
+                );
+            }
+        };
+        let base = self.rock(&raw.base.rock, "base.rock")?;
+        let layers = raw
+            .layer
+            .iter()
+            .enumerate()
+            .map(|(i, l)| self.rock(&l.rock, &format!("layer[{i}].rock")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = BTreeSet::new();
+        let mut files = Vec::with_capacity(raw.file.len());
+        for (i, f) in raw.file.into_iter().enumerate() {
+            let entry = self.file_entry(f, i)?;
+            if !seen.insert(entry.path.clone()) {
+                let span = self.text.find(&entry.path).unwrap_or(0);
+                return self.err(
+                    span..span,
+                    &format!("file[{i}].path"),
+                    format!("`{}` is written twice", entry.path),
+                );
+            }
+            files.push(entry);
+        }
+        let formats = match raw.image.and_then(|i| i.formats) {
+            None => vec![Format::Tar],
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return self.err(
+                        list.span(),
+                        "image.formats",
+                        "at least one format is needed",
+                    );
+                }
+                let mut formats = Vec::new();
+                for (i, f) in list.get_ref().iter().enumerate() {
+                    let Some(format) = Format::parse(f.get_ref()) else {
+                        return self.err(
+                            f.span(),
+                            &format!("image.formats[{i}]"),
+                            format!(
+                                "unknown format `{}`: this cairn writes {}",
+                                f.get_ref(),
+                                Format::names()
+                            ),
+                        );
+                    };
+                    if !formats.contains(&format) {
+                        formats.push(format);
+                    }
+                }
+                formats
+            }
+        };
+        Ok(Profile {
+            file: self.file.to_path_buf(),
+            text: String::new(),
+            name: name.clone(),
+            version: version.clone(),
+            arch,
+            base,
+            layers,
+            files,
+            formats,
+        })
+    }
+
+    fn rock(&self, text: &Spanned<String>, key: &str) -> Result<Rock, Error> {
+        match Reference::parse(text.get_ref()) {
+            Ok(reference) => Ok(Rock {
+                reference,
+                key: key.to_string(),
+            }),
+            Err(e) => self.err(text.span(), key, e.to_string()),
+        }
+    }
+
+    fn file_entry(&self, f: RawFile, i: usize) -> Result<FileEntry, Error> {
+        let key = |k: &str| format!("file[{i}].{k}");
+        let path = f.path.get_ref();
+        if let Err(why) = check_image_path(path) {
+            return self.err(f.path.span(), &key("path"), format!("`{path}`: {why}"));
+        }
+        if reserved_path(path) {
+            return self.err(
+                f.path.span(),
+                &key("path"),
+                format!("`{path}` is written by cairn itself"),
+            );
+        }
+        let content = match (f.content, f.source) {
+            (Some(c), None) => FileContent::Inline(c.into_inner()),
+            (None, Some(s)) => FileContent::Source(self.source(&s, &key("source"))?),
+            (Some(_), Some(s)) => {
+                return self.err(
+                    s.span(),
+                    &key("source"),
+                    "give either content or source, not both",
+                );
+            }
+            (None, None) => {
+                return self.err(
+                    f.path.span(),
+                    &key("path"),
+                    "the file needs content or source",
+                );
+            }
+        };
+        let mode = match &f.mode {
+            None => 0o644,
+            Some(m) => {
+                match parse_mode(m.get_ref()) {
+                    Some(mode) => mode,
+                    None => {
+                        return self.err(
+                        m.span(),
+                        &key("mode"),
+                        format!("`{}` is not a file mode: octal digits such as \"0644\", at most 07777", m.get_ref()),
+                    );
+                    }
+                }
+            }
+        };
+        let (uid, gid) = match &f.owner {
+            None => (0, 0),
+            Some(o) => match o
+                .get_ref()
+                .split_once(':')
+                .map(|(u, g)| (u.parse::<u32>(), g.parse::<u32>()))
+            {
+                Some((Ok(u), Ok(g))) => (u, g),
+                _ => {
+                    return self.err(
+                        o.span(),
+                        &key("owner"),
+                        format!(
+                            "`{}` is not an owner: numeric \"UID:GID\" such as \"0:0\"",
+                            o.get_ref()
+                        ),
+                    );
+                }
+            },
+        };
+        Ok(FileEntry {
+            path: path.clone(),
+            content,
+            mode,
+            uid,
+            gid,
+        })
+    }
+
+    /// A `source` is relative to the profile's folder and must stay inside it, symlinks resolved.
+    fn source(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, Error> {
+        let rel = Path::new(s.get_ref());
+        let lexical_ok = !rel.as_os_str().is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let dir = self
+            .file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !lexical_ok {
+            return self.err(
+                s.span(),
+                key,
+                format!(
+                    "`{}` is outside the profile's folder: give a path relative to it, without ..",
+                    s.get_ref()
+                ),
+            );
+        }
+        let joined = dir.join(rel);
+        let (Ok(real_dir), Ok(real)) = (dir.canonicalize(), joined.canonicalize()) else {
+            return self.err(
+                s.span(),
+                key,
+                format!("`{}` not found beside the profile", s.get_ref()),
+            );
+        };
+        if !real.starts_with(&real_dir) {
+            return self.err(
+                s.span(),
+                key,
+                format!(
+                    "`{}` is outside the profile's folder (it resolves to {})",
+                    s.get_ref(),
+                    real.display()
+                ),
+            );
+        }
+        if !real.is_file() {
+            return self.err(
+                s.span(),
+                key,
+                format!("`{}` is not a regular file", s.get_ref()),
+            );
+        }
+        Ok(real)
+    }
+}
+
+fn check_image_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("not an absolute path");
+    }
+    if path == "/" || path.ends_with('/') {
+        return Err("a file path cannot end with /");
+    }
+    if path.contains('\0') {
+        return Err("a path cannot hold a NUL byte");
+    }
+    if path[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("not a normal path (empty, . or .. components)");
+    }
+    Ok(())
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+use super::*;
+
+const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn good() -> String {
+    format!(
+        r#"schema = 1
+name = "edge-worker"
+version = "1.0.0"
+arch = "amd64"
+
+[base]
+rock = "localhost:5000/cairn/node-base:bookworm@{D}"
+
+[[layer]]
+rock = "localhost:5000/cairn/extra@{D}"
+
+[[file]]
+path = "/etc/motd"
+content = "hi\n"
+mode = "0640"
+owner = "0:4"
+
+[image]
+formats = ["tar"]
+"#
+    )
+}
+
+fn parse(text: &str) -> Result<Profile, Error> {
+    Profile::parse(Path::new("p.toml"), text.to_string())
+}
+
+/// Parses and expects a diagnostic; returns (line, column, key, message).
+fn fail(text: &str) -> (usize, usize, String, String) {
+    match parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(Error::Invalid(d)) => (d.line, d.column, d.key.clone(), d.message.clone()),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn accepts_the_contract() {
+    let p = parse(&good()).unwrap();
+    assert_eq!(p.name, "edge-worker");
+    assert_eq!(p.arch, Arch::Amd64);
+    assert_eq!(p.base.reference.repository, "cairn/node-base");
+    assert_eq!(p.layers.len(), 1);
+    assert_eq!(p.layers[0].key, "layer[0].rock");
+    assert_eq!(p.files[0].mode, 0o640);
+    assert_eq!((p.files[0].uid, p.files[0].gid), (0, 4));
+    assert_eq!(p.files[0].content, FileContent::Inline("hi\n".into()));
+    assert_eq!(p.formats, vec![Format::Tar]);
+    assert_eq!(p.text, good());
+}
+
+#[test]
+fn defaults() {
+    let text = format!(
+        "schema = 1\nname = \"n\"\nversion = \"1\"\narch = \"arm64\"\n[base]\nrock = \"r.io/a@{D}\"\n[[file]]\npath = \"/a\"\ncontent = \"\"\n"
+    );
+    let p = parse(&text).unwrap();
+    assert_eq!(p.arch, Arch::Arm64);
+    assert_eq!(p.formats, vec![Format::Tar]);
+    assert_eq!(
+        (p.files[0].mode, p.files[0].uid, p.files[0].gid),
+        (0o644, 0, 0)
+    );
+}
+
+#[test]
+fn unknown_key_is_named_at_its_position() {
+    let text = good().replace("[image]\n", "[image]\ncolour = \"red\"\n");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col), (19, 1));
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+    assert_eq!(key, "image.colour");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let text = good().replace(
+        "arch = \"amd64\"\n",
+        "arch = \"amd64\"\nkubernetes-version = 1\n",
+    );
+    let (line, col, _key, msg) = fail(&text);
+    assert_eq!((line, col), (5, 1));
+    assert!(msg.contains("unknown field `kubernetes-version`"), "{msg}");
+}
+
+#[test]
+fn wrong_type_names_key_and_value_position() {
+    let text = good().replace("schema = 1", "schema = \"1\"");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col, key.as_str()), (1, 10, "schema"));
+    assert!(
+        msg.contains("invalid type: string \"1\", expected i64"),
+        "{msg}"
+    );
+
+    let text = good().replace("mode = \"0640\"", "mode = 0640");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col, key.as_str()), (15, 8, "file[0].mode"));
+    assert!(!msg.is_empty());
+
+    let text = good().replace("mode = \"0640\"", "mode = 640");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col, key.as_str()), (15, 8, "file[0].mode"));
+    assert!(
+        msg.contains("invalid type: integer `640`, expected a string"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn syntax_error_position() {
+    let text = good().replace("version = \"1.0.0\"", "version = \"1.0.0");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!(line, 3);
+    assert!(col > 10, "{col}");
+    assert_eq!(key, "version");
+    assert!(!msg.is_empty());
+}
+
+#[test]
+fn missing_key() {
+    let text = good().replace("version = \"1.0.0\"\n", "");
+    let (line, _, _, msg) = fail(&text);
+    assert_eq!(line, 1);
+    assert!(msg.contains("missing field `version`"), "{msg}");
+}
+
+#[test]
+fn tag_alone_says_pin_it() {
+    let text = good().replace(&format!("cairn/extra@{D}"), "cairn/extra:1.0");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col, key.as_str()), (10, 8, "layer[0].rock"));
+    assert!(msg.contains("pin it: cairn pin"), "{msg}");
+}
+
+#[test]
+fn malformed_digest() {
+    let text = good().replace(&format!("bookworm@{D}"), "bookworm@sha256:1234");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col, key.as_str()), (7, 8, "base.rock"));
+    assert!(msg.starts_with("malformed digest `sha256:1234`"), "{msg}");
+}
+
+#[test]
+fn relative_file_path() {
+    let text = good().replace("path = \"/etc/motd\"", "path = \"etc/motd\"");
+    let (line, col, key, msg) = fail(&text);
+    assert_eq!((line, col, key.as_str()), (13, 8, "file[0].path"));
+    assert_eq!(msg, "`etc/motd`: not an absolute path");
+
+    let text = good().replace("path = \"/etc/motd\"", "path = \"/etc/../motd\"");
+    let (_, _, _, msg) = fail(&text);
+    assert!(msg.contains("not a normal path"), "{msg}");
+}
+
+#[test]
+fn reserved_paths_are_refused() {
+    let text = good().replace(
+        "path = \"/etc/motd\"",
+        "path = \"/usr/lib/cairn/profile.toml\"",
+    );
+    let (line, _, _, msg) = fail(&text);
+    assert_eq!(line, 13);
+    assert!(msg.contains("written by cairn itself"), "{msg}");
+}
+
+#[test]
+fn bad_mode_and_owner() {
+    let (line, col, key, msg) = fail(&good().replace("\"0640\"", "\"0998\""));
+    assert_eq!((line, col, key.as_str()), (15, 8, "file[0].mode"));
+    assert!(msg.contains("not a file mode"), "{msg}");
+    let (line, col, key, msg) = fail(&good().replace("\"0:4\"", "\"root:root\""));
+    assert_eq!((line, col, key.as_str()), (16, 9, "file[0].owner"));
+    assert!(msg.contains("numeric \"UID:GID\""), "{msg}");
+}
+
+#[test]
+fn content_or_source() {
+    let text = good().replace("content = \"hi\\n\"\n", "");
+    let (line, _, key, msg) = fail(&text);
+    assert_eq!((line, key.as_str()), (13, "file[0].path"));
+    assert_eq!(msg, "the file needs content or source");
+}
+
+#[test]
+fn duplicate_file_paths() {
+    let text = format!(
+        "{}\n[[file]]\npath = \"/etc/motd\"\ncontent = \"x\"\n",
+        good()
+    );
+    let (_, _, key, msg) = fail(&text);
+    assert_eq!(key, "file[1].path");
+    assert!(msg.contains("written twice"), "{msg}");
+}
+
+#[test]
+fn unknown_arch_and_format_and_name() {
+    let (line, col, key, msg) = fail(&good().replace("\"amd64\"", "\"riscv64\""));
+    assert_eq!((line, col, key.as_str()), (4, 8, "arch"));
+    assert_eq!(msg, "unknown arch `riscv64`: expected amd64 or arm64");
+    let (line, col, key, msg) = fail(&good().replace("[\"tar\"]", "[\"tar\", \"vhd\"]"));
+    assert_eq!((line, col, key.as_str()), (19, 19, "image.formats[1]"));
+    assert!(msg.starts_with("unknown format `vhd`"), "{msg}");
+    let (line, col, key, msg) = fail(&good().replace("\"edge-worker\"", "\"Edge_Worker\""));
+    assert_eq!((line, col, key.as_str()), (2, 8, "name"));
+    assert!(msg.contains("not a valid name"), "{msg}");
+    let (line, _, key, msg) = fail(&good().replace("schema = 1", "schema = 2"));
+    assert_eq!((line, key.as_str()), (1, "schema"));
+    assert!(msg.contains("unsupported schema 2"), "{msg}");
+}
+
+#[test]
+fn sources_stay_in_the_profile_folder() {
+    let root = std::env::temp_dir().join(format!("cairn-profile-test-{}", std::process::id()));
+    let dir = root.join("profile");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(root.join("secret"), "outside").unwrap();
+    std::fs::write(dir.join("motd"), "inside").unwrap();
+    std::os::unix::fs::symlink("../secret", dir.join("sneaky")).unwrap();
+    let file = dir.join("p.toml");
+    let with_source = |s: &str| good().replace("content = \"hi\\n\"", &format!("source = \"{s}\""));
+
+    let p = Profile::parse(&file, with_source("motd")).unwrap();
+    assert_eq!(
+        p.files[0].content,
+        FileContent::Source(dir.join("motd").canonicalize().unwrap())
+    );
+
+    for (source, expect) in [
+        ("../secret", "is outside the profile's folder"),
+        ("/etc/passwd", "is outside the profile's folder"),
+        ("sneaky", "is outside the profile's folder (it resolves to"),
+        ("missing", "not found beside the profile"),
+    ] {
+        match Profile::parse(&file, with_source(source)) {
+            Err(Error::Invalid(d)) => {
+                assert_eq!(
+                    (d.line, d.column, d.key.as_str()),
+                    (14, 10, "file[0].source"),
+                    "{source}"
+                );
+                assert!(d.message.contains(expect), "{source}: {}", d.message);
+            }
+            other => panic!("{source}: {other:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn display_has_file_line_column_key() {
+    let e = parse(&good().replace("\"amd64\"", "\"x\"")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "p.toml:4:8: `arch`: unknown arch `x`: expected amd64 or arm64"
+    );
+}
