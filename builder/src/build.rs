@@ -1,0 +1,275 @@
+//! `cairn build`: profile → resolve → pull → assemble → filesystem → report.
+//!
+//! Everything that can be checked before any work is checked first (profile, options, agent), so bad input
+//! writes nothing. Outputs are written to temp files in the output folder and renamed into place at the end.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_profile::{Digest, Format, Profile};
+use sha2::{Digest as _, Sha256};
+use tokio::task::JoinSet;
+use tracing::info;
+
+use crate::assemble::{self, Merged, layer::Unpacked};
+use crate::cache::Cache;
+use crate::registry::Registry;
+use crate::report::{LayerReport, Output, ProfileRef, Report, RockReport};
+use crate::resolve::{self, Layer, LazyRegistry, ResolvedRock};
+use crate::{agent, files, filesystem, pull};
+
+/// The epoch used when `SOURCE_DATE_EPOCH` is not set: never the wall clock.
+pub const DEFAULT_EPOCH: u64 = 0;
+
+#[derive(Debug, Default, Clone)]
+pub struct BuildOptions {
+    pub profile: PathBuf,
+    pub out: PathBuf,
+    /// Replaces the profile's formats when given.
+    pub formats: Vec<Format>,
+    pub cache: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Bad input or usage: exit 2.
+    #[error("{0}")]
+    Input(String),
+    /// The build failed: exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BuildError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BuildError::Input(_) => 2,
+            BuildError::Failed(_) => 1,
+        }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> BuildError {
+    BuildError::Failed(e.to_string())
+}
+
+/// `SOURCE_DATE_EPOCH`, or the fixed default.
+pub fn source_date_epoch() -> Result<u64, BuildError> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse::<u64>().map_err(|_| {
+            BuildError::Input(format!(
+                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
+            ))
+        }),
+        _ => Ok(DEFAULT_EPOCH),
+    }
+}
+
+pub struct Built {
+    pub report: Report,
+    pub report_path: PathBuf,
+    /// Whether any request went to a registry (a fully cached build makes none).
+    pub used_network: bool,
+}
+
+pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
+    let started = Instant::now();
+    let mut profile = Profile::load(&opts.profile).map_err(|e| BuildError::Input(e.to_string()))?;
+    if !opts.formats.is_empty() {
+        profile.formats = opts.formats.clone();
+    }
+    let epoch = source_date_epoch()?;
+    let agent = agent::locate(opts.agent.as_deref(), profile.arch)
+        .map_err(|e| BuildError::Input(e.to_string()))?;
+    let cache_root =
+        Cache::locate(opts.cache.as_deref()).map_err(|e| BuildError::Input(e.to_string()))?;
+    let cache = Arc::new(Cache::open(cache_root).map_err(failed)?);
+
+    // Resolve.
+    let rocks: Vec<_> = profile.rocks().cloned().collect();
+    let mut registry = LazyRegistry::new(rocks.iter().map(|r| &r.reference).collect());
+    let mut resolved = Vec::with_capacity(rocks.len());
+    for rock in &rocks {
+        let r = resolve::resolve(&mut registry, &cache, rock, profile.arch)
+            .await
+            .map_err(failed)?;
+        info!(rock = %rock.key, manifest = %r.manifest_digest, layers = r.layers.len(), "resolved");
+        resolved.push(r);
+    }
+
+    // Pull and unpack every distinct layer, concurrently; decompression runs on blocking threads.
+    let mut distinct: BTreeMap<Digest, (Layer, cairn_profile::Reference)> = BTreeMap::new();
+    for r in &resolved {
+        for l in &r.layers {
+            distinct
+                .entry(l.digest.clone())
+                .or_insert_with(|| (l.clone(), r.reference.clone()));
+        }
+    }
+    let need_network = distinct
+        .keys()
+        .any(|d| !cache.has_blob(d) && !cache.unpacked_dir(d).join("index.json").is_file());
+    let client: Option<Arc<Registry>> = if need_network {
+        Some(registry.get())
+    } else {
+        None
+    };
+    let mut tasks = JoinSet::new();
+    for (digest, (layer, reference)) in distinct {
+        let cache = Arc::clone(&cache);
+        let client = client.clone();
+        tasks.spawn(async move {
+            let unpacked_index = cache.unpacked_dir(&layer.digest).join("index.json");
+            let blob = if unpacked_index.is_file() {
+                cache.blob_path(&layer.digest)
+            } else {
+                let t = Instant::now();
+                let path = pull::ensure_layer(client.as_deref(), &cache, &reference, &layer).await.map_err(failed)?;
+                info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "pulled");
+                path
+            };
+            let t = Instant::now();
+            let unpacked = tokio::task::spawn_blocking(move || assemble::layer::unpack(&cache, &layer, &blob))
+                .await
+                .map_err(failed)?
+                .map_err(failed)?;
+            info!(layer = %digest, entries = unpacked.entries.len(), ms = t.elapsed().as_millis() as u64, "unpacked");
+            Ok::<_, BuildError>((digest, Arc::new(unpacked)))
+        });
+    }
+    let mut unpacked: BTreeMap<Digest, Arc<Unpacked>> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (digest, u) = joined.map_err(failed)??;
+        unpacked.insert(digest, u);
+    }
+
+    // Assemble.
+    let t = Instant::now();
+    let mut merged = Vec::new();
+    for r in &resolved {
+        for l in &r.layers {
+            merged.push(Merged {
+                rock: r.reference.to_string(),
+                digest: l.digest.to_string(),
+                unpacked: Arc::clone(&unpacked[&l.digest]),
+            });
+        }
+    }
+    let (mut tree, tars) = assemble::merge(merged).map_err(failed)?;
+    files::add_profile_files(&mut tree, &profile).map_err(failed)?;
+    files::add_cairn_files(&mut tree, &profile, &agent).map_err(failed)?;
+    info!(ms = t.elapsed().as_millis() as u64, "assembled");
+
+    // Filesystem outputs.
+    std::fs::create_dir_all(&opts.out).map_err(|e| {
+        failed(format!(
+            "creating output folder {}: {e}",
+            opts.out.display()
+        ))
+    })?;
+    let mut outputs = Vec::new();
+    for format in &profile.formats {
+        match format {
+            Format::Tar => {
+                let t = Instant::now();
+                let name = format!("{}.tar", profile.name);
+                let dest = opts.out.join(&name);
+                let tmp = tempfile::NamedTempFile::new_in(&opts.out).map_err(|e| {
+                    failed(format!(
+                        "creating a temp file in {}: {e}",
+                        opts.out.display()
+                    ))
+                })?;
+                let written = filesystem::write_tar(&tree, &tars, epoch, tmp.as_file(), &dest)
+                    .map_err(failed)?;
+                persist(tmp, &dest)?;
+                info!(file = %dest.display(), bytes = written.size, entries = written.entries, ms = t.elapsed().as_millis() as u64, "wrote");
+                outputs.push(Output {
+                    format: "tar",
+                    file: name,
+                    size: written.size,
+                    sha256: written.sha256,
+                });
+            }
+        }
+    }
+
+    // Report.
+    let report = Report {
+        cairn_version: env!("CARGO_PKG_VERSION"),
+        name: profile.name.clone(),
+        version: profile.version.clone(),
+        arch: profile.arch.oci(),
+        profile: ProfileRef {
+            file: opts
+                .profile
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: hex::encode(Sha256::digest(profile.text.as_bytes())),
+        },
+        source_date_epoch: epoch,
+        rocks: resolved.iter().map(rock_report).collect(),
+        outputs,
+    };
+    let report_path = opts.out.join(format!("{}.manifest.json", profile.name));
+    let mut json = serde_json::to_vec_pretty(&report).map_err(failed)?;
+    json.push(b'\n');
+    write_atomically(&report_path, &json)?;
+    info!(ms = started.elapsed().as_millis() as u64, "built");
+    Ok(Built {
+        report,
+        report_path,
+        used_network: registry.used(),
+    })
+}
+
+fn rock_report(r: &ResolvedRock) -> RockReport {
+    RockReport {
+        key: r.key.clone(),
+        reference: r.reference.to_string(),
+        index_digest: r.index_digest.as_ref().map(ToString::to_string),
+        manifest_digest: r.manifest_digest.to_string(),
+        config_digest: r.config_digest.to_string(),
+        layers: r
+            .layers
+            .iter()
+            .map(|l| LayerReport {
+                digest: l.digest.to_string(),
+                diff_id: l.diff_id.to_string(),
+                media_type: l.media_type.clone(),
+                size: l.size,
+            })
+            .collect(),
+    }
+}
+
+fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Temp files are 0600; an output is an ordinary file.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| failed(format!("{}: {e}", tmp.path().display())))?;
+    tmp.persist(dest)
+        .map_err(|e| failed(format!("renaming into {}: {}", dest.display(), e.error)))?;
+    Ok(())
+}
+
+/// Writes a small file by temp file, fsync and rename.
+pub fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| failed(format!("creating a temp file in {}: {e}", dir.display())))?;
+    tmp.write_all(bytes)
+        .map_err(|e| failed(format!("{}: {e}", tmp.path().display())))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| failed(format!("{}: {e}", tmp.path().display())))?;
+    persist(tmp, dest)
+}

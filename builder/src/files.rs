@@ -1,0 +1,129 @@
+//! The files a build adds on top of the rocks: the profile's `[[file]]`s, then cairn's own (the agent, the baked
+//! profile, its units), and an emptied `/etc/machine-id`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_profile::{FileContent, Profile};
+
+use crate::assemble::tree::{Data, Meta, New, Special, Tree, TreeError};
+
+pub const AGENT_PATH: &str = "usr/lib/cairn/cairn-agent";
+pub const PROFILE_PATH: &str = "usr/lib/cairn/profile.toml";
+
+/// Unit files and the `.wants` folder that enables each.
+const UNITS: &[(&str, &str, &str)] = &[
+    (
+        "cairn-agent.service",
+        include_str!("units/cairn-agent.service"),
+        "sysinit.target.wants",
+    ),
+    (
+        "cairn-agent-network.service",
+        include_str!("units/cairn-agent-network.service"),
+        "multi-user.target.wants",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("file {path}: {source}")]
+    Tree { path: String, source: TreeError },
+    #[error("file {path}: source {}: {source}", from.display())]
+    Source {
+        path: String,
+        from: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn put(tree: &mut Tree, path: &str, new: New) -> Result<(), FilesError> {
+    tree.put(path.trim_start_matches('/').as_bytes(), new)
+        .map_err(|source| FilesError::Tree {
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// Writes the profile's `[[file]]`s, in order.
+pub fn add_profile_files(tree: &mut Tree, profile: &Profile) -> Result<(), FilesError> {
+    for f in &profile.files {
+        let meta = Meta::new(f.mode, u64::from(f.uid), u64::from(f.gid));
+        let data = match &f.content {
+            FileContent::Inline(text) => Data::Bytes(Arc::from(text.as_bytes())),
+            FileContent::Source(p) => {
+                let size = std::fs::metadata(p)
+                    .map_err(|source| FilesError::Source {
+                        path: f.path.clone(),
+                        from: p.clone(),
+                        source,
+                    })?
+                    .len();
+                Data::Host {
+                    path: p.clone(),
+                    size,
+                }
+            }
+        };
+        put(tree, &f.path, New::File(meta, data))?;
+    }
+    Ok(())
+}
+
+/// Adds cairn's own files, last, so nothing from a rock or the profile can shadow them.
+pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Result<(), FilesError> {
+    let agent_size = std::fs::metadata(agent)
+        .map_err(|source| FilesError::Source {
+            path: AGENT_PATH.into(),
+            from: agent.to_path_buf(),
+            source,
+        })?
+        .len();
+    put(
+        tree,
+        AGENT_PATH,
+        New::File(
+            Meta::new(0o755, 0, 0),
+            Data::Host {
+                path: agent.to_path_buf(),
+                size: agent_size,
+            },
+        ),
+    )?;
+    put(
+        tree,
+        PROFILE_PATH,
+        New::File(
+            Meta::new(0o644, 0, 0),
+            Data::Bytes(Arc::from(profile.text.as_bytes())),
+        ),
+    )?;
+    for (name, text, wants) in UNITS {
+        let unit = format!("usr/lib/systemd/system/{name}");
+        put(
+            tree,
+            &unit,
+            New::File(
+                Meta::new(0o644, 0, 0),
+                Data::Bytes(Arc::from(text.as_bytes())),
+            ),
+        )?;
+        put(
+            tree,
+            &format!("usr/lib/systemd/system/{wants}/{name}"),
+            New::Other(
+                Meta::new(0o777, 0, 0),
+                Special::Symlink(format!("../{name}").into_bytes()),
+            ),
+        )?;
+    }
+    // A golden image must not carry one machine's identity: systemd makes a new one at first boot.
+    if !tree.set_file_data(b"etc/machine-id", Data::Bytes(Arc::from(&b""[..]))) {
+        put(
+            tree,
+            "etc/machine-id",
+            New::File(Meta::new(0o444, 0, 0), Data::Bytes(Arc::from(&b""[..]))),
+        )?;
+    }
+    Ok(())
+}

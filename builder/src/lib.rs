@@ -1,0 +1,17 @@
+//! cairn: builds immutable, verified node images from a TOML profile and rocks (OCI images) pinned by digest.
+//!
+//! The stages follow the data: [`resolve`] (pinned references to manifests) → [`pull`] (verified blobs into the
+//! [`cache`]) → [`assemble`] (layers merged into a tree) → [`files`] (the profile's and cairn's own files) →
+//! [`filesystem`] (the tree written out) → [`report`]. [`build`] runs them; [`pin`] rewrites a profile's digests.
+
+pub mod agent;
+pub mod assemble;
+pub mod build;
+pub mod cache;
+pub mod files;
+pub mod filesystem;
+pub mod pin;
+pub mod pull;
+pub mod registry;
+pub mod report;
+pub mod resolve;

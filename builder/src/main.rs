@@ -1,0 +1,124 @@
+//! The `cairn` command: a thin shell over the library. Exit codes: 0 done, 1 the build failed, 2 bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn::build::{BuildError, BuildOptions};
+use cairn_profile::{Format, Profile};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Builds immutable, verified node images from a TOML profile"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a profile, offline.
+    Validate { profile: PathBuf },
+    /// Resolve each rock's tag to the digest its registry serves and rewrite the profile in place.
+    Pin { profile: PathBuf },
+    /// Build the profile's outputs.
+    Build {
+        profile: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Output format (repeatable); replaces the profile's `image.formats`.
+        #[arg(long = "format", value_name = "F", value_parser = parse_format)]
+        formats: Vec<Format>,
+        /// Cache folder [default: $CAIRN_CACHE, $XDG_CACHE_HOME/cairn, ~/.cache/cairn].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// The static cairn-agent to install [default: $CAIRN_AGENT, beside cairn, the workspace's musl build].
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s)
+        .ok_or_else(|| format!("unknown format `{s}`: expected one of {}", Format::names()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Validate { profile } => match Profile::load(&profile) {
+            Ok(p) => {
+                println!(
+                    "{}: valid ({} {}, {} rocks)",
+                    profile.display(),
+                    p.name,
+                    p.version,
+                    p.rocks().count()
+                );
+                Ok(())
+            }
+            Err(e) => Err(BuildError::Input(e.to_string())),
+        },
+        Command::Pin { profile } => runtime()
+            .and_then(|rt| rt.block_on(cairn::pin::pin(&profile)))
+            .map(|changes| {
+                for c in changes {
+                    if c.old == c.new {
+                        println!("{}: unchanged {}", c.key, c.new);
+                    } else {
+                        println!("{}: {}\n  -> {}", c.key, c.old, c.new);
+                    }
+                }
+            }),
+        Command::Build {
+            profile,
+            out,
+            formats,
+            cache,
+            agent,
+        } => {
+            let opts = BuildOptions {
+                profile,
+                out,
+                formats,
+                cache,
+                agent,
+            };
+            runtime()
+                .and_then(|rt| rt.block_on(cairn::build::build(&opts)))
+                .map(|built| {
+                    for o in &built.report.outputs {
+                        println!("{}  {}", o.sha256, opts.out.join(&o.file).display());
+                    }
+                    println!("report: {}", built.report_path.display());
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BuildError::Failed(format!("starting the async runtime: {e}")))
+}

@@ -1,0 +1,112 @@
+//! `cairn pin`: resolve each rock's tag to the digest its registry serves now and rewrite the profile in place,
+//! comments and layout kept. The rewritten profile is checked before it replaces the old one.
+
+use std::path::Path;
+
+use cairn_profile::{Profile, Reference};
+use toml_edit::{DocumentMut, Item, Value};
+
+use crate::build::{BuildError, write_atomically};
+use crate::registry::Registry;
+use crate::resolve::digest_for_tag;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// The rock strings of a profile document, with their key paths.
+fn rock_items(doc: &mut DocumentMut) -> Vec<(String, &mut Value)> {
+    let mut out = Vec::new();
+    let (base, layers) = {
+        let table = doc.as_table_mut();
+        let mut base = None;
+        let mut layers = None;
+        for (k, v) in table.iter_mut() {
+            match k.get() {
+                "base" => base = Some(v),
+                "layer" => layers = Some(v),
+                _ => {}
+            }
+        }
+        (base, layers)
+    };
+    if let Some(v) = base
+        .and_then(|b| b.get_mut("rock"))
+        .and_then(Item::as_value_mut)
+    {
+        out.push(("base.rock".to_string(), v));
+    }
+    if let Some(Item::ArrayOfTables(layers)) = layers {
+        for (i, t) in layers.iter_mut().enumerate() {
+            if let Some(v) = t.get_mut("rock").and_then(Item::as_value_mut) {
+                out.push((format!("layer[{i}].rock"), v));
+            }
+        }
+    }
+    out
+}
+
+pub async fn pin(path: &Path) -> Result<Vec<Change>, BuildError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BuildError::Input(format!("cannot read profile {}: {e}", path.display())))?;
+    // Anything wrong besides missing or stale digests is reported the way `cairn validate` would.
+    let positioned = |text: &str| match Profile::parse(path, text.to_string()) {
+        Err(e) => BuildError::Input(e.to_string()),
+        Ok(_) => BuildError::Input(format!(
+            "{}: not a profile cairn pin can rewrite",
+            path.display()
+        )),
+    };
+    let mut doc: DocumentMut = text.parse().map_err(|_| positioned(&text))?;
+    let mut refs = Vec::new();
+    for (key, value) in rock_items(&mut doc) {
+        let Some(s) = value.as_str() else {
+            return Err(positioned(&text));
+        };
+        let r = Reference::parse_unpinned(s).map_err(|_| positioned(&text))?;
+        refs.push((key, s.to_string(), r));
+    }
+    let registry = Registry::new(refs.iter().map(|(_, _, r)| r));
+    let mut changes = Vec::new();
+    let mut new_values = Vec::new();
+    for (key, old, r) in &refs {
+        let mut r = r.clone();
+        if r.tag.is_none() {
+            if r.digest.is_some() {
+                // Pinned by digest alone: there is no tag to follow.
+                new_values.push(old.clone());
+                changes.push(Change {
+                    key: key.clone(),
+                    old: old.clone(),
+                    new: old.clone(),
+                });
+                continue;
+            }
+            r.tag = Some("latest".into());
+        }
+        let digest = digest_for_tag(&registry, &r)
+            .await
+            .map_err(|e| BuildError::Failed(format!("{key}: {e}")))?;
+        let new = r.with_digest(digest).to_string();
+        changes.push(Change {
+            key: key.clone(),
+            old: old.clone(),
+            new: new.clone(),
+        });
+        new_values.push(new);
+    }
+    for ((_, value), new) in rock_items(&mut doc).into_iter().zip(new_values) {
+        let decor = value.decor().clone();
+        *value = Value::from(new);
+        *value.decor_mut() = decor;
+    }
+    let new_text = doc.to_string();
+    Profile::parse(path, new_text.clone()).map_err(|e| BuildError::Input(e.to_string()))?;
+    if new_text != text {
+        write_atomically(path, new_text.as_bytes())?;
+    }
+    Ok(changes)
+}

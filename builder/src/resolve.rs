@@ -1,0 +1,348 @@
+//! Resolve: from a pinned reference to the platform manifest, config and layer list of the profile's arch.
+//!
+//! Every manifest and config is fetched by digest and checked against it before it is parsed or cached, so what
+//! the cache holds is exactly what was pinned. A cached rock resolves with no network request at all.
+
+use std::sync::Arc;
+
+use cairn_profile::{Arch, Digest, Reference, Rock};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{Cache, CacheError};
+use crate::registry::{DOCKER_LIST, OCI_INDEX, Registry, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{what}: digest mismatch: the registry sent content with digest {actual}")]
+    DigestMismatch { what: String, actual: Digest },
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+}
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    /// The uncompressed tar's digest, from the image config; checked when the layer is unpacked.
+    pub diff_id: Digest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedRock {
+    /// The profile key (`base.rock`, `layer[0].rock`).
+    pub key: String,
+    pub reference: Reference,
+    /// The pinned digest when it names an index (a multi-arch rock).
+    pub index_digest: Option<Digest>,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+struct Document {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    manifests: Option<Vec<Descriptor>>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Platform {
+    architecture: String,
+    os: String,
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    architecture: Option<String>,
+    os: Option<String>,
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// Creates the registry client only when a request is really needed: a cached build makes none.
+pub struct LazyRegistry<'a> {
+    references: Vec<&'a Reference>,
+    client: Option<Arc<Registry>>,
+}
+
+impl<'a> LazyRegistry<'a> {
+    pub fn new(references: Vec<&'a Reference>) -> LazyRegistry<'a> {
+        LazyRegistry {
+            references,
+            client: None,
+        }
+    }
+
+    pub fn get(&mut self) -> Arc<Registry> {
+        let references = &self.references;
+        Arc::clone(
+            self.client
+                .get_or_insert_with(|| Arc::new(Registry::new(references.iter().copied()))),
+        )
+    }
+
+    pub fn used(&self) -> bool {
+        self.client.is_some()
+    }
+}
+
+/// Bytes of a manifest or config, from the cache or fetched and verified.
+async fn fetch_verified(
+    registry: &mut LazyRegistry<'_>,
+    cache: &Cache,
+    r: &Reference,
+    digest: &Digest,
+    manifest: bool,
+) -> Result<Vec<u8>, ResolveError> {
+    if let Some(bytes) = cache.read_blob(digest)? {
+        return Ok(bytes);
+    }
+    let what = format!("{}/{}@{digest}", r.registry, r.repository);
+    let bytes = if manifest {
+        registry.get().manifest(r, Some(digest)).await?
+    } else {
+        use futures_util::StreamExt;
+        let mut stream = registry.get().blob(r, digest).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+            // A config is small; a registry that streams on and on is not serving one.
+            if bytes.len() > 64 << 20 {
+                return Err(ResolveError::Invalid {
+                    what,
+                    message: "config blob larger than 64 MiB".into(),
+                });
+            }
+        }
+        bytes
+    };
+    let actual = Digest::from_sha256(&Sha256::digest(&bytes));
+    if &actual != digest {
+        return Err(ResolveError::DigestMismatch { what, actual });
+    }
+    cache.put_blob(digest, &bytes)?;
+    Ok(bytes)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ResolveError> {
+    serde_json::from_slice(bytes).map_err(|e| ResolveError::Invalid {
+        what: what.to_string(),
+        message: format!("not a valid document: {e}"),
+    })
+}
+
+fn digest_of(what: &str, text: &str) -> Result<Digest, ResolveError> {
+    Digest::parse(text).map_err(|e| ResolveError::Invalid {
+        what: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Resolves one rock for `arch`.
+pub async fn resolve(
+    registry: &mut LazyRegistry<'_>,
+    cache: &Cache,
+    rock: &Rock,
+    arch: Arch,
+) -> Result<ResolvedRock, ResolveError> {
+    let r = &rock.reference;
+    let what = r.to_string();
+    let pinned = r.pinned().ok_or_else(|| ResolveError::Invalid {
+        what: what.clone(),
+        message: "no digest: pin it: cairn pin".into(),
+    })?;
+    let bytes = fetch_verified(registry, cache, r, pinned, true).await?;
+    let doc: Document = parse(&what, &bytes)?;
+    let is_index = doc.manifests.is_some()
+        || matches!(
+            doc.media_type.as_deref(),
+            Some(OCI_INDEX) | Some(DOCKER_LIST)
+        );
+    let (index_digest, manifest_digest, doc) = if is_index {
+        let entries = doc.manifests.unwrap_or_default();
+        let chosen = choose_platform(&entries, arch).ok_or_else(|| {
+            let available: Vec<String> = entries
+                .iter()
+                .filter_map(|e| e.platform.as_ref())
+                .map(|p| match &p.variant {
+                    Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                    None => format!("{}/{}", p.os, p.architecture),
+                })
+                .collect();
+            ResolveError::Invalid {
+                what: what.clone(),
+                message: format!(
+                    "the index has no linux/{} image (it has: {})",
+                    arch.oci(),
+                    if available.is_empty() {
+                        "none".into()
+                    } else {
+                        available.join(", ")
+                    }
+                ),
+            }
+        })?;
+        let digest = digest_of(&what, &chosen.digest)?;
+        let bytes = fetch_verified(registry, cache, r, &digest, true).await?;
+        let doc: Document = parse(&format!("{what} ({digest})"), &bytes)?;
+        if doc.manifests.is_some() {
+            return Err(ResolveError::Invalid {
+                what,
+                message: "an index inside an index is not supported".into(),
+            });
+        }
+        (Some(pinned.clone()), digest, doc)
+    } else {
+        (None, pinned.clone(), doc)
+    };
+    let (Some(config), Some(layer_descs)) = (doc.config, doc.layers) else {
+        return Err(ResolveError::Invalid {
+            what,
+            message: "the manifest has no config or no layers".into(),
+        });
+    };
+    let config_digest = digest_of(&what, &config.digest)?;
+    let config_bytes = fetch_verified(registry, cache, r, &config_digest, false).await?;
+    let config: Config = parse(&format!("{what} config"), &config_bytes)?;
+    if config.os.as_deref().is_some_and(|os| os != "linux") {
+        return Err(ResolveError::Invalid {
+            what,
+            message: format!(
+                "the image is for os {}, not linux",
+                config.os.unwrap_or_default()
+            ),
+        });
+    }
+    if let Some(a) = config.architecture.as_deref()
+        && a != arch.oci()
+    {
+        return Err(ResolveError::Invalid {
+            what,
+            message: format!("the image is for {a}, the profile's arch is {}", arch.oci()),
+        });
+    }
+    if config.rootfs.diff_ids.len() != layer_descs.len() {
+        return Err(ResolveError::Invalid {
+            what,
+            message: format!(
+                "the manifest lists {} layers but the config {} diff_ids",
+                layer_descs.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    let mut layers = Vec::with_capacity(layer_descs.len());
+    for (desc, diff_id) in layer_descs.iter().zip(&config.rootfs.diff_ids) {
+        let compression = Compression::from_media_type(&desc.media_type).ok_or_else(|| {
+            ResolveError::Invalid {
+                what: what.clone(),
+                message: format!(
+                    "layer {}: unsupported media type `{}`",
+                    desc.digest, desc.media_type
+                ),
+            }
+        })?;
+        layers.push(Layer {
+            digest: digest_of(&what, &desc.digest)?,
+            size: u64::try_from(desc.size).map_err(|_| ResolveError::Invalid {
+                what: what.clone(),
+                message: format!("layer {}: negative size", desc.digest),
+            })?,
+            media_type: desc.media_type.clone(),
+            compression,
+            diff_id: digest_of(&what, diff_id)?,
+        });
+    }
+    Ok(ResolvedRock {
+        key: rock.key.clone(),
+        reference: r.clone(),
+        index_digest,
+        manifest_digest,
+        config_digest,
+        layers,
+    })
+}
+
+/// The index entry for linux/`arch`; for arm64 the v8 variant (or none) is preferred.
+fn choose_platform(entries: &[Descriptor], arch: Arch) -> Option<&Descriptor> {
+    let candidates: Vec<&Descriptor> = entries
+        .iter()
+        .filter(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch.oci())
+        })
+        .collect();
+    candidates
+        .iter()
+        .find(|e| {
+            let variant = e.platform.as_ref().and_then(|p| p.variant.as_deref());
+            match arch {
+                Arch::Arm64 => matches!(variant, None | Some("v8")),
+                Arch::Amd64 => matches!(variant, None | Some("v1")),
+            }
+        })
+        .or(candidates.first())
+        .copied()
+}
+
+/// The digest a registry serves for a reference's tag (an index digest for a multi-arch rock): what `cairn pin`
+/// writes. The digest is computed from the bytes received, never taken from a header.
+pub async fn digest_for_tag(registry: &Registry, r: &Reference) -> Result<Digest, RegistryError> {
+    let bytes = registry.manifest(r, None).await?;
+    Ok(Digest::from_sha256(&Sha256::digest(&bytes)))
+}
