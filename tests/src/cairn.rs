@@ -1,0 +1,149 @@
+//! Fixtures for the `cairn` CLI: profile files, finding and running the
+//! binary.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long [`run_cairn`] lets cairn run before killing it
+/// (`CAIRN_E2E_TIMEOUT_SECS` overrides).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A TOML basic string (JSON string escapes are valid TOML escapes).
+pub fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("serialize a string")
+}
+
+/// Writes `DIR/NAME.toml`, a cairn profile:
+///
+/// ```toml
+/// schema = 1
+/// name = "NAME"
+/// version = "1.0.0"
+/// arch = "amd64"
+/// [base]
+/// rock = "BASE_REF"
+/// [[layer]]
+/// rock = "LAYER_REF"
+/// ```
+///
+/// `extra_toml` is appended as is (put top-level keys in it only if it
+/// starts with a table header of its own, e.g. `[output]`, since it comes
+/// after the `[[layer]]` tables).
+pub fn write_profile(
+    dir: &Path,
+    name: &str,
+    base_ref: &str,
+    layer_refs: &[&str],
+    extra_toml: &str,
+) -> PathBuf {
+    let mut toml = format!(
+        "schema = 1\nname = {}\nversion = \"1.0.0\"\narch = \"amd64\"\n\n[base]\nrock = {}\n",
+        toml_string(name),
+        toml_string(base_ref)
+    );
+    for layer in layer_refs {
+        toml.push_str(&format!("\n[[layer]]\nrock = {}\n", toml_string(layer)));
+    }
+    if !extra_toml.is_empty() {
+        toml.push('\n');
+        toml.push_str(extra_toml);
+        if !extra_toml.ends_with('\n') {
+            toml.push('\n');
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
+/// The `cairn` binary of the same cargo profile (and target dir) as the
+/// running test: `target/DIR/deps/test-xxxx` → `target/DIR/cairn`.
+/// `CAIRN_BIN` overrides.
+pub fn cairn_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the path of the running test binary");
+    let mut dir = exe.parent().expect("the test binary has a directory");
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir = dir.parent().expect("deps has a parent");
+    }
+    let bin = dir.join("cairn");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first: cargo build --workspace \
+         (same CARGO_TARGET_DIR and profile as the tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `cairn ARGS` with `env` added, stdin closed, and waits (at most
+/// [`DEFAULT_TIMEOUT`]) for it. Panics if it cannot start or times out.
+pub fn run_cairn<I, S>(args: I, env: &[(&str, &str)]) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let timeout = std::env::var("CAIRN_E2E_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    run_cairn_with_timeout(args, env, timeout)
+}
+
+/// [`run_cairn`] with a chosen timeout.
+pub fn run_cairn_with_timeout<I, S>(args: I, env: &[(&str, &str)], timeout: Duration) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let bin = cairn_bin();
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status: ExitStatus = loop {
+        if let Some(s) = child.try_wait().expect("poll cairn") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err_thread.join().unwrap_or_default();
+            panic!(
+                "{shown} ran longer than {timeout:?}; killed. stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_thread.join().expect("stdout reader thread"),
+        stderr: err_thread.join().expect("stderr reader thread"),
+    }
+}

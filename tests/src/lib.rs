@@ -1,0 +1,32 @@
+//! Harness for the end-to-end tests of the `cairn` CLI.
+//!
+//! Everything here talks to a real `docker-registry` (the CNCF distribution
+//! server) on loopback; nothing on the registry path is mocked.
+//!
+//! - [`registry`]: start a registry (anonymous, htpasswd basic auth, or token
+//!   auth with [`token`]'s issuer), one shared per test binary, blob paths.
+//! - [`image`]: build real OCI/Docker images and indexes in memory (tar layers
+//!   with every entry kind cairn must handle, several compressions).
+//! - [`push`]: push them with the registry HTTP API v2 (and read back).
+//! - [`cairn`]: profile fixtures and running the `cairn` binary.
+
+pub mod cairn;
+pub mod image;
+pub mod push;
+pub mod registry;
+pub mod token;
+
+pub use cairn::{cairn_bin, run_cairn, run_cairn_with_timeout, write_profile};
+pub use image::{
+    Compression, Image, ImageBuilder, Index, IndexBuilder, Layer, LayerBuilder, MediaTypes,
+    Platform,
+};
+pub use push::{Client, Pushed, push_image, push_index};
+pub use registry::{Auth, Registry};
+
+use sha2::{Digest, Sha256};
+
+/// `sha256:<hex>` of `bytes`, the form registries and OCI use.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
