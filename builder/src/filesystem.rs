@@ -202,8 +202,9 @@ impl<W: Write> Writer<'_, W> {
                 self.builder
                     .append_data(&mut h, as_path(&path), io::empty())?;
                 for (name, child) in children {
+                    // The root is `./`; everything below it is relative, without a `./` prefix.
                     let mut p = if path == b"./" {
-                        b"./".to_vec()
+                        Vec::new()
                     } else {
                         [path.as_slice(), b"/"].concat()
                     };
@@ -224,7 +225,7 @@ impl<W: Write> Writer<'_, W> {
                 self.xattrs(&inode_ref.meta)?;
                 let size = inode_ref.data.size();
                 let mut h = self.header(&inode_ref.meta, tar::EntryType::Regular, size);
-                let shown = || String::from_utf8_lossy(&path[1..]).into_owned();
+                let shown = || format!("/{}", String::from_utf8_lossy(&path));
                 match &inode_ref.data {
                     Data::Layer { layer, offset, .. } => {
                         let mut range = Range {
