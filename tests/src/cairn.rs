@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::registry::Registry;
+
 /// How long [`run_cairn`] lets cairn run before killing it
 /// (`CAIRN_E2E_TIMEOUT_SECS` overrides).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,6 +63,42 @@ pub fn write_profile(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
+}
+
+/// Writes `DIR/config.json` (Docker's credential file) with an `auths`
+/// entry for each registry that has credentials; returns `DIR`, the value
+/// for `DOCKER_CONFIG`.
+pub fn write_docker_config(dir: &Path, registries: &[&Registry]) -> PathBuf {
+    let entries: Vec<(String, &str, &str)> = registries
+        .iter()
+        .filter_map(|r| r.credentials().map(|(u, p)| (r.addr(), u, p)))
+        .collect();
+    let entries: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|(a, u, p)| (a.as_str(), *u, *p))
+        .collect();
+    write_docker_config_entries(dir, &entries)
+}
+
+/// [`write_docker_config`] from `(host:port, user, password)` triples (e.g.
+/// wrong credentials on purpose).
+pub fn write_docker_config_entries(dir: &Path, entries: &[(&str, &str, &str)]) -> PathBuf {
+    let auths: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(host, user, password)| {
+            let auth = STANDARD.encode(format!("{user}:{password}"));
+            (host.to_string(), serde_json::json!({ "auth": auth }))
+        })
+        .collect();
+    let config = serde_json::json!({ "auths": auths });
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&config).expect("serialize the docker config"),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    dir.to_path_buf()
 }
 
 /// The `cairn` binary of the same cargo profile (and target dir) as the

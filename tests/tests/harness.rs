@@ -668,3 +668,21 @@ fn profile_fixture() {
          [output]\nformat = \"raw\"\n"
     );
 }
+
+#[test]
+fn docker_config_fixture() {
+    let basic_reg = Registry::start(Auth::basic("dora", "pw1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker =
+        cairn_e2e::write_docker_config(&dir.path().join("docker"), &[&basic_reg, shared()]);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(docker.join("config.json")).expect("config.json"))
+            .expect("JSON");
+    let auths = config["auths"].as_object().expect("auths");
+    // The anonymous registry needs no entry.
+    assert_eq!(auths.len(), 1);
+    assert_eq!(
+        auths[&basic_reg.addr()]["auth"],
+        json!(STANDARD.encode("dora:pw1"))
+    );
+}
