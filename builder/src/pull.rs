@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use crate::cache::{Cache, CacheError};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, StreamError};
 use crate::resolve::Layer;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum PullError {
     DigestMismatch {
         reference: String,
         digest: Digest,
-        actual: Digest,
+        actual: String,
     },
     #[error("blob {digest} of {reference}: {message}; nothing was cached")]
     Size {
@@ -62,7 +62,17 @@ pub async fn ensure_layer(
     let mut stream = registry.blob(reference, &layer.digest).await?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(StreamError::Mismatch { actual }) => {
+                return Err(PullError::DigestMismatch {
+                    reference: reference.to_string(),
+                    digest: layer.digest.clone(),
+                    actual,
+                });
+            }
+            Err(StreamError::Failed(e)) => return Err(e.into()),
+        };
         received += chunk.len() as u64;
         if received > layer.size {
             return Err(PullError::Size {
@@ -90,7 +100,7 @@ pub async fn ensure_layer(
         return Err(PullError::DigestMismatch {
             reference: reference.to_string(),
             digest: layer.digest.clone(),
-            actual,
+            actual: actual.to_string(),
         });
     }
     if received != layer.size {

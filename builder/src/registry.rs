@@ -28,6 +28,15 @@ pub struct RegistryError {
     pub message: String,
 }
 
+/// Why a blob stream stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("digest mismatch: received content with digest {actual}")]
+    Mismatch { actual: String },
+    #[error(transparent)]
+    Failed(RegistryError),
+}
+
 pub struct Registry {
     client: oci_client::Client,
 }
@@ -94,12 +103,12 @@ impl Registry {
         Ok(bytes.to_vec())
     }
 
-    /// Streams a blob. The stream is not trusted: the caller hashes what it receives.
+    /// Streams a blob. The stream is not trusted: the caller hashes what it receives too.
     pub async fn blob(
         &self,
         r: &Reference,
         digest: &Digest,
-    ) -> Result<BoxStream<'static, Result<bytes::Bytes, RegistryError>>, RegistryError> {
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes, StreamError>>, RegistryError> {
         let oref = Self::oci_ref(r, Some(digest));
         let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
         self.client
@@ -116,9 +125,22 @@ impl Registry {
         Ok(stream
             .stream
             .map(move |chunk| {
-                chunk.map_err(|e| RegistryError {
-                    reference: what.clone(),
-                    message: e.to_string(),
+                chunk.map_err(|e| {
+                    // The client checks the digest too, at the end of the stream: keep its finding typed.
+                    let inner = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<oci_client::errors::DigestError>());
+                    match inner {
+                        Some(oci_client::errors::DigestError::VerificationError {
+                            actual, ..
+                        }) => StreamError::Mismatch {
+                            actual: actual.clone(),
+                        },
+                        _ => StreamError::Failed(RegistryError {
+                            reference: what.clone(),
+                            message: e.to_string(),
+                        }),
+                    }
                 })
             })
             .boxed())

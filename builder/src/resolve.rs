@@ -159,7 +159,17 @@ async fn fetch_verified(
         let mut stream = registry.get().blob(r, digest).await?;
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.next().await {
-            bytes.extend_from_slice(&chunk?);
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(crate::registry::StreamError::Mismatch { actual }) => {
+                    return Err(ResolveError::Invalid {
+                        what,
+                        message: format!("digest mismatch: received content with digest {actual}"),
+                    });
+                }
+                Err(crate::registry::StreamError::Failed(e)) => return Err(e.into()),
+            };
+            bytes.extend_from_slice(&chunk);
             // A config is small; a registry that streams on and on is not serving one.
             if bytes.len() > 64 << 20 {
                 return Err(ResolveError::Invalid {

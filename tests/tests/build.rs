@@ -1,0 +1,918 @@
+//! `cairn build` and `cairn pin` end to end, against a real registry with images made here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use cairn_e2e::image::LongNames;
+use cairn_e2e::{
+    Auth, Compression, Image, IndexBuilder, LayerBuilder, MediaTypes, Registry, push_image,
+    push_index, registry, run_cairn, write_docker_config, write_profile,
+};
+
+/// One entry of an output tar, as a user would compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    kind: char,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    data: Vec<u8>,
+    link: String,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads a tar into path → item, in archive order (also returned as a list of paths).
+fn read_tar(path: &Path) -> (Vec<String>, BTreeMap<String, Item>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut archive = tar::Archive::new(file);
+    let mut order = Vec::new();
+    let mut items = BTreeMap::new();
+    for entry in archive.entries().expect("a tar") {
+        let mut entry = entry.expect("an entry");
+        let name = String::from_utf8(entry.path_bytes().into_owned()).expect("utf-8 path");
+        let h = entry.header().clone();
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular => 'f',
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Link => 'h',
+            tar::EntryType::Char => 'c',
+            tar::EntryType::Block => 'b',
+            tar::EntryType::Fifo => 'p',
+            other => panic!("unexpected entry type {other:?} for {name}"),
+        };
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry.pax_extensions().expect("pax") {
+            for ext in pax {
+                let ext = ext.expect("pax record");
+                if let Some(n) = ext.key().expect("utf-8 key").strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((n.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).expect("entry data");
+        assert_eq!(
+            h.username_bytes().unwrap_or_default(),
+            b"",
+            "{name}: uname must be empty"
+        );
+        assert_eq!(
+            h.groupname_bytes().unwrap_or_default(),
+            b"",
+            "{name}: gname must be empty"
+        );
+        let item = Item {
+            kind,
+            mode: h.mode().expect("mode"),
+            uid: h.uid().expect("uid"),
+            gid: h.gid().expect("gid"),
+            mtime: h.mtime().expect("mtime"),
+            data,
+            link,
+            xattrs,
+        };
+        order.push(name.clone());
+        assert!(
+            items.insert(name.clone(), item).is_none(),
+            "{name} appears twice"
+        );
+    }
+    (order, items)
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(path).expect("read output"),
+    ))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\n{}",
+        o.status.code(),
+        stderr(o)
+    );
+}
+
+struct Build {
+    out: PathBuf,
+    cache: PathBuf,
+    output: Output,
+}
+
+fn build(profile: &Path, work: &Path, tag: &str, env: &[(&str, &str)]) -> Build {
+    let out = work.join(format!("out-{tag}"));
+    let cache = work.join(format!("cache-{tag}"));
+    build_with(profile, &out, &cache, env)
+}
+
+fn build_with(profile: &Path, out: &Path, cache: &Path, env: &[(&str, &str)]) -> Build {
+    let output = run_cairn(
+        [
+            "build".as_ref(),
+            profile.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+        ],
+        env,
+    );
+    Build {
+        out: out.to_path_buf(),
+        cache: cache.to_path_buf(),
+        output,
+    }
+}
+
+/// The layers that exercise every assembly rule: whiteouts of each kind, hardlinks across layers, long names,
+/// xattrs, special files and modes, each layer in another compression.
+fn tricky_image() -> Image {
+    let l0 = LayerBuilder::new()
+        .default_mtime(1_700_000_000)
+        .dir("etc", 0o755)
+        .file("etc/hostname", 0o644, "base\n")
+        .file(
+            "etc/machine-id",
+            0o444,
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .dir("gone", 0o755)
+        .file("gone/deep", 0o644, "deep")
+        .dir("opaque", 0o755)
+        .file("opaque/lower", 0o644, "lower")
+        .dir("opaque/lowerdir", 0o700)
+        .file("opaque/lowerdir/x", 0o644, "x")
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .symlink("bin", "usr/bin")
+        .file_with_xattrs(
+            "usr/bin/ping",
+            0o4755,
+            "PING",
+            &[("security.capability", b"\x01\x00\x00\x02\x00\x20\x00\x00")],
+        )
+        .file("usr/bin/replaced-by-dir", 0o644, "file")
+        .dir("tmp", 0o1777)
+        .file_owned("home-data", 0o2750, 1000, 1001, "owned")
+        .fifo("run-fifo")
+        .char_device("dev-null", 1, 3)
+        .block_device("dev-sda", 8, 0)
+        .file_with_xattrs(
+            "acl",
+            0o644,
+            "acl",
+            &[
+                (
+                    "system.posix_acl_access",
+                    b"\x02\x00\x00\x00\x01\x00\x06\x00",
+                ),
+                ("user.note", b"v"),
+            ],
+        );
+    let long_gnu = format!("long/{}", "g".repeat(150));
+    let long_pax = format!("long/{}", "p".repeat(180));
+    let l1 = LayerBuilder::new()
+        .default_mtime(1_700_000_100)
+        .whiteout("gone")
+        .dir("opaque", 0o750)
+        .file("opaque/upper", 0o644, "upper")
+        .opaque("opaque")
+        .hardlink("bin/ping-link", "usr/bin/ping")
+        .dir("usr/bin/replaced-by-dir", 0o755)
+        .file("usr/bin/replaced-by-dir/inside", 0o644, "inside")
+        .long_names(LongNames::Gnu)
+        .file(&long_gnu, 0o644, "gnu");
+    let l2 = LayerBuilder::new()
+        .default_mtime(1_700_000_200)
+        .long_names(LongNames::Pax)
+        .file(&long_pax, 0o644, "pax")
+        .whiteout("etc/hostname")
+        .file("etc/hostname", 0o644, "top\n")
+        .file("usr/bin/ping", 0o755, "new ping");
+    let l3 = LayerBuilder::new()
+        .default_mtime(1_700_000_300)
+        .file("zstd-was-here", 0o600, "z");
+    Image::builder()
+        .layer_from(&l0, Compression::Gzip)
+        .layer_from(&l1, Compression::GzipMultiMember)
+        .layer_from(&l2, Compression::None)
+        .layer_from(&l3, Compression::Zstd)
+        .build()
+}
+
+fn entry<'a>(items: &'a BTreeMap<String, Item>, path: &str) -> &'a Item {
+    items.get(path).unwrap_or_else(|| {
+        panic!(
+            "{path} missing from the output; it has {:?}",
+            items.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+#[test]
+fn assembles_every_layer_rule_deterministically() {
+    let registry = registry::shared();
+    let pushed = push_image(registry, "e2e/tricky", "v1", &tricky_image());
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "tricky",
+        &pushed.reference_by_digest,
+        &[],
+        "[[file]]\npath = \"/etc/motd\"\ncontent = \"welcome\\n\"\nmode = \"0640\"\nowner = \"0:4\"\n",
+    );
+    let first = build(&profile, work.path(), "a", &[]);
+    assert_ok(&first.output, "cold build");
+    let tar = first.out.join("tricky.tar");
+    let (order, items) = read_tar(&tar);
+
+    // Sorted depth-first, the root first, nothing a whiteout names, no whiteout files.
+    assert_eq!(order[0], "./");
+    let mut sorted = order[1..].to_vec();
+    sorted.sort_by(|a, b| a.split('/').cmp(b.split('/')));
+    assert_eq!(order[1..], sorted[..], "entries are not in sorted order");
+    assert!(
+        order.iter().all(|p| !p.contains(".wh.")),
+        "a whiteout leaked: {order:?}"
+    );
+    assert!(!items.contains_key("gone") && !items.contains_key("gone/deep"));
+
+    // Opaque: only the upper layer's children, with the upper layer's directory mode.
+    let opaque: Vec<&String> = order.iter().filter(|p| p.starts_with("opaque/")).collect();
+    assert_eq!(opaque, ["opaque/upper"]);
+    assert_eq!(entry(&items, "opaque").mode, 0o750);
+
+    // A whiteout and a new file of the same name in one layer: the new one.
+    assert_eq!(entry(&items, "etc/hostname").data, b"top\n");
+
+    // A directory replacing a file; a file replacing a hardlinked file keeps the other name's old data.
+    assert_eq!(entry(&items, "usr/bin/replaced-by-dir").kind, 'd');
+    assert_eq!(
+        entry(&items, "usr/bin/replaced-by-dir/inside").data,
+        b"inside"
+    );
+    assert_eq!(entry(&items, "usr/bin/ping").data, b"new ping");
+    assert_eq!(entry(&items, "usr/bin/ping").mode, 0o755);
+    assert!(entry(&items, "usr/bin/ping").xattrs.is_empty());
+    let link = entry(&items, "usr/bin/ping-link");
+    assert_eq!(
+        (link.kind, link.mode, link.data.as_slice()),
+        ('f', 0o4755, &b"PING"[..])
+    );
+    assert_eq!(
+        link.xattrs,
+        [(
+            "security.capability".to_string(),
+            b"\x01\x00\x00\x02\x00\x20\x00\x00".to_vec()
+        )]
+    );
+
+    // Special files, modes and owners.
+    assert_eq!(entry(&items, "bin").kind, 'l');
+    assert_eq!(entry(&items, "bin").link, "usr/bin");
+    assert_eq!(entry(&items, "tmp").mode, 0o1777);
+    let owned = entry(&items, "home-data");
+    assert_eq!((owned.mode, owned.uid, owned.gid), (0o2750, 1000, 1001));
+    assert_eq!(entry(&items, "run-fifo").kind, 'p');
+    assert_eq!(entry(&items, "dev-null").kind, 'c');
+    assert_eq!(entry(&items, "dev-sda").kind, 'b');
+    let acl = entry(&items, "acl");
+    assert_eq!(
+        acl.xattrs,
+        [
+            (
+                "system.posix_acl_access".to_string(),
+                b"\x02\x00\x00\x00\x01\x00\x06\x00".to_vec()
+            ),
+            ("user.note".to_string(), b"v".to_vec())
+        ],
+        "xattrs kept, in sorted order"
+    );
+
+    // Long names of both styles, and every layer compression.
+    assert_eq!(
+        entry(&items, &format!("long/{}", "g".repeat(150))).data,
+        b"gnu"
+    );
+    assert_eq!(
+        entry(&items, &format!("long/{}", "p".repeat(180))).data,
+        b"pax"
+    );
+    assert_eq!(entry(&items, "zstd-was-here").mode, 0o600);
+
+    // The profile's file and cairn's own; the machine id emptied, its mode kept.
+    let motd = entry(&items, "etc/motd");
+    assert_eq!(
+        (motd.data.as_slice(), motd.mode, motd.uid, motd.gid),
+        (&b"welcome\n"[..], 0o640, 0, 4)
+    );
+    let machine_id = entry(&items, "etc/machine-id");
+    assert_eq!((machine_id.data.len(), machine_id.mode), (0, 0o444));
+    let agent = entry(&items, "usr/lib/cairn/cairn-agent");
+    assert_eq!(agent.mode, 0o755);
+    assert_eq!(&agent.data[..4], b"\x7fELF");
+    assert_eq!(
+        entry(&items, "usr/lib/cairn/profile.toml").data,
+        std::fs::read(&profile).expect("profile")
+    );
+    assert_eq!(
+        entry(
+            &items,
+            "usr/lib/systemd/system/sysinit.target.wants/cairn-agent.service"
+        )
+        .link,
+        "../cairn-agent.service"
+    );
+    assert!(
+        entry(&items, "usr/lib/systemd/system/cairn-agent.service")
+            .data
+            .starts_with(b"# Installed by cairn build")
+    );
+
+    // No wall clock: every mtime is the fixed epoch when SOURCE_DATE_EPOCH is unset.
+    assert!(items.values().all(|i| i.mtime == 0), "mtimes not clamped");
+
+    // An empty cache gives the same bytes; so does a warm cache, written afresh.
+    let second = build(&profile, work.path(), "b", &[]);
+    assert_ok(&second.output, "second cold build");
+    assert_eq!(sha256_hex(&tar), sha256_hex(&second.out.join("tricky.tar")));
+    std::fs::remove_dir_all(&first.out).expect("remove out");
+    let warm = build_with(&profile, &first.out, &first.cache, &[]);
+    assert_ok(&warm.output, "warm build");
+    assert_eq!(sha256_hex(&tar), sha256_hex(&second.out.join("tricky.tar")));
+
+    // The report names the rock, its digests and the output's digest.
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(first.out.join("tricky.manifest.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["rocks"][0]["reference"], pushed.reference_by_digest);
+    assert_eq!(
+        report["rocks"][0]["manifest_digest"],
+        pushed.manifest_digest
+    );
+    assert!(report["rocks"][0].get("index_digest").is_none());
+    assert_eq!(
+        report["rocks"][0]["layers"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(report["outputs"][0]["sha256"], sha256_hex(&tar));
+    assert_eq!(
+        report["outputs"][0]["size"],
+        std::fs::metadata(&tar).expect("tar").len()
+    );
+    assert_eq!(report["profile"]["sha256"], sha256_hex(&profile));
+}
+
+#[test]
+fn source_date_epoch_clamps_mtimes() {
+    let registry = registry::shared();
+    let layer = LayerBuilder::new()
+        .file("old", 0o644, "o")
+        .mtime(100)
+        .file("new", 0o644, "n")
+        .mtime(2_000_000_000);
+    let pushed = push_image(
+        registry,
+        "e2e/epoch",
+        "v1",
+        &Image::builder()
+            .layer_from(&layer, Compression::Gzip)
+            .build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "epoch", &pushed.reference_by_digest, &[], "");
+    let b = build(&profile, work.path(), "a", &[("SOURCE_DATE_EPOCH", "1000")]);
+    assert_ok(&b.output, "build");
+    let (_, items) = read_tar(&b.out.join("epoch.tar"));
+    assert_eq!(entry(&items, "old").mtime, 100);
+    assert_eq!(entry(&items, "new").mtime, 1000);
+    let bad = build(
+        &profile,
+        work.path(),
+        "c",
+        &[("SOURCE_DATE_EPOCH", "yesterday")],
+    );
+    assert_eq!(bad.output.status.code(), Some(2));
+    assert!(
+        stderr(&bad.output).contains("SOURCE_DATE_EPOCH=`yesterday` is not a number"),
+        "{}",
+        stderr(&bad.output)
+    );
+}
+
+#[test]
+fn layers_from_several_rocks_merge_in_order() {
+    let registry = registry::shared();
+    let base = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/a", 0o644, "base")
+        .file("etc/b", 0o644, "b");
+    let top = LayerBuilder::new()
+        .file("etc/a", 0o600, "top")
+        .whiteout("etc/b");
+    let base = push_image(
+        registry,
+        "e2e/base",
+        "v1",
+        &Image::builder()
+            .layer_from(&base, Compression::Gzip)
+            .build(),
+    );
+    let top = push_image(
+        registry,
+        "e2e/top",
+        "v1",
+        &Image::builder()
+            .media_types(MediaTypes::DockerV2)
+            .layer_from(&top, Compression::Gzip)
+            .build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "merged",
+        &base.reference_by_digest,
+        &[&top.reference_by_digest],
+        "",
+    );
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_ok(&b.output, "build");
+    let (_, items) = read_tar(&b.out.join("merged.tar"));
+    assert_eq!(
+        (
+            entry(&items, "etc/a").data.as_slice(),
+            entry(&items, "etc/a").mode
+        ),
+        (&b"top"[..], 0o600)
+    );
+    assert!(!items.contains_key("etc/b"));
+}
+
+#[test]
+fn multi_arch_index_resolves_the_profile_arch() {
+    let registry = registry::shared();
+    for media in [MediaTypes::Oci, MediaTypes::DockerV2] {
+        let amd = Image::builder()
+            .arch("amd64")
+            .media_types(media)
+            .layer_from(
+                &LayerBuilder::new().file("arch", 0o644, "amd64"),
+                Compression::Gzip,
+            )
+            .build();
+        let arm = Image::builder()
+            .arch("arm64")
+            .media_types(media)
+            .layer_from(
+                &LayerBuilder::new().file("arch", 0o644, "arm64"),
+                Compression::Gzip,
+            )
+            .build();
+        let mut index = IndexBuilder::new(media)
+            .image(amd.clone())
+            .image(arm.clone());
+        if media == MediaTypes::Oci {
+            index = index.attestation_for(&amd);
+        }
+        let pushed = push_index(
+            registry,
+            "e2e/multi",
+            &format!("{media:?}").to_lowercase(),
+            &index.build(),
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        let profile = write_profile(work.path(), "multi", &pushed.reference_by_digest, &[], "");
+        let b = build(&profile, work.path(), "amd", &[]);
+        assert_ok(&b.output, "amd64 build");
+        let (_, items) = read_tar(&b.out.join("multi.tar"));
+        assert_eq!(entry(&items, "arch").data, b"amd64", "{media:?}");
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(b.out.join("multi.manifest.json")).expect("report"),
+        )
+        .expect("json");
+        assert_eq!(
+            report["rocks"][0]["index_digest"].as_str(),
+            pushed.index_digest.as_deref()
+        );
+        assert_eq!(report["rocks"][0]["manifest_digest"], amd.manifest_digest);
+
+        // arm64 picks the arm64 image (the agent given must then be an arm64 static ELF).
+        let arm_agent = work.path().join("agent-arm64");
+        std::fs::write(&arm_agent, fake_elf(183)).expect("write agent");
+        let arm_profile = work.path().join("multi-arm.toml");
+        std::fs::write(
+            &arm_profile,
+            std::fs::read_to_string(&profile)
+                .expect("read")
+                .replace("\"amd64\"", "\"arm64\""),
+        )
+        .expect("write");
+        let out = work.path().join("out-arm");
+        let o = run_cairn(
+            [
+                "build".as_ref(),
+                arm_profile.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--agent".as_ref(),
+                arm_agent.as_os_str(),
+                "--cache".as_ref(),
+                b.cache.as_os_str(),
+            ],
+            &[],
+        );
+        assert_ok(&o, "arm64 build");
+        let (_, items) = read_tar(&out.join("multi.tar"));
+        assert_eq!(entry(&items, "arch").data, b"arm64");
+        // The amd64 agent is refused for an arm64 profile, before anything is written.
+        let out2 = work.path().join("out-arm-refused");
+        let o = run_cairn(
+            [
+                "build".as_ref(),
+                arm_profile.as_os_str(),
+                "--out".as_ref(),
+                out2.as_os_str(),
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no usable cairn-agent found"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!out2.exists());
+    }
+}
+
+/// A minimal static ELF header for `machine` (62 amd64, 183 arm64): enough for cairn's architecture check.
+fn fake_elf(machine: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2;
+    b[5] = 1;
+    b[18..20].copy_from_slice(&machine.to_le_bytes());
+    b
+}
+
+#[test]
+fn an_index_without_the_arch_is_a_clear_error() {
+    let registry = registry::shared();
+    let arm = Image::builder()
+        .arch("arm64")
+        .layer_from(
+            &LayerBuilder::new().file("a", 0o644, "a"),
+            Compression::Gzip,
+        )
+        .build();
+    let pushed = push_index(
+        registry,
+        "e2e/armonly",
+        "v1",
+        &IndexBuilder::new(MediaTypes::Oci).image(arm).build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "armonly", &pushed.reference_by_digest, &[], "");
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_eq!(b.output.status.code(), Some(1));
+    assert!(
+        stderr(&b.output).contains("the index has no linux/amd64 image (it has: linux/arm64/v8)"),
+        "{}",
+        stderr(&b.output)
+    );
+    assert!(!b.out.join("armonly.tar").exists());
+}
+
+#[test]
+fn a_corrupted_blob_fails_and_leaves_the_cache_clean() {
+    let mut registry = Registry::start(Auth::Anonymous);
+    let layer = LayerBuilder::new().file("payload", 0o644, vec![7u8; 200_000]);
+    let pushed = push_image(
+        &registry,
+        "e2e/corrupt",
+        "v1",
+        &Image::builder()
+            .layer_from(&layer, Compression::Gzip)
+            .build(),
+    );
+    let layer_digest = pushed.layer_digests[0].clone();
+    registry.corrupt_blob(&layer_digest);
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "corrupt", &pushed.reference_by_digest, &[], "");
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_eq!(b.output.status.code(), Some(1), "{}", stderr(&b.output));
+    let err = stderr(&b.output);
+    assert!(
+        err.contains(&format!("blob {layer_digest}")) && err.contains("digest mismatch"),
+        "{err}"
+    );
+    let hex = layer_digest.trim_start_matches("sha256:");
+    assert!(
+        !b.cache.join("blobs/sha256").join(hex).exists(),
+        "the bad blob entered the cache"
+    );
+    assert_eq!(
+        std::fs::read_dir(b.cache.join("tmp")).expect("tmp").count(),
+        0,
+        "temp files left behind"
+    );
+    assert!(!b.out.join("corrupt.tar").exists());
+    assert!(!b.out.join("corrupt.manifest.json").exists());
+    registry.stop();
+}
+
+#[test]
+fn a_lying_config_is_caught_by_the_diff_id() {
+    let registry = registry::shared();
+    let layer = LayerBuilder::new().file("f", 0o644, "f");
+    let image = Image::builder()
+        .layer_from(&layer, Compression::Gzip)
+        .diff_ids(vec![format!("sha256:{}", "ab".repeat(32))])
+        .build();
+    let pushed = push_image(registry, "e2e/liar", "v1", &image);
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "liar", &pushed.reference_by_digest, &[], "");
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_eq!(b.output.status.code(), Some(1));
+    assert!(
+        stderr(&b.output).contains("the image config says sha256:abab"),
+        "{}",
+        stderr(&b.output)
+    );
+    assert!(
+        std::fs::read_dir(b.cache.join("layers/v1"))
+            .expect("layers")
+            .next()
+            .is_none(),
+        "an unverified layer was kept"
+    );
+}
+
+#[test]
+fn escaping_paths_are_refused() {
+    let registry = registry::shared();
+    for (name, layer, expect) in [
+        (
+            "dotdot",
+            LayerBuilder::new().file("../evil", 0o644, "x"),
+            "`../evil` has a .. component: it could escape the root",
+        ),
+        (
+            "hardlink",
+            LayerBuilder::new()
+                .file("ok", 0o644, "x")
+                .hardlink("link", "../../etc/passwd"),
+            "hardlink `link` → `../../etc/passwd` has a .. component",
+        ),
+    ] {
+        let pushed = push_image(
+            registry,
+            &format!("e2e/escape-{name}"),
+            "v1",
+            &Image::builder()
+                .layer_from(&layer, Compression::Gzip)
+                .build(),
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        let profile = write_profile(work.path(), "escape", &pushed.reference_by_digest, &[], "");
+        let b = build(&profile, work.path(), "a", &[]);
+        assert_eq!(b.output.status.code(), Some(1), "{name}");
+        assert!(
+            stderr(&b.output).contains(expect),
+            "{name}: {}",
+            stderr(&b.output)
+        );
+        assert!(!b.out.join("escape.tar").exists());
+    }
+}
+
+#[test]
+fn a_warm_build_needs_no_registry() {
+    let mut registry = Registry::start(Auth::Anonymous);
+    let layer = LayerBuilder::new().file("f", 0o644, "offline");
+    let pushed = push_image(
+        &registry,
+        "e2e/offline",
+        "v1",
+        &Image::builder()
+            .layer_from(&layer, Compression::Zstd)
+            .build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "offline", &pushed.reference_by_digest, &[], "");
+    let cold = build(&profile, work.path(), "a", &[]);
+    assert_ok(&cold.output, "cold build");
+    let cold_sha = sha256_hex(&cold.out.join("offline.tar"));
+    let requests = registry.request_count();
+    assert!(requests > 0);
+    registry.stop();
+    std::fs::remove_dir_all(&cold.out).expect("remove out");
+    let warm = build_with(&profile, &cold.out, &cold.cache, &[]);
+    assert_ok(&warm.output, "warm build with the registry stopped");
+    assert_eq!(sha256_hex(&cold.out.join("offline.tar")), cold_sha);
+    // And with the registry back, a warm build asks it nothing.
+    registry.restart();
+    let before = registry.request_count();
+    let again = build_with(&profile, &cold.out, &cold.cache, &[]);
+    assert_ok(&again.output, "warm build");
+    assert_eq!(
+        registry.request_count(),
+        before,
+        "a cached build made requests"
+    );
+}
+
+#[test]
+fn basic_and_token_auth_use_the_docker_config() {
+    for auth in [Auth::basic("alice", "s3cret"), Auth::token("bob", "t0ken")] {
+        let registry = Registry::start(auth);
+        let layer = LayerBuilder::new().file("f", 0o644, "private");
+        let pushed = push_image(
+            &registry,
+            "e2e/private",
+            "v1",
+            &Image::builder()
+                .layer_from(&layer, Compression::Gzip)
+                .build(),
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        let profile = write_profile(work.path(), "private", &pushed.reference_by_digest, &[], "");
+
+        // No credentials: refused, nothing written.
+        let empty = work.path().join("no-docker-config");
+        std::fs::create_dir_all(&empty).expect("mkdir");
+        let refused = build(
+            &profile,
+            work.path(),
+            "anon",
+            &[("DOCKER_CONFIG", empty.to_str().expect("utf-8"))],
+        );
+        assert_eq!(
+            refused.output.status.code(),
+            Some(1),
+            "{:?}",
+            registry.auth()
+        );
+        assert!(
+            stderr(&refused.output).contains(&registry.addr()),
+            "{}",
+            stderr(&refused.output)
+        );
+        assert!(!refused.out.join("private.tar").exists());
+
+        let config = write_docker_config(&work.path().join("docker"), &[&registry]);
+        let ok = build(
+            &profile,
+            work.path(),
+            "auth",
+            &[("DOCKER_CONFIG", config.to_str().expect("utf-8"))],
+        );
+        assert_ok(&ok.output, &format!("{:?} build", registry.auth()));
+        let (_, items) = read_tar(&ok.out.join("private.tar"));
+        assert_eq!(entry(&items, "f").data, b"private");
+        if registry.token_issuer().is_some() {
+            assert!(registry.tokens_issued() >= 1, "no token was issued");
+        }
+    }
+}
+
+#[test]
+fn pin_rewrites_digests_and_keeps_the_layout() {
+    let registry = registry::shared();
+    let one = push_image(
+        registry,
+        "e2e/pin-one",
+        "stable",
+        &Image::simple("amd64", "one"),
+    );
+    let amd = Image::simple("amd64", "multi");
+    let arm = Image::simple("arm64", "multi");
+    let multi = push_index(
+        registry,
+        "e2e/pin-multi",
+        "v2",
+        &IndexBuilder::new(MediaTypes::Oci)
+            .image(amd)
+            .image(arm)
+            .build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let path = work.path().join("pin.toml");
+    let stale = format!("sha256:{}", "0".repeat(64));
+    let text = format!(
+        "# a comment that stays\nschema = 1\nname = \"pin\"\nversion = \"1\"\narch = \"amd64\"\n\n[base]\nrock = \"{}/e2e/pin-one:stable\"   # trailing comment\n\n[[layer]]\n# before the layer\nrock = '{}/e2e/pin-multi:v2@{stale}'\n",
+        registry.addr(),
+        registry.addr()
+    );
+    std::fs::write(&path, &text).expect("write");
+    let o = run_cairn(["validate".as_ref(), path.as_os_str()], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(":8:8: `base.rock`:") && stderr(&o).contains("pin it: cairn pin"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run_cairn(["pin".as_ref(), path.as_os_str()], &[]);
+    assert_ok(&o, "pin");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!("-> {}", one.reference_by_digest)),
+        "{stdout}"
+    );
+    let pinned = std::fs::read_to_string(&path).expect("read");
+    let expected = text
+        .replace(
+            "e2e/pin-one:stable\"",
+            &format!("e2e/pin-one:stable@{}\"", one.manifest_digest),
+        )
+        .replace(
+            &format!("'{}/e2e/pin-multi:v2@{stale}'", registry.addr()),
+            &format!(
+                "\"{}/e2e/pin-multi:v2@{}\"",
+                registry.addr(),
+                multi.index_digest.clone().expect("index")
+            ),
+        );
+    assert_eq!(pinned, expected, "only the digests change");
+    let o = run_cairn(["validate".as_ref(), path.as_os_str()], &[]);
+    assert_ok(&o, "validate after pin");
+    // Pinning again changes nothing.
+    let o = run_cairn(["pin".as_ref(), path.as_os_str()], &[]);
+    assert_ok(&o, "pin again");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), expected);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("base.rock: unchanged"));
+}
+
+#[test]
+fn bad_input_exits_2_and_writes_nothing() {
+    let registry = registry::shared();
+    let pushed = push_image(registry, "e2e/bad", "v1", &Image::simple("amd64", "bad"));
+    let work = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "unpinned",
+            format!("{}/e2e/bad:v1", registry.addr()),
+            "",
+            ":7:8: `base.rock`: ",
+            "pin it: cairn pin",
+        ),
+        (
+            "unknown",
+            pushed.reference_by_digest.clone(),
+            "[image]\nformats = [\"tar\"]\ncompress = true\n",
+            ":11:1: `image.compress`: ",
+            "unknown field `compress`",
+        ),
+        (
+            "relative",
+            pushed.reference_by_digest.clone(),
+            "[[file]]\npath = \"etc/x\"\ncontent = \"\"\n",
+            ":10:8: `file[0].path`: ",
+            "not an absolute path",
+        ),
+        (
+            "source",
+            pushed.reference_by_digest.clone(),
+            "[[file]]\npath = \"/etc/x\"\nsource = \"../../etc/passwd\"\n",
+            ":11:10: `file[0].source`: ",
+            "outside the profile's folder",
+        ),
+    ];
+    for (name, rock, extra, position, message) in cases {
+        let profile = write_profile(work.path(), name, &rock, &[], extra);
+        let b = build(&profile, work.path(), name, &[]);
+        let err = stderr(&b.output);
+        assert_eq!(b.output.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{}{position}", profile.display())),
+            "{name}: {err}"
+        );
+        assert!(err.contains(message), "{name}: {err}");
+        assert!(!b.out.exists(), "{name}: output folder created");
+        let v = run_cairn(["validate".as_ref(), profile.as_os_str()], &[]);
+        assert_eq!(v.status.code(), Some(2), "{name}");
+    }
+    let o = run_cairn(["build", "nothing.toml", "--format", "vhd"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown format `vhd`"),
+        "{}",
+        stderr(&o)
+    );
+}
