@@ -1,0 +1,338 @@
+//! The real node base rock (Debian bookworm from mmdebstrap), built by cairn and unpacked by the reference OCI
+//! tool, `umoci unpack`: the two roots must agree on every path, type, mode, owner, size, content, link target,
+//! device number and xattr, except for cairn's own files.
+//!
+//! Needs `CAIRN_NODE_BASE_LAYOUT`: the OCI layout `rocks/node-base/build` writes (tests/run.sh sets it).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_e2e::{registry, run_cairn, write_profile};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desc {
+    kind: char,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    sha256: String,
+    link: String,
+    dev: (u64, u64),
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+fn layout() -> PathBuf {
+    let dir = std::env::var_os("CAIRN_NODE_BASE_LAYOUT")
+        .map(PathBuf::from)
+        .expect("CAIRN_NODE_BASE_LAYOUT must name the node base OCI layout: run the suite with tests/run.sh");
+    assert!(
+        dir.join("index.json").is_file(),
+        "{} holds no OCI layout: run rocks/node-base/build",
+        dir.display()
+    );
+    dir
+}
+
+/// The manifest digest tagged `bookworm` in the layout.
+fn layout_digest(layout: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("json");
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "bookworm")
+        .and_then(|m| m["digest"].as_str())
+        .expect("a manifest tagged bookworm")
+        .to_string()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    let mut names = vec![0u8; 65536];
+    // SAFETY: c is a valid C string and names a buffer of the given length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(
+        n >= 0,
+        "llistxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut out = BTreeMap::new();
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let cname = CString::new(name).expect("xattr name");
+        let mut value = vec![0u8; 65536];
+        // SAFETY: as above, for one attribute name.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert!(
+            len >= 0,
+            "lgetxattr {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        value.truncate(len as usize);
+        out.insert(String::from_utf8_lossy(name).into_owned(), value);
+    }
+    out
+}
+
+/// Describes an unpacked root folder.
+fn describe_dir(root: &Path) -> BTreeMap<String, Desc> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("dir entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let ft = meta.file_type();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            let mut d = Desc {
+                kind: '?',
+                mode: meta.mode() & 0o7777,
+                uid: u64::from(meta.uid()),
+                gid: u64::from(meta.gid()),
+                size: 0,
+                sha256: String::new(),
+                link: String::new(),
+                dev: (0, 0),
+                xattrs: xattrs(&path),
+            };
+            if ft.is_dir() {
+                d.kind = 'd';
+                stack.push(path.clone());
+            } else if ft.is_file() {
+                d.kind = 'f';
+                let bytes = std::fs::read(&path).expect("read");
+                d.size = bytes.len() as u64;
+                d.sha256 = hex::encode(Sha256::digest(&bytes));
+            } else if ft.is_symlink() {
+                d.kind = 'l';
+                d.mode = 0;
+                d.link = std::fs::read_link(&path)
+                    .expect("readlink")
+                    .to_string_lossy()
+                    .into_owned();
+            } else if ft.is_char_device() || ft.is_block_device() {
+                d.kind = if ft.is_char_device() { 'c' } else { 'b' };
+                d.dev = (
+                    u64::from(libc::major(meta.rdev())),
+                    u64::from(libc::minor(meta.rdev())),
+                );
+            } else if ft.is_fifo() {
+                d.kind = 'p';
+            }
+            out.insert(rel, d);
+        }
+    }
+    out
+}
+
+/// Describes cairn's tar output the same way (hardlinks take their target's content).
+fn describe_tar(path: &Path) -> BTreeMap<String, Desc> {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).expect("open tar"));
+    let mut out: BTreeMap<String, Desc> = BTreeMap::new();
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let name = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_end_matches('/')
+            .to_string();
+        if name == "." || name.is_empty() {
+            continue;
+        }
+        let h = entry.header().clone();
+        let mut xattrs = BTreeMap::new();
+        if let Some(pax) = entry.pax_extensions().expect("pax") {
+            for ext in pax {
+                let ext = ext.expect("pax record");
+                if let Some(n) = ext.key().expect("key").strip_prefix("SCHILY.xattr.") {
+                    xattrs.insert(n.to_string(), ext.value_bytes().to_vec());
+                }
+            }
+        }
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        let mut d = Desc {
+            kind: '?',
+            mode: h.mode().expect("mode") & 0o7777,
+            uid: h.uid().expect("uid"),
+            gid: h.gid().expect("gid"),
+            size: 0,
+            sha256: String::new(),
+            link: String::new(),
+            dev: (0, 0),
+            xattrs,
+        };
+        match h.entry_type() {
+            tar::EntryType::Directory => d.kind = 'd',
+            tar::EntryType::Regular => {
+                d.kind = 'f';
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes).expect("data");
+                d.size = bytes.len() as u64;
+                d.sha256 = hex::encode(Sha256::digest(&bytes));
+            }
+            tar::EntryType::Link => {
+                let target = out
+                    .get(link.trim_end_matches('/'))
+                    .unwrap_or_else(|| panic!("{name}: hardlink to {link}, not yet written"));
+                d = target.clone();
+            }
+            tar::EntryType::Symlink => {
+                d.kind = 'l';
+                d.mode = 0;
+                d.link = link;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                d.kind = if h.entry_type() == tar::EntryType::Char {
+                    'c'
+                } else {
+                    'b'
+                };
+                d.dev = (
+                    u64::from(h.device_major().expect("major").unwrap_or(0)),
+                    u64::from(h.device_minor().expect("minor").unwrap_or(0)),
+                );
+            }
+            tar::EntryType::Fifo => d.kind = 'p',
+            other => panic!("{name}: unexpected type {other:?}"),
+        }
+        out.insert(name, d);
+    }
+    out
+}
+
+/// What cairn adds or changes on purpose.
+fn cairn_own(path: &str) -> bool {
+    path == "usr/lib/cairn"
+        || path.starts_with("usr/lib/cairn/")
+        || path.starts_with("usr/lib/systemd/system/cairn-")
+        || (path.starts_with("usr/lib/systemd/system/") && path.contains(".target.wants/cairn-"))
+        || path == "etc/machine-id"
+}
+
+#[test]
+fn node_base_equals_umoci_unpack_plus_cairn_files() {
+    let layout = layout();
+    let digest = layout_digest(&layout);
+    let registry = registry::shared();
+    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci:{}:bookworm", layout.display()),
+        &format!("docker://{reference}"),
+    ]));
+
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "node",
+        &format!("{reference}@{digest}"),
+        &[],
+        "",
+    );
+    let out = work.path().join("out");
+    let cache = work.path().join("cache");
+    let o = run_cairn(
+        [
+            "build".as_ref(),
+            profile.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let bundle = work.path().join("bundle");
+    run(Command::new("umoci")
+        .args([
+            "unpack",
+            "--image",
+            &format!("{}:bookworm", layout.display()),
+        ])
+        .arg(&bundle));
+    let reference_tree = describe_dir(&bundle.join("rootfs"));
+    let ours = describe_tar(&out.join("node.tar"));
+    assert!(
+        reference_tree.len() > 10_000,
+        "the node base looks too small: {} paths",
+        reference_tree.len()
+    );
+
+    let mut problems = Vec::new();
+    for (path, theirs) in &reference_tree {
+        match ours.get(path) {
+            None => problems.push(format!("missing from cairn's output: {path}")),
+            Some(mine) if mine != theirs && !cairn_own(path) => problems.push(format!(
+                "{path} differs:\n  umoci: {theirs:?}\n  cairn: {mine:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for path in ours.keys().filter(|p| !reference_tree.contains_key(*p)) {
+        // New folders that only hold cairn's files are cairn's too.
+        let only_for_cairn = ours
+            .keys()
+            .filter(|p| p.starts_with(&format!("{path}/")))
+            .all(|p| cairn_own(p));
+        if !cairn_own(path) && !(ours[path].kind == 'd' && only_for_cairn) {
+            problems.push(format!("only in cairn's output: {path}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+
+    // The ACLs on the journal folder are the case the Debian base is known for.
+    assert!(
+        ours["var/log/journal"]
+            .xattrs
+            .contains_key("system.posix_acl_default")
+    );
+    assert_eq!(ours["etc/machine-id"].size, 0);
+    assert_eq!(ours["usr/lib/cairn/cairn-agent"].mode, 0o755);
+}
