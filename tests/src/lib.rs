@@ -9,9 +9,11 @@
 //!   with every entry kind cairn must handle, several compressions).
 //! - [`push`]: push them with the registry HTTP API v2 (and read back).
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
+//! - [`output`]: reading cairn's tar outputs back.
 
 pub mod cairn;
 pub mod image;
+pub mod output;
 pub mod push;
 pub mod registry;
 pub mod token;

@@ -5,94 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cairn_e2e::image::LongNames;
+use cairn_e2e::output::{Item, read_tar, sha256_file as sha256_hex};
 use cairn_e2e::{
     Auth, Compression, Image, IndexBuilder, LayerBuilder, MediaTypes, Registry, push_image,
     push_index, registry, run_cairn, write_docker_config, write_profile,
 };
-
-/// One entry of an output tar, as a user would compare it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Item {
-    kind: char,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: u64,
-    data: Vec<u8>,
-    link: String,
-    xattrs: Vec<(String, Vec<u8>)>,
-}
-
-/// Reads a tar into path → item, in archive order (also returned as a list of paths).
-fn read_tar(path: &Path) -> (Vec<String>, BTreeMap<String, Item>) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut archive = tar::Archive::new(file);
-    let mut order = Vec::new();
-    let mut items = BTreeMap::new();
-    for entry in archive.entries().expect("a tar") {
-        let mut entry = entry.expect("an entry");
-        let name = String::from_utf8(entry.path_bytes().into_owned()).expect("utf-8 path");
-        let h = entry.header().clone();
-        let kind = match h.entry_type() {
-            tar::EntryType::Regular => 'f',
-            tar::EntryType::Directory => 'd',
-            tar::EntryType::Symlink => 'l',
-            tar::EntryType::Link => 'h',
-            tar::EntryType::Char => 'c',
-            tar::EntryType::Block => 'b',
-            tar::EntryType::Fifo => 'p',
-            other => panic!("unexpected entry type {other:?} for {name}"),
-        };
-        let mut xattrs = Vec::new();
-        if let Some(pax) = entry.pax_extensions().expect("pax") {
-            for ext in pax {
-                let ext = ext.expect("pax record");
-                if let Some(n) = ext.key().expect("utf-8 key").strip_prefix("SCHILY.xattr.") {
-                    xattrs.push((n.to_string(), ext.value_bytes().to_vec()));
-                }
-            }
-        }
-        let link = entry
-            .link_name_bytes()
-            .map(|l| String::from_utf8_lossy(&l).into_owned())
-            .unwrap_or_default();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut data).expect("entry data");
-        assert_eq!(
-            h.username_bytes().unwrap_or_default(),
-            b"",
-            "{name}: uname must be empty"
-        );
-        assert_eq!(
-            h.groupname_bytes().unwrap_or_default(),
-            b"",
-            "{name}: gname must be empty"
-        );
-        let item = Item {
-            kind,
-            mode: h.mode().expect("mode"),
-            uid: h.uid().expect("uid"),
-            gid: h.gid().expect("gid"),
-            mtime: h.mtime().expect("mtime"),
-            data,
-            link,
-            xattrs,
-        };
-        order.push(name.clone());
-        assert!(
-            items.insert(name.clone(), item).is_none(),
-            "{name} appears twice"
-        );
-    }
-    (order, items)
-}
-
-fn sha256_hex(path: &Path) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(
-        std::fs::read(path).expect("read output"),
-    ))
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cairn_e2e::output::read_tar;
 use cairn_e2e::{registry, run_cairn, write_profile};
 use sha2::{Digest, Sha256};
 
@@ -157,78 +158,46 @@ fn describe_dir(root: &Path) -> BTreeMap<String, Desc> {
     out
 }
 
-/// Describes cairn's tar output the same way (hardlinks take their target's content).
+/// Describes cairn's tar output the same way (hardlinks take their target's description).
 fn describe_tar(path: &Path) -> BTreeMap<String, Desc> {
-    let mut archive = tar::Archive::new(std::fs::File::open(path).expect("open tar"));
+    let (order, items) = read_tar(path);
     let mut out: BTreeMap<String, Desc> = BTreeMap::new();
-    for entry in archive.entries().expect("tar") {
-        let mut entry = entry.expect("entry");
-        let name = String::from_utf8_lossy(&entry.path_bytes())
-            .trim_end_matches('/')
-            .to_string();
-        if name == "." || name.is_empty() {
+    for name in order {
+        let item = &items[&name];
+        let path = name.trim_end_matches('/').to_string();
+        if path == "." || path.is_empty() {
             continue;
         }
-        let h = entry.header().clone();
-        let mut xattrs = BTreeMap::new();
-        if let Some(pax) = entry.pax_extensions().expect("pax") {
-            for ext in pax {
-                let ext = ext.expect("pax record");
-                if let Some(n) = ext.key().expect("key").strip_prefix("SCHILY.xattr.") {
-                    xattrs.insert(n.to_string(), ext.value_bytes().to_vec());
-                }
-            }
-        }
-        let link = entry
-            .link_name_bytes()
-            .map(|l| String::from_utf8_lossy(&l).into_owned())
-            .unwrap_or_default();
-        let mut d = Desc {
-            kind: '?',
-            mode: h.mode().expect("mode") & 0o7777,
-            uid: h.uid().expect("uid"),
-            gid: h.gid().expect("gid"),
-            size: 0,
-            sha256: String::new(),
-            link: String::new(),
-            dev: (0, 0),
-            xattrs,
-        };
-        match h.entry_type() {
-            tar::EntryType::Directory => d.kind = 'd',
-            tar::EntryType::Regular => {
-                d.kind = 'f';
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut entry, &mut bytes).expect("data");
-                d.size = bytes.len() as u64;
-                d.sha256 = hex::encode(Sha256::digest(&bytes));
-            }
-            tar::EntryType::Link => {
-                let target = out
-                    .get(link.trim_end_matches('/'))
-                    .unwrap_or_else(|| panic!("{name}: hardlink to {link}, not yet written"));
-                d = target.clone();
-            }
-            tar::EntryType::Symlink => {
-                d.kind = 'l';
-                d.mode = 0;
-                d.link = link;
-            }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                d.kind = if h.entry_type() == tar::EntryType::Char {
-                    'c'
+        let desc = match item.kind {
+            'h' => out
+                .get(item.link.trim_end_matches('/'))
+                .unwrap_or_else(|| panic!("{path}: hardlink to {}, not yet written", item.link))
+                .clone(),
+            kind => Desc {
+                kind,
+                mode: if kind == 'l' { 0 } else { item.mode & 0o7777 },
+                uid: item.uid,
+                gid: item.gid,
+                size: if kind == 'f' {
+                    item.data.len() as u64
                 } else {
-                    'b'
-                };
-                d.dev = (
-                    u64::from(h.device_major().expect("major").unwrap_or(0)),
-                    u64::from(h.device_minor().expect("minor").unwrap_or(0)),
-                );
-            }
-            tar::EntryType::Fifo => d.kind = 'p',
-            other => panic!("{name}: unexpected type {other:?}"),
-        }
-        out.insert(name, d);
+                    0
+                },
+                sha256: if kind == 'f' {
+                    hex::encode(Sha256::digest(&item.data))
+                } else {
+                    String::new()
+                },
+                link: if kind == 'l' {
+                    item.link.clone()
+                } else {
+                    String::new()
+                },
+                dev: (u64::from(item.dev.0), u64::from(item.dev.1)),
+                xattrs: item.xattrs.iter().cloned().collect(),
+            },
+        };
+        out.insert(path, desc);
     }
     out
 }
