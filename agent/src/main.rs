@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         // Checks a profile the way the agent reads it at boot.
         Some("check") => {
             let path = args.get(1).map(String::as_str).unwrap_or(BAKED_PROFILE);
-            match cairn_profile::Profile::load(Path::new(path)) {
+            match cairn_profile::Profile::load_baked(Path::new(path)) {
                 Ok(p) => {
                     println!("{}: profile {} {} is valid", path, p.name, p.version);
                     ExitCode::SUCCESS

@@ -98,9 +98,26 @@ pub struct Profile {
     pub formats: Vec<Format>,
 }
 
+/// Whether `source` files are looked for on disk: on the build host they must exist inside the profile's folder;
+/// in a built image (the baked profile) their content is already in place and only their form is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sources {
+    OnDisk,
+    Baked,
+}
+
 impl Profile {
-    /// Reads and checks a profile file.
+    /// Reads and checks a profile file on the build host.
     pub fn load(file: &Path) -> Result<Profile, Error> {
+        Profile::load_with(file, Sources::OnDisk)
+    }
+
+    /// Reads and checks the profile baked into an image, whose `source` files are not beside it.
+    pub fn load_baked(file: &Path) -> Result<Profile, Error> {
+        Profile::load_with(file, Sources::Baked)
+    }
+
+    fn load_with(file: &Path, sources: Sources) -> Result<Profile, Error> {
         let bytes = std::fs::read(file).map_err(|source| Error::Read {
             path: file.to_path_buf(),
             source,
@@ -116,13 +133,23 @@ impl Profile {
                 "the profile is not UTF-8 text".into(),
             )
         })?;
-        Profile::parse(file, text)
+        Profile::parse_with(file, text, sources)
     }
 
     /// Checks a profile held in memory; `file` names it in messages and anchors `source` paths.
     pub fn parse(file: &Path, text: String) -> Result<Profile, Error> {
+        Profile::parse_with(file, text, Sources::OnDisk)
+    }
+
+    fn parse_with(file: &Path, text: String, sources: Sources) -> Result<Profile, Error> {
         let raw = deserialize(file, &text)?;
-        Checker { file, text: &text }.check(raw).map(|mut p| {
+        Checker {
+            file,
+            text: &text,
+            sources,
+        }
+        .check(raw)
+        .map(|mut p| {
             p.text = text.clone();
             p
         })
@@ -261,6 +288,7 @@ fn key_at(text: &str, offset: usize) -> String {
 struct Checker<'a> {
     file: &'a Path,
     text: &'a str,
+    sources: Sources,
 }
 
 impl Checker<'_> {
@@ -490,6 +518,9 @@ impl Checker<'_> {
             );
         }
         let joined = dir.join(rel);
+        if self.sources == Sources::Baked {
+            return Ok(joined);
+        }
         let (Ok(real_dir), Ok(real)) = (dir.canonicalize(), joined.canonicalize()) else {
             return self.err(
                 s.span(),

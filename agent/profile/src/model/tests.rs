@@ -250,6 +250,17 @@ fn sources_stay_in_the_profile_folder() {
             other => panic!("{source}: {other:?}"),
         }
     }
+    // In an image, the baked profile's sources are not beside it: only their form is checked.
+    let baked = root.join("baked.toml");
+    std::fs::write(&baked, with_source("gone-at-boot")).unwrap();
+    assert!(Profile::load(&baked).is_err());
+    let p = Profile::load_baked(&baked).unwrap();
+    assert_eq!(
+        p.files[0].content,
+        FileContent::Source(root.join("gone-at-boot"))
+    );
+    std::fs::write(&baked, with_source("../escape")).unwrap();
+    assert!(Profile::load_baked(&baked).is_err());
     std::fs::remove_dir_all(&root).unwrap();
 }
 
