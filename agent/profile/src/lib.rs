@@ -5,9 +5,13 @@
 //! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands.
 
 mod diagnostic;
+mod instance;
 mod model;
 pub mod reference;
+pub mod system;
 
 pub use diagnostic::{Diagnostic, Error};
+pub use instance::{INSTANCE_WRITABLE, Instance, Merged};
 pub use model::{Arch, FileContent, FileEntry, Format, Profile, Rock, SCHEMA, reserved_path};
 pub use reference::{Digest, Reference, ReferenceError};
+pub use system::{Services, System, User};

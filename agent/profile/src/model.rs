@@ -8,6 +8,7 @@ use serde_spanned::Spanned;
 
 use crate::diagnostic::{Diagnostic, Error};
 use crate::reference::Reference;
+use crate::system::{RawSystem, RawUser, System, User};
 
 /// The schema this crate reads.
 pub const SCHEMA: i64 = 1;
@@ -96,12 +97,14 @@ pub struct Profile {
     pub layers: Vec<Rock>,
     pub files: Vec<FileEntry>,
     pub formats: Vec<Format>,
+    pub system: System,
+    pub users: Vec<User>,
 }
 
 /// Whether `source` files are looked for on disk: on the build host they must exist inside the profile's folder;
 /// in a built image (the baked profile) their content is already in place and only their form is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sources {
+pub(crate) enum Sources {
     OnDisk,
     Baked,
 }
@@ -142,7 +145,7 @@ impl Profile {
     }
 
     fn parse_with(file: &Path, text: String, sources: Sources) -> Result<Profile, Error> {
-        let raw = deserialize(file, &text)?;
+        let raw: RawProfile = deserialize(file, &text)?;
         Checker {
             file,
             text: &text,
@@ -184,6 +187,9 @@ struct RawProfile {
     #[serde(default)]
     file: Vec<RawFile>,
     image: Option<RawImage>,
+    system: Option<RawSystem>,
+    #[serde(default)]
+    user: Vec<RawUser>,
 }
 
 #[derive(Deserialize)]
@@ -194,10 +200,10 @@ struct RawRock {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    path: Spanned<String>,
+pub(crate) struct RawFile {
+    pub(crate) path: Spanned<String>,
     content: Option<Spanned<String>>,
-    source: Option<Spanned<String>>,
+    pub(crate) source: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
     owner: Option<Spanned<String>>,
 }
@@ -208,7 +214,10 @@ struct RawImage {
     formats: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-fn deserialize(file: &Path, text: &str) -> Result<RawProfile, Diagnostic> {
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, Diagnostic> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| {
         let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
         Diagnostic::at(
@@ -285,14 +294,14 @@ fn key_at(text: &str, offset: usize) -> String {
     }
 }
 
-struct Checker<'a> {
-    file: &'a Path,
-    text: &'a str,
-    sources: Sources,
+pub(crate) struct Checker<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
+    pub(crate) sources: Sources,
 }
 
 impl Checker<'_> {
-    fn err<T>(
+    pub(crate) fn err<T>(
         &self,
         span: std::ops::Range<usize>,
         key: &str,
@@ -407,6 +416,8 @@ impl Checker<'_> {
             layers,
             files,
             formats,
+            system: self.system(raw.system.unwrap_or_default())?,
+            users: self.users(raw.user)?,
         })
     }
 
@@ -420,7 +431,7 @@ impl Checker<'_> {
         }
     }
 
-    fn file_entry(&self, f: RawFile, i: usize) -> Result<FileEntry, Error> {
+    pub(crate) fn file_entry(&self, f: RawFile, i: usize) -> Result<FileEntry, Error> {
         let key = |k: &str| format!("file[{i}].{k}");
         let path = f.path.get_ref();
         if let Err(why) = check_image_path(path) {

@@ -272,3 +272,160 @@ fn display_has_file_line_column_key() {
         "p.toml:4:8: `arch`: unknown arch `x`: expected amd64 or arm64"
     );
 }
+
+fn with_system(extra: &str) -> String {
+    format!("{}{extra}", good())
+}
+
+#[test]
+fn system_and_users() {
+    let p = parse(&with_system(
+        "\n[system]\nhostname = \"edge-{machine-id:8}\"\ntimezone = \"Europe/Paris\"\nkernel-cmdline = [\"console=ttyS0\"]\nsysctl = { \"net.ipv4.ip_forward\" = \"1\" }\nmodules = [\"overlay\", \"br_netfilter\"]\nservices = { enable = [\"containerd\"], disable = [\"ssh.socket\"] }\n[[user]]\nname = \"ops\"\ngroups = [\"sudo\"]\nssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@example\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(p.system.hostname.as_deref(), Some("edge-{machine-id:8}"));
+    assert_eq!(p.system.timezone.as_deref(), Some("Europe/Paris"));
+    assert_eq!(p.system.sysctl["net.ipv4.ip_forward"], "1");
+    assert_eq!(p.system.modules, ["overlay", "br_netfilter"]);
+    assert_eq!(p.system.services.enable, ["containerd"]);
+    assert_eq!(p.users[0].groups, ["sudo"]);
+}
+
+#[test]
+fn system_errors_have_positions() {
+    for (extra, line, col, key, msg) in [
+        (
+            "\n[system]\nhostname = \"edge-{serial}\"\n",
+            22,
+            12,
+            "system.hostname",
+            "unknown placeholder {serial}",
+        ),
+        (
+            "\n[system]\ntimezone = \"../etc/passwd\"\n",
+            22,
+            12,
+            "system.timezone",
+            "is not a time zone name",
+        ),
+        (
+            "\n[system]\nmodules = [\"ok\", \"bad mod\"]\n",
+            22,
+            18,
+            "system.modules[1]",
+            "is not a kernel module name",
+        ),
+        (
+            "\n[system]\nkernel-cmdline = [\"cairn.verity=x\"]\n",
+            22,
+            19,
+            "system.kernel-cmdline[0]",
+            "is set by cairn itself",
+        ),
+        (
+            "\n[system]\nservices = { enable = [\"a\"], disable = [\"a.service\"] }\n",
+            22,
+            41,
+            "system.services.disable[0]",
+            "named twice",
+        ),
+        (
+            "\n[system]\nswap = true\n",
+            22,
+            1,
+            "system.swap",
+            "unknown field `swap`",
+        ),
+        (
+            "\n[[user]]\nname = \"Ops\"\n",
+            22,
+            8,
+            "user[0].name",
+            "is not a user name",
+        ),
+        (
+            "\n[[user]]\nname = \"ops\"\nssh-keys = [\"ssh-dss AAAA\"]\n",
+            23,
+            13,
+            "user[0].ssh-keys[0]",
+            "not an SSH public key type",
+        ),
+        (
+            "\n[[user]]\nname = \"ops\"\n[[user]]\nname = \"ops\"\n",
+            24,
+            8,
+            "user[1].name",
+            "defined twice",
+        ),
+    ] {
+        let (l, c, k, m) = fail(&with_system(extra));
+        assert_eq!((l, c, k.as_str()), (line, col, key), "{extra}: {m}");
+        assert!(m.contains(msg), "{extra}: {m}");
+    }
+}
+
+#[test]
+fn instance_data_merges_and_is_restricted() {
+    use crate::Instance;
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps";
+    let p = parse(&with_system(&format!(
+        "\n[system]\nhostname = \"p\"\n[[user]]\nname = \"ops\"\nssh-keys = [\"{key} old\"]\n[[user]]\nname = \"keep\"\n"
+    )))
+    .unwrap();
+    let i = Instance::parse(
+        "fw_cfg opt/cairn/instance.toml",
+        &format!("[system]\nhostname = \"node-7\"\n[[user]]\nname = \"ops\"\nssh-keys = [\"{key} new\"]\n[[user]]\nname = \"extra\"\n[[file]]\npath = \"/etc/cairn-role\"\ncontent = \"worker\"\n"),
+    )
+    .unwrap();
+    let m = p.merge(Some(&i));
+    assert_eq!(m.hostname.as_deref(), Some("node-7"));
+    let names: Vec<&str> = m.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["ops", "keep", "extra"]);
+    assert_eq!(m.users[0].ssh_keys, [format!("{key} new")]);
+    assert_eq!(m.files[0].path, "/etc/cairn-role");
+    assert_eq!(p.merge(None).hostname.as_deref(), Some("p"));
+
+    for (text, line, col, key, msg) in [
+        (
+            "[[file]]\npath = \"/usr/bin/x\"\ncontent = \"\"\n",
+            2,
+            8,
+            "file[0].path",
+            "on the read-only part of the node",
+        ),
+        (
+            "[[file]]\npath = \"/etc/x\"\nsource = \"x\"\n",
+            3,
+            10,
+            "file[0].source",
+            "give content",
+        ),
+        (
+            "[system]\ntimezone = \"UTC\"\n",
+            2,
+            1,
+            "system.timezone",
+            "unknown field `timezone`",
+        ),
+        ("schema = 2\n", 1, 10, "schema", "unsupported schema 2"),
+        ("[system\n", 1, 8, "", ""),
+    ] {
+        match Instance::parse("esp cairn/instance.toml", text) {
+            Err(Error::Invalid(d)) => {
+                assert_eq!(
+                    (d.line, d.column, d.key.as_str()),
+                    (line, col, key),
+                    "{text}: {}",
+                    d.message
+                );
+                assert!(d.message.contains(msg), "{text}: {}", d.message);
+                assert!(
+                    d.to_string()
+                        .starts_with(&format!("esp cairn/instance.toml:{line}:{col}:")),
+                    "{d}"
+                );
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
