@@ -143,8 +143,41 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let bin = cairn_bin();
-    let mut cmd = Command::new(&bin);
+    run_with_timeout(&cairn_bin(), args, env, timeout)
+}
+
+/// The `cairn-agent` binary built beside `cairn` (a host build: what `apply --root` tests run).
+pub fn agent_bin() -> PathBuf {
+    let bin = cairn_bin().with_file_name("cairn-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first: cargo build --workspace",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `cairn-agent ARGS` like [`run_cairn`].
+pub fn run_agent<I, S>(args: I, env: &[(&str, &str)]) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_with_timeout(&agent_bin(), args, env, DEFAULT_TIMEOUT)
+}
+
+/// Runs a binary with `env` added and stdin closed; kills it and panics after `timeout`.
+pub fn run_with_timeout<I, S>(
+    bin: &Path,
+    args: I,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())

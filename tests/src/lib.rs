@@ -18,7 +18,10 @@ pub mod push;
 pub mod registry;
 pub mod token;
 
-pub use cairn::{cairn_bin, run_cairn, run_cairn_with_timeout, write_docker_config, write_profile};
+pub use cairn::{
+    agent_bin, cairn_bin, run_agent, run_cairn, run_cairn_with_timeout, write_docker_config,
+    write_profile,
+};
 pub use image::{
     Compression, Image, ImageBuilder, Index, IndexBuilder, Layer, LayerBuilder, MediaTypes,
     Platform,
