@@ -1,6 +1,7 @@
 //! Reading what cairn wrote: its tar outputs, entry by entry, as a user would compare them.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// One entry of an output tar.
@@ -98,4 +99,46 @@ pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Every path under `root` (but those in `skip`, relative): content (or link target), mode, owner, and mtime in nanoseconds.
+pub fn snapshot(root: &Path, skip: &[&str]) -> BTreeMap<String, (Vec<u8>, u32, u32, u32, i64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            if skip.contains(&rel.as_str()) {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .expect("readlink")
+                    .display()
+                    .to_string()
+                    .into_bytes()
+            } else if m.is_file() {
+                std::fs::read(&p).expect("read")
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                Vec::new()
+            } else {
+                // Devices and fifos: their type and numbers, not their content.
+                format!("special {:o} {}", m.mode() & 0o170000, m.rdev()).into_bytes()
+            };
+            let mtime = if m.is_dir() {
+                0
+            } else {
+                m.mtime() * 1_000_000_000 + m.mtime_nsec()
+            };
+            out.insert(rel, (content, m.mode() & 0o7777, m.uid(), m.gid(), mtime));
+        }
+    }
+    out
 }

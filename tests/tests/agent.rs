@@ -2,7 +2,6 @@
 //! source with its bad-input case. A loopback HTTP server plays the metadata service; nothing is ever sent to
 //! 169.254.169.254.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
+use cairn_e2e::output::snapshot;
 use cairn_e2e::run_agent;
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2Utb3BzLWtleS1mb3ItdGVzdHM ops@example";
@@ -166,45 +166,6 @@ fn line_json(o: &Output, prefix: &str) -> serde_json::Value {
         .find_map(|l| l.strip_prefix(&format!("cairn-agent: {prefix} ")))
         .unwrap_or_else(|| panic!("no `cairn-agent: {prefix}` line in:\n{}", text(o)));
     serde_json::from_str(line).expect("the line carries JSON")
-}
-
-/// Every path under `root`: content (or link target), mode, owner, and mtime in nanoseconds.
-fn snapshot(root: &Path, skip: &[&str]) -> BTreeMap<String, (Vec<u8>, u32, u32, u32, i64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).expect("read_dir") {
-            let p = e.expect("entry").path();
-            let rel = p
-                .strip_prefix(root)
-                .expect("under root")
-                .display()
-                .to_string();
-            if skip.contains(&rel.as_str()) {
-                continue;
-            }
-            let m = std::fs::symlink_metadata(&p).expect("lstat");
-            let content = if m.file_type().is_symlink() {
-                std::fs::read_link(&p)
-                    .expect("readlink")
-                    .display()
-                    .to_string()
-                    .into_bytes()
-            } else if m.is_file() {
-                std::fs::read(&p).expect("read")
-            } else {
-                stack.push(p.clone());
-                Vec::new()
-            };
-            let mtime = if m.is_dir() {
-                0
-            } else {
-                m.mtime() * 1_000_000_000 + m.mtime_nsec()
-            };
-            out.insert(rel, (content, m.mode() & 0o7777, m.uid(), m.gid(), mtime));
-        }
-    }
-    out
 }
 
 const STATUS_FILES: &[&str] = &["var/lib/cairn/status.json", "run/cairn/status.json"];

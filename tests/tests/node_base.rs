@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_e2e::output::read_tar;
-use cairn_e2e::{registry, run_cairn, write_profile};
+use cairn_e2e::{registry, run_agent, run_cairn, write_profile};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,4 +305,158 @@ fn node_base_equals_umoci_unpack_plus_cairn_files() {
     );
     assert_eq!(ours["etc/machine-id"].size, 0);
     assert_eq!(ours["usr/lib/cairn/cairn-agent"].mode, 0o755);
+}
+
+/// The promise for the agent: a root built by `cairn build` from the real node base, applied with
+/// `cairn-agent apply --root`, has every profile and instance setting, and a second run changes nothing.
+#[test]
+fn the_agent_applies_to_a_root_cairn_built() {
+    let layout = layout();
+    let digest = layout_digest(&layout);
+    let registry = registry::shared();
+    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci:{}:bookworm", layout.display()),
+        &format!("docker://{reference}"),
+    ]));
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vZGUtYmFzZS1hZ2VudC10ZXN0 ops@example";
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "node",
+        &format!("{reference}@{digest}"),
+        &[],
+        &format!(
+            "[system]\nhostname = \"node-{{machine-id:6}}\"\ntimezone = \"UTC\"\nsysctl = {{ \"net.ipv4.ip_forward\" = \"1\" }}\nmodules = [\"overlay\"]\nservices = {{ enable = [\"containerd\"], disable = [\"ssh\"] }}\n[[user]]\nname = \"ops\"\ngroups = [\"sudo\"]\nssh-keys = [\"{key}\"]\n"
+        ),
+    );
+    let out = work.path().join("out");
+    let o = run_cairn(
+        [
+            "build".as_ref(),
+            profile.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            work.path().join("cache").as_os_str(),
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The agent inside the image is the static one, within its size.
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(out.join("node.tar"))
+        .arg("-C")
+        .arg(&root));
+    let agent = root.join("usr/lib/cairn/cairn-agent");
+    let file = Command::new("file").arg(&agent).output().expect("file");
+    let described = String::from_utf8_lossy(&file.stdout);
+    assert!(
+        described.contains("statically linked") || described.contains("static-pie linked"),
+        "{described}"
+    );
+    let size = std::fs::metadata(&agent).expect("agent").len();
+    assert!(size < 5 * 1024 * 1024, "the agent is {size} bytes");
+
+    let instance = work.path().join("instance.toml");
+    std::fs::write(
+        &instance,
+        "[[file]]\npath = \"/etc/cairn-role\"\ncontent = \"worker\\n\"\n",
+    )
+    .expect("write");
+    let apply = || {
+        run_agent(
+            [
+                "apply",
+                "--root",
+                root.to_str().expect("utf-8"),
+                "--instance",
+                instance.to_str().expect("utf-8"),
+                "--fw-cfg",
+                "/nonexistent",
+                "--dmi",
+                "/nonexistent",
+            ],
+            &[],
+        )
+    };
+    let o = apply();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0), "{shown}");
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let id = read("etc/machine-id");
+    assert_eq!(read("etc/hostname"), format!("node-{}\n", &id[..6]));
+    assert!(
+        read("etc/passwd").contains("ops:x:1000:1000::/home/ops:/bin/bash\n"),
+        "{}",
+        read("etc/passwd")
+    );
+    assert!(
+        read("etc/group")
+            .lines()
+            .any(|l| l.starts_with("sudo:x:27:") && l.ends_with("ops"))
+    );
+    assert_eq!(read("home/ops/.ssh/authorized_keys"), format!("{key}\n"));
+    assert_eq!(read("etc/cairn-role"), "worker\n");
+    assert_eq!(read("etc/timezone"), "UTC\n");
+    assert!(read("etc/sysctl.d/90-cairn.conf").contains("net.ipv4.ip_forward = 1\n"));
+    let link = |p: &str| {
+        std::fs::read_link(root.join(p))
+            .map(|l| l.display().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(link("etc/localtime"), "/usr/share/zoneinfo/UTC");
+    assert_eq!(
+        link("etc/systemd/system/multi-user.target.wants/containerd.service"),
+        "/usr/lib/systemd/system/containerd.service"
+    );
+    assert_eq!(
+        link("etc/systemd/system/multi-user.target.wants/systemd-networkd.service"),
+        "/usr/lib/systemd/system/systemd-networkd.service"
+    );
+    assert_eq!(
+        link("etc/systemd/system/dbus-org.freedesktop.network1.service"),
+        "/usr/lib/systemd/system/systemd-networkd.service"
+    );
+    assert_eq!(
+        link("etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service"),
+        "/usr/lib/systemd/system/systemd-networkd-wait-online.service"
+    );
+    assert!(
+        !root
+            .join("etc/systemd/system/multi-user.target.wants/ssh.service")
+            .exists(),
+        "ssh still enabled"
+    );
+    assert!(
+        !root.join("etc/systemd/system/sshd.service").exists(),
+        "ssh's alias still there"
+    );
+
+    let skip = ["var/lib/cairn/status.json", "run/cairn/status.json"];
+    let before = cairn_e2e::output::snapshot(&root, &skip);
+    let o = apply();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        cairn_e2e::output::snapshot(&root, &skip),
+        before,
+        "the second run changed the root"
+    );
 }

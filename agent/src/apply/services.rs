@@ -23,6 +23,7 @@ struct Unit {
     wanted_by: Vec<String>,
     required_by: Vec<String>,
     also: Vec<String>,
+    alias: Vec<String>,
 }
 
 fn find(target: &Target, name: &str) -> Result<Unit, StepError> {
@@ -35,6 +36,7 @@ fn find(target: &Target, name: &str) -> Result<Unit, StepError> {
                 wanted_by: vec![],
                 required_by: vec![],
                 also: vec![],
+                alias: vec![],
             };
             let mut in_install = false;
             for line in text.lines().map(str::trim) {
@@ -51,6 +53,7 @@ fn find(target: &Target, name: &str) -> Result<Unit, StepError> {
                         "WantedBy" => unit.wanted_by.extend(values),
                         "RequiredBy" => unit.required_by.extend(values),
                         "Also" => unit.also.extend(values),
+                        "Alias" => unit.alias.extend(values),
                         _ => {}
                     }
                 }
@@ -94,6 +97,9 @@ fn enable_one(
             *changed |= target.symlink(&format!("{ETC}/{t}.{dir}/{}", unit.name), &unit.path)?;
         }
     }
+    for alias in &unit.alias {
+        *changed |= target.symlink(&format!("{ETC}/{alias}"), &unit.path)?;
+    }
     for also in &unit.also {
         enable_one(target, also, seen, changed)?;
     }
@@ -119,6 +125,9 @@ pub fn disable(target: &Target, names: &[String]) -> Result<bool, StepError> {
             for t in targets {
                 changed |= target.remove(&format!("{ETC}/{t}.{dir}/{name}"))?;
             }
+        }
+        for alias in &unit.alias {
+            changed |= target.remove(&format!("{ETC}/{alias}"))?;
         }
         let vendor_enabled = ["/usr/lib/systemd/system", "/lib/systemd/system"]
             .iter()
