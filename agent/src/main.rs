@@ -58,10 +58,13 @@ fn main() -> ExitCode {
                 [p] if p == "network" => Phase::Network,
                 _ => return usage("run takes one phase: system or network"),
             };
+            let mut sources = datasources::Config::live();
+            // fw_cfg's sysfs folder appears only once its module is loaded.
+            sources.load_module = Some(modprobe);
             let opts = Options {
                 target: Target::live(),
                 instance_file: None,
-                sources: datasources::Config::live(),
+                sources,
                 dry_run: false,
             };
             exit(run::run_phase(&opts, phase))
@@ -92,6 +95,21 @@ fn main() -> ExitCode {
             }
         }
         other => usage(&format!("unknown command `{other}`")),
+    }
+}
+
+fn modprobe(module: &str) -> Result<(), String> {
+    let out = std::process::Command::new("modprobe")
+        .args(["--", module])
+        .output()
+        .map_err(|e| format!("running modprobe {module}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "modprobe {module}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
