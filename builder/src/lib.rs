@@ -8,6 +8,7 @@ pub mod agent;
 pub mod assemble;
 pub mod build;
 pub mod cache;
+pub mod disk;
 pub mod files;
 pub mod filesystem;
 pub mod pin;
