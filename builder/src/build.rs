@@ -19,7 +19,7 @@ use crate::cache::Cache;
 use crate::registry::Registry;
 use crate::report::{LayerReport, Output, ProfileRef, Report, RockReport};
 use crate::resolve::{self, Layer, LazyRegistry, ResolvedRock};
-use crate::{agent, files, filesystem, pull};
+use crate::{agent, disk, files, filesystem, pull};
 
 /// The epoch used when `SOURCE_DATE_EPOCH` is not set: never the wall clock.
 pub const DEFAULT_EPOCH: u64 = 0;
@@ -172,30 +172,83 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         ))
     })?;
     let mut outputs = Vec::new();
-    for format in &profile.formats {
-        match format {
-            Format::Tar => {
-                let t = Instant::now();
-                let name = format!("{}.tar", profile.name);
-                let dest = opts.out.join(&name);
-                let tmp = tempfile::NamedTempFile::new_in(&opts.out).map_err(|e| {
+    let mut formats = profile.formats.clone();
+    // The tar is the assembled root as it is; the disk formats rearrange the tree after it.
+    formats.sort();
+    let profile_sha256 = hex::encode(Sha256::digest(profile.text.as_bytes()));
+    let mut disk_report = None;
+    if formats.contains(&Format::Tar) {
+        let t = Instant::now();
+        let name = format!("{}.tar", profile.name);
+        let dest = opts.out.join(&name);
+        let tmp = temp_in(&opts.out)?;
+        let tar_opts = filesystem::TarOptions {
+            epoch,
+            drop_xattrs: &[],
+        };
+        let (written, file) =
+            filesystem::write_tar(&tree, tree.root(), &tars, tar_opts, tmp.as_file(), &dest)
+                .map_err(failed)?;
+        file.sync_all()
+            .map_err(|e| failed(format!("{}: {e}", dest.display())))?;
+        persist(tmp, &dest)?;
+        info!(file = %dest.display(), bytes = written.size, entries = written.entries, ms = t.elapsed().as_millis() as u64, "wrote");
+        outputs.push(Output {
+            format: "tar",
+            file: name,
+            size: written.size,
+            sha256: written.sha256,
+        });
+    }
+    if formats.contains(&Format::Raw) || formats.contains(&Format::Qcow2) {
+        let t = Instant::now();
+        let work = tempfile::TempDir::new_in(&opts.out).map_err(|e| {
+            failed(format!(
+                "creating a work folder in {}: {e}",
+                opts.out.display()
+            ))
+        })?;
+        let digests: Vec<String> = resolved
+            .iter()
+            .map(|r| r.manifest_digest.to_string())
+            .collect();
+        let ids = disk::Ids::new(&profile_sha256, &digests);
+        let raw = work.path().join("disk.raw");
+        let inputs = disk::DiskInputs {
+            profile: &profile,
+            ids: &ids,
+            agent: &agent,
+            epoch,
+        };
+        let report =
+            disk::build_raw(&mut tree, &tars, &inputs, work.path(), &raw).map_err(failed)?;
+        info!(root_hash = %report.root_hash, ms = t.elapsed().as_millis() as u64, "disk");
+        if formats.contains(&Format::Qcow2) {
+            let name = format!("{}.qcow2", profile.name);
+            let qcow = work.path().join("disk.qcow2");
+            let out = std::process::Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(&qcow)
+                .output()
+                .map_err(|e| {
                     failed(format!(
-                        "creating a temp file in {}: {e}",
-                        opts.out.display()
+                        "running qemu-img (rocks/setup-host installs qemu-utils): {e}"
                     ))
                 })?;
-                let written = filesystem::write_tar(&tree, &tars, epoch, tmp.as_file(), &dest)
-                    .map_err(failed)?;
-                persist(tmp, &dest)?;
-                info!(file = %dest.display(), bytes = written.size, entries = written.entries, ms = t.elapsed().as_millis() as u64, "wrote");
-                outputs.push(Output {
-                    format: "tar",
-                    file: name,
-                    size: written.size,
-                    sha256: written.sha256,
-                });
+            if !out.status.success() {
+                return Err(failed(format!(
+                    "qemu-img convert: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
             }
+            outputs.push(place(&qcow, &opts.out.join(&name), "qcow2", name)?);
         }
+        if formats.contains(&Format::Raw) {
+            let name = format!("{}.raw", profile.name);
+            outputs.push(place(&raw, &opts.out.join(&name), "raw", name)?);
+        }
+        disk_report = Some(report);
     }
 
     // Report.
@@ -210,11 +263,12 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            sha256: hex::encode(Sha256::digest(profile.text.as_bytes())),
+            sha256: profile_sha256,
         },
         source_date_epoch: epoch,
         rocks: resolved.iter().map(rock_report).collect(),
         outputs,
+        disk: disk_report,
     };
     let report_path = opts.out.join(format!("{}.manifest.json", profile.name));
     let mut json = serde_json::to_vec_pretty(&report).map_err(failed)?;
@@ -246,6 +300,49 @@ fn rock_report(r: &ResolvedRock) -> RockReport {
             })
             .collect(),
     }
+}
+
+fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile, BuildError> {
+    tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| failed(format!("creating a temp file in {}: {e}", dir.display())))
+}
+
+/// Moves a finished output from the work folder into place (same file system) and describes it.
+fn place(
+    from: &Path,
+    dest: &Path,
+    format: &'static str,
+    name: String,
+) -> Result<Output, BuildError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut hash = Sha256::new();
+    let mut file =
+        std::fs::File::open(from).map_err(|e| failed(format!("{}: {e}", from.display())))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| failed(format!("{}: {e}", from.display())))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| failed(format!("{}: {e}", from.display())))?;
+    std::fs::set_permissions(from, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| failed(format!("{}: {e}", from.display())))?;
+    std::fs::rename(from, dest)
+        .map_err(|e| failed(format!("renaming into {}: {e}", dest.display())))?;
+    Ok(Output {
+        format,
+        file: name,
+        size,
+        sha256: hex::encode(hash.finalize()),
+    })
 }
 
 fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), BuildError> {

@@ -31,6 +31,8 @@ pub struct Written {
     pub size: u64,
     pub sha256: String,
     pub entries: u64,
+    /// (path, xattr name) left out by [`TarOptions::drop_xattrs`].
+    pub dropped_xattrs: Vec<(String, String)>,
 }
 
 /// Counts and hashes every byte on its way to the file.
@@ -78,14 +80,26 @@ impl Read for Range<'_> {
     }
 }
 
-/// Writes `tree` as a tar into `out`. `layer_tars[i]` is the unpacked tar of layer `i`.
-pub fn write_tar(
+/// How a tar is written.
+#[derive(Debug, Clone, Copy)]
+pub struct TarOptions<'a> {
+    /// mtimes are clamped to it.
+    pub epoch: u64,
+    /// xattrs whose name starts with one of these are left out (and reported): what the target filesystem
+    /// cannot hold.
+    pub drop_xattrs: &'a [&'a str],
+}
+
+/// Writes the tree below `start` (the tree's root, or a detached folder) as a tar into `out`; `layer_tars[i]` is
+/// the unpacked tar of layer `i`. Returns what was written and `out`, flushed, for the caller to sync or close.
+pub fn write_tar<W: Write>(
     tree: &Tree,
+    start: NodeId,
     layer_tars: &[PathBuf],
-    epoch: u64,
-    out: &File,
+    opts: TarOptions<'_>,
+    out: W,
     out_path: &Path,
-) -> Result<Written, FilesystemError> {
+) -> Result<(Written, W), FilesystemError> {
     let werr = |source| FilesystemError::Write {
         path: out_path.to_path_buf(),
         source,
@@ -109,12 +123,13 @@ pub fn write_tar(
         builder: tar::Builder::new(sink),
         layers: &layers,
         layer_tars,
-        epoch,
-        first_path: vec![None; tree_inodes(tree)],
+        opts,
+        first_path: vec![None; tree.inode_count()],
         entries: 0,
+        dropped: Vec::new(),
     };
     writer
-        .node(tree, tree.root(), b"./".to_vec())
+        .node(tree, start, b"./".to_vec())
         .map_err(|e| match e {
             WriteFailure::Out(source) => werr(source),
             WriteFailure::In(e) => e,
@@ -122,29 +137,14 @@ pub fn write_tar(
     let mut sink = writer.builder.into_inner().map_err(werr)?;
     sink.flush().map_err(werr)?;
     let Hashing { inner, hash, size } = sink;
-    inner
-        .into_inner()
-        .map_err(|e| werr(e.into_error()))?
-        .sync_all()
-        .map_err(werr)?;
-    Ok(Written {
+    let out = inner.into_inner().map_err(|e| werr(e.into_error()))?;
+    let written = Written {
         size,
         sha256: hex::encode(hash.finalize()),
         entries: writer.entries,
-    })
-}
-
-fn tree_inodes(tree: &Tree) -> usize {
-    let mut max = 0;
-    let mut stack = vec![tree.root()];
-    while let Some(id) = stack.pop() {
-        match tree.node(id) {
-            Node::Dir { children, .. } => stack.extend(children.values().copied()),
-            Node::File(i) => max = max.max(*i + 1),
-            Node::Other { .. } => {}
-        }
-    }
-    max
+        dropped_xattrs: writer.dropped,
+    };
+    Ok((written, out))
 }
 
 enum WriteFailure {
@@ -162,10 +162,11 @@ struct Writer<'a, W: Write> {
     builder: tar::Builder<Hashing<W>>,
     layers: &'a [File],
     layer_tars: &'a [PathBuf],
-    epoch: u64,
+    opts: TarOptions<'a>,
     /// The path each inode was first written at: later paths become hardlinks to it.
     first_path: Vec<Option<Vec<u8>>>,
     entries: u64,
+    dropped: Vec<(String, String)>,
 }
 
 impl<W: Write> Writer<'_, W> {
@@ -175,20 +176,29 @@ impl<W: Write> Writer<'_, W> {
         h.set_mode(meta.mode & 0o7777);
         h.set_uid(meta.uid);
         h.set_gid(meta.gid);
-        h.set_mtime(meta.mtime.min(self.epoch));
+        h.set_mtime(meta.mtime.min(self.opts.epoch));
         h.set_size(size);
         h
     }
 
-    fn xattrs(&mut self, meta: &Meta) -> io::Result<()> {
-        if meta.xattrs.is_empty() {
+    fn xattrs(&mut self, meta: &Meta, path: &[u8]) -> io::Result<()> {
+        let mut records: Vec<(String, &[u8])> = Vec::new();
+        for (k, v) in &meta.xattrs {
+            if self.opts.drop_xattrs.iter().any(|p| k.starts_with(p)) {
+                self.dropped.push((
+                    format!(
+                        "/{}",
+                        String::from_utf8_lossy(path).trim_start_matches("./")
+                    ),
+                    k.clone(),
+                ));
+            } else {
+                records.push((format!("SCHILY.xattr.{k}"), v.as_slice()));
+            }
+        }
+        if records.is_empty() {
             return Ok(());
         }
-        let records: Vec<(String, &[u8])> = meta
-            .xattrs
-            .iter()
-            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
-            .collect();
         self.builder
             .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
     }
@@ -197,7 +207,7 @@ impl<W: Write> Writer<'_, W> {
         self.entries += 1;
         match tree.node(id) {
             Node::Dir { meta, children } => {
-                self.xattrs(meta)?;
+                self.xattrs(meta, &path)?;
                 let mut h = self.header(meta, tar::EntryType::Directory, 0);
                 self.builder
                     .append_data(&mut h, as_path(&path), io::empty())?;
@@ -222,7 +232,7 @@ impl<W: Write> Writer<'_, W> {
                     return Ok(());
                 }
                 self.first_path[*inode] = Some(path.clone());
-                self.xattrs(&inode_ref.meta)?;
+                self.xattrs(&inode_ref.meta, &path)?;
                 let size = inode_ref.data.size();
                 let mut h = self.header(&inode_ref.meta, tar::EntryType::Regular, size);
                 let shown = || format!("/{}", String::from_utf8_lossy(&path));
@@ -258,7 +268,7 @@ impl<W: Write> Writer<'_, W> {
                 }
             }
             Node::Other { meta, special } => {
-                self.xattrs(meta)?;
+                self.xattrs(meta, &path)?;
                 match special {
                     Special::Symlink(target) => {
                         let mut h = self.header(meta, tar::EntryType::Symlink, 0);
@@ -330,4 +340,48 @@ impl Read for ReadTracker<'_, '_> {
 fn as_path(bytes: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;
     Path::new(std::ffi::OsStr::from_bytes(bytes))
+}
+
+/// The bytes of the regular file at `path` (normalised, relative) in the tree: for what a disk format copies out
+/// of the root (the kernel, the boot loader).
+pub fn read_file(
+    tree: &Tree,
+    layer_tars: &[PathBuf],
+    path: &str,
+) -> Result<Option<Vec<u8>>, FilesystemError> {
+    let Some(id) = tree.lookup(path.as_bytes()) else {
+        return Ok(None);
+    };
+    let Node::File(inode) = tree.node(id) else {
+        return Ok(None);
+    };
+    let data = &tree.inode(*inode).data;
+    let read_err = |from: &Path, source| FilesystemError::Read {
+        entry: format!("/{path}"),
+        from: from.to_path_buf(),
+        source,
+    };
+    match data {
+        Data::Bytes(b) => Ok(Some(b.to_vec())),
+        Data::Host { path: host, .. } => {
+            std::fs::read(host).map(Some).map_err(|e| read_err(host, e))
+        }
+        Data::Layer {
+            layer,
+            offset,
+            size,
+        } => {
+            let from = &layer_tars[*layer];
+            let file = File::open(from).map_err(|e| read_err(from, e))?;
+            let mut bytes = Vec::with_capacity(*size as usize);
+            Range {
+                file: &file,
+                offset: *offset,
+                remaining: *size,
+            }
+            .read_to_end(&mut bytes)
+            .map_err(|e| read_err(from, e))?;
+            Ok(Some(bytes))
+        }
+    }
 }

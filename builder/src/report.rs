@@ -13,6 +13,9 @@ pub struct Report {
     pub source_date_epoch: u64,
     pub rocks: Vec<RockReport>,
     pub outputs: Vec<Output>,
+    /// The disk formats' layout: root hash, partition table, what the root filesystem could not hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::disk::DiskReport>,
 }
 
 #[derive(Debug, Serialize)]

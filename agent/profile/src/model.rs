@@ -31,11 +31,20 @@ impl Arch {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Format {
+    /// The assembled root as a tar.
     Tar,
+    /// The bootable disk image.
+    Raw,
+    /// The same disk as qcow2.
+    Qcow2,
 }
 
 impl Format {
-    pub const ALL: &[(&str, Format)] = &[("tar", Format::Tar)];
+    pub const ALL: &[(&str, Format)] = &[
+        ("tar", Format::Tar),
+        ("raw", Format::Raw),
+        ("qcow2", Format::Qcow2),
+    ];
 
     pub fn parse(name: &str) -> Option<Format> {
         Format::ALL
@@ -47,6 +56,8 @@ impl Format {
     pub fn name(self) -> &'static str {
         match self {
             Format::Tar => "tar",
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
         }
     }
 

@@ -164,6 +164,54 @@ impl Tree {
         ROOT
     }
 
+    /// How many inodes (regular files) the tree has made, detached ones included.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Takes the node at `path` out of the tree; it stays valid as a detached node.
+    pub fn detach(&mut self, path: &[u8]) -> Option<NodeId> {
+        let (parent, name) = split_last(path);
+        let parent = if parent.is_empty() {
+            Some(ROOT)
+        } else {
+            self.lookup(parent)
+        };
+        match parent.map(|p| &mut self.nodes[p]) {
+            Some(Node::Dir { children, .. }) => children.remove(name),
+            _ => None,
+        }
+    }
+
+    /// A new directory outside the tree (to gather detached nodes, or to place with [`Tree::attach`]).
+    pub fn new_dir(&mut self, meta: Meta) -> NodeId {
+        self.nodes.push(Node::Dir {
+            meta,
+            children: BTreeMap::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Makes `child` the entry `name` of the directory `dir`, replacing what was there; false if `dir` is not a
+    /// directory.
+    pub fn attach(&mut self, dir: NodeId, name: &[u8], child: NodeId) -> bool {
+        match &mut self.nodes[dir] {
+            Node::Dir { children, .. } => {
+                children.insert(name.to_vec(), child);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The entries of a directory, emptied: returned to the caller.
+    pub fn take_children(&mut self, dir: NodeId) -> BTreeMap<Vec<u8>, NodeId> {
+        match &mut self.nodes[dir] {
+            Node::Dir { children, .. } => std::mem::take(children),
+            _ => BTreeMap::new(),
+        }
+    }
+
     /// Applies one layer's entries; `layer` is its position, recorded in each file's data reference.
     pub fn apply_layer(&mut self, layer: usize, entries: &[Entry]) -> Result<(), TreeError> {
         for e in entries {

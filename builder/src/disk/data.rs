@@ -1,0 +1,39 @@
+//! The data partition: an empty ext4 for /var, deterministic (fixed UUID, hash seed and times); the initrd fills
+//! it from the factory /var at first boot and grows it to the disk.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::{DiskError, Ids, tools};
+
+pub fn make(out: &Path, size: u64, ids: &Ids, epoch: u64) -> Result<(), DiskError> {
+    let file =
+        std::fs::File::create(out).map_err(|e| DiskError(format!("{}: {e}", out.display())))?;
+    file.set_len(size)
+        .map_err(|e| DiskError(format!("{}: {e}", out.display())))?;
+    drop(file);
+    tools::run(
+        Command::new("mke2fs")
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-L",
+                "var",
+                "-U",
+                &ids.uuid_string("var-fs"),
+            ])
+            .arg("-E")
+            .arg(format!(
+                "hash_seed={},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0",
+                ids.uuid_string("var-hash-seed")
+            ))
+            .arg(out)
+            // e2fsprogs' own switch for reproducible images; 0 would mean "unset".
+            .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string()),
+    )?;
+    Ok(())
+}

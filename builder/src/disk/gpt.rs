@@ -1,0 +1,120 @@
+//! The partition table: GPT written by sfdisk with every GUID given (nothing random), then each partition's
+//! content copied in place.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+use super::DiskError;
+
+pub const SECTOR: u64 = 512;
+/// Partitions start on 1 MiB boundaries.
+pub const ALIGN: u64 = 1 << 20;
+
+/// Discoverable Partitions Specification type GUIDs.
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+pub const ROOT_VERITY_X86_64: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
+pub const ROOT_ARM64: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
+pub const ROOT_VERITY_ARM64: &str = "DF3300CE-D69F-4C92-978C-9BFB0F38D820";
+pub const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Partition {
+    pub name: String,
+    pub type_guid: String,
+    pub uuid: String,
+    /// Byte offset and size on the disk.
+    pub offset: u64,
+    pub size: u64,
+    #[serde(skip)]
+    pub content: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    pub disk_guid: String,
+    pub size: u64,
+    pub partitions: Vec<Partition>,
+}
+
+pub fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// Writes the disk: a sparse file of `table.size`, the GPT, each partition's content.
+pub fn write(disk: &Path, table: &Table) -> Result<(), DiskError> {
+    let io = |p: &Path, e: std::io::Error| DiskError(format!("{}: {e}", p.display()));
+    let file = File::create(disk).map_err(|e| io(disk, e))?;
+    file.set_len(table.size).map_err(|e| io(disk, e))?;
+    drop(file);
+    let mut script = format!(
+        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\n",
+        table.disk_guid
+    );
+    for p in &table.partitions {
+        script.push_str(&format!(
+            "start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
+            p.offset / SECTOR,
+            p.size / SECTOR,
+            p.type_guid,
+            p.uuid,
+            p.name
+        ));
+    }
+    let mut child = Command::new("sfdisk")
+        .args([
+            "--quiet",
+            "--no-reread",
+            "--no-tell-kernel",
+            "--wipe",
+            "never",
+        ])
+        .arg(disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            DiskError(format!(
+                "running sfdisk (rocks/setup-host installs fdisk): {e}"
+            ))
+        })?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| DiskError("sfdisk has no stdin".into()))?
+        .write_all(script.as_bytes())
+        .map_err(|e| DiskError(format!("sfdisk: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| DiskError(format!("sfdisk: {e}")))?;
+    if !out.status.success() {
+        return Err(DiskError(format!(
+            "sfdisk failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut f = File::options()
+        .write(true)
+        .open(disk)
+        .map_err(|e| io(disk, e))?;
+    for p in &table.partitions {
+        let Some(src) = &p.content else { continue };
+        let len = std::fs::metadata(src).map_err(|e| io(src, e))?.len();
+        if len > p.size {
+            return Err(DiskError(format!(
+                "partition {}: {len} bytes do not fit in {}",
+                p.name, p.size
+            )));
+        }
+        f.seek(SeekFrom::Start(p.offset)).map_err(|e| io(disk, e))?;
+        let mut from = File::open(src).map_err(|e| io(src, e))?;
+        std::io::copy(&mut from, &mut f).map_err(|e| io(disk, e))?;
+    }
+    f.sync_all().map_err(|e| io(disk, e))?;
+    Ok(())
+}
