@@ -460,3 +460,324 @@ fn the_agent_applies_to_a_root_cairn_built() {
         "the second run changed the root"
     );
 }
+
+fn sha256_of(path: &Path) -> String {
+    cairn_e2e::output::sha256_file(path)
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copies `size` bytes at `offset` of `from` into a new file.
+fn extract(from: &Path, offset: u64, size: u64, to: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(from).expect("open disk");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut out = std::fs::File::create(to).expect("create");
+    std::io::copy(&mut f.take(size), &mut out).expect("copy");
+}
+
+/// The names in a newc cpio archive, with their data.
+fn cpio_entries(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut at = 0;
+    let field = |b: &[u8], i: usize| {
+        usize::from_str_radix(
+            std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).expect("hex"),
+            16,
+        )
+        .expect("hex")
+    };
+    while at + 110 <= bytes.len() {
+        let h = &bytes[at..at + 110];
+        assert_eq!(&h[..6], b"070701", "newc magic at {at}");
+        let (size, namesize) = (field(h, 6), field(h, 11));
+        let name = String::from_utf8_lossy(&bytes[at + 110..at + 110 + namesize - 1]).into_owned();
+        let data_at = (at + 110 + namesize).div_ceil(4) * 4;
+        if name == "TRAILER!!!" {
+            break;
+        }
+        out.insert(name, bytes[data_at..data_at + size].to_vec());
+        at = (data_at + size).div_ceil(4) * 4;
+    }
+    out
+}
+
+/// The bootable disk of the node base: partitions of the Discoverable Partitions Specification, a root that
+/// `veritysetup verify` accepts with the hash from the loader entry (and refuses once a byte is flipped), each
+/// filesystem passing its own check, the factory /var with its ACLs, the initrd's agent and modules, and the same
+/// bytes from a second build with an empty cache.
+#[test]
+fn the_disk_image_is_verified_and_deterministic() {
+    let layout = layout();
+    let digest = layout_digest(&layout);
+    let registry = registry::shared();
+    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci:{}:bookworm", layout.display()),
+        &format!("docker://{reference}"),
+    ]));
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "disk",
+        &format!("{reference}@{digest}"),
+        &[],
+        "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\", \"qcow2\"]\n",
+    );
+    let build = |tag: &str| {
+        let out = work.path().join(format!("out-{tag}"));
+        let o = run_cairn(
+            [
+                "build".as_ref(),
+                profile.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--cache".as_ref(),
+                work.path().join(format!("cache-{tag}")).as_os_str(),
+            ],
+            &[],
+        );
+        assert!(
+            o.status.success(),
+            "build failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    };
+    let out = build("a");
+    let raw = out.join("disk.raw");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("disk.manifest.json")).expect("report"))
+            .expect("json");
+    let disk = &report["disk"];
+    let root_hash = disk["root_hash"].as_str().expect("root hash").to_string();
+    assert_eq!(report["outputs"][0]["format"], "qcow2");
+    assert_eq!(report["outputs"][1]["sha256"], sha256_of(&raw));
+
+    // The table, as sfdisk reads it.
+    let table: serde_json::Value =
+        serde_json::from_str(&output(Command::new("sfdisk").arg("--json").arg(&raw)))
+            .expect("json");
+    let parts = table["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .clone();
+    let kinds: Vec<(String, String)> = parts
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["type"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "esp".to_string(),
+                "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".to_string()
+            ),
+            (
+                "root-a".to_string(),
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709".to_string()
+            ),
+            (
+                "root-a-verity".to_string(),
+                "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5".to_string()
+            ),
+            (
+                "var".to_string(),
+                "4D21B016-B534-45C2-A9FB-5C16E091FD2D".to_string()
+            ),
+        ]
+    );
+    let part = |i: usize| -> (u64, u64) {
+        let p = &disk["partition_table"]["partitions"][i];
+        (
+            p["offset"].as_u64().expect("offset"),
+            p["size"].as_u64().expect("size"),
+        )
+    };
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(
+            p["start"].as_u64().expect("start") * 512,
+            part(i).0,
+            "partition {i} offset"
+        );
+    }
+    // The root partition's GUID is the first half of the root hash (the DPS convention).
+    assert_eq!(
+        parts[1]["uuid"]
+            .as_str()
+            .unwrap_or("")
+            .replace('-', "")
+            .to_lowercase(),
+        root_hash[..32]
+    );
+
+    let dir = work.path();
+    let (esp, root, hash, var) = (
+        dir.join("esp"),
+        dir.join("root"),
+        dir.join("hash"),
+        dir.join("var"),
+    );
+    for (i, p) in [&esp, &root, &hash, &var].iter().enumerate() {
+        extract(&raw, part(i).0, part(i).1, p);
+    }
+
+    // The loader entry carries the root hash; veritysetup accepts the pair with it.
+    let entry = output(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/loader/entries/cairn.conf"),
+    );
+    assert!(
+        entry.contains(&format!("options console=ttyS0 cairn.verity={root_hash}\n")),
+        "{entry}"
+    );
+    assert!(
+        !entry.contains("roothash="),
+        "systemd's roothash= must not be used"
+    );
+    output(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(&root)
+            .arg(&hash)
+            .arg(&root_hash),
+    );
+    // A byte flipped in the root's first block is caught.
+    let flipped = dir.join("root-flipped");
+    std::fs::copy(&root, &flipped).expect("copy");
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&flipped)
+            .expect("open");
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(100)).expect("seek");
+        f.read_exact(&mut b).expect("read");
+        f.seek(SeekFrom::Start(100)).expect("seek");
+        f.write_all(&[b[0] ^ 0xff]).expect("write");
+    }
+    let refused = Command::new("veritysetup")
+        .arg("verify")
+        .arg(&flipped)
+        .arg(&hash)
+        .arg(&root_hash)
+        .output()
+        .expect("veritysetup");
+    assert!(!refused.status.success(), "a flipped byte verified");
+
+    // Each filesystem passes its own check.
+    output(Command::new("e2fsck").args(["-f", "-n"]).arg(&var));
+    output(Command::new("fsck.vfat").arg("-n").arg(&esp));
+    output(
+        Command::new("qemu-img")
+            .args(["check", "-q"])
+            .arg(out.join("disk.qcow2")),
+    );
+    output(
+        Command::new("qemu-img")
+            .args(["compare", "-q"])
+            .arg(&raw)
+            .arg(out.join("disk.qcow2")),
+    );
+
+    // The read-only root: /var empty, /home /root /srv into it, the factory /var with its ACLs.
+    let listing = output(Command::new("unsquashfs").args(["-lln"]).arg(&root));
+    for link in [
+        "squashfs-root/home -> var/home",
+        "squashfs-root/root -> var/root",
+        "squashfs-root/srv -> var/srv",
+    ] {
+        assert!(listing.contains(link), "{link} missing");
+    }
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("drwxr-xr-x 0/0") && l.ends_with(" squashfs-root")),
+        "root folder mode"
+    );
+    assert!(
+        !listing.contains("squashfs-root/var/lib"),
+        "/var is not empty in the root"
+    );
+    let factory = dir.join("var.tar");
+    let factory_bytes = Command::new("unsquashfs")
+        .args(["-cat"])
+        .arg(&root)
+        .arg("usr/lib/cairn/factory/var.tar")
+        .output()
+        .expect("unsquashfs")
+        .stdout;
+    std::fs::write(&factory, &factory_bytes).expect("write");
+    let (_, items) = read_tar(&factory);
+    assert!(
+        items.contains_key("lib/dpkg/status"),
+        "the factory /var lacks the dpkg database"
+    );
+    assert!(
+        items["log/journal"]
+            .xattrs
+            .iter()
+            .any(|(k, _)| k == "system.posix_acl_default"),
+        "ACLs lost"
+    );
+    assert_eq!(items["root"].mode & 0o7777, 0o700);
+
+    // The initrd: the static agent as /init, dm-verity and its dependencies, the load order.
+    let initrd = Command::new("mtype")
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/cairn/initrd.img")
+        .output()
+        .expect("mtype")
+        .stdout;
+    let entries = cpio_entries(&initrd);
+    assert!(
+        entries
+            .get("init")
+            .is_some_and(|b| b.starts_with(b"\x7fELF")),
+        "no /init"
+    );
+    let order = String::from_utf8_lossy(&entries["etc/cairn/modules"]).into_owned();
+    let position = |m: &str| {
+        order
+            .lines()
+            .position(|l| l.ends_with(m))
+            .unwrap_or_else(|| panic!("{m} not in {order}"))
+    };
+    assert!(position("/dm-mod.ko") < position("/dm-verity.ko"));
+    for line in order.lines() {
+        assert!(
+            entries.contains_key(line.trim_start_matches('/')),
+            "{line} listed but not in the initrd"
+        );
+    }
+
+    // Deterministic: a second build, empty cache, same bytes.
+    let again = build("b");
+    assert_eq!(sha256_of(&again.join("disk.raw")), sha256_of(&raw));
+    assert_eq!(
+        sha256_of(&again.join("disk.qcow2")),
+        sha256_of(&out.join("disk.qcow2"))
+    );
+}
