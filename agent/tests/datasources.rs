@@ -490,10 +490,7 @@ fn cmdline_url_unreachable() {
 #[test]
 fn cmdline_urls_that_are_refused() {
     for (url, says) in [
-        (
-            "https://config.example.com/i.toml",
-            "https is not supported by this agent build yet",
-        ),
+        ("https://user@config.example.com/i.toml", "not a valid URL"),
         ("http://192.0.2.1/i.toml", "plain http is refused"),
         ("http://example.com/i.toml", "plain http is refused"),
         ("file:///etc/i.toml", "not an https:// URL"),

@@ -6,13 +6,14 @@
 //! kernel and systemd compare them). The last occurrence of a key wins. Parsing stops at a bare `--`: what
 //! follows is for init, not for the kernel (systemd ignores it too). A key without `=` has the value `""`.
 //!
-//! The URL: `http://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`) is fetched; `https://` is refused
-//! because this build has no TLS yet; `http://` to any other host is refused (instance data may carry secrets,
-//! and plain HTTP off the machine can be read or changed on the way). Only a `200` answer is instance data;
-//! any other status (after the client's retries for `5xx`) is an error naming the URL. Redirects are not
-//! followed.
+//! The URL: `https://` to any host is fetched, the server's certificate verified (see [`super::http`]: the
+//! Mozilla root set and the target's CA bundles are trusted; a refused certificate is an error saying why,
+//! never retried); `http://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`) is fetched too (tests);
+//! `http://` to any other host is refused (instance data may carry secrets, and plain HTTP off the machine can
+//! be read or changed on the way). Only a `200` answer is instance data; any other status (after the client's
+//! retries for `5xx`) is an error naming the URL. Redirects are not followed.
 
-use super::http::{self, Method, Url};
+use super::http::{self, Method, Scheme, Url};
 use super::{Config, DatasourceError, Found, NetworkSource, SourceKind, to_text};
 
 /// The command line key of source 1.
@@ -103,23 +104,15 @@ fn check(url: &str) -> Result<Url, DatasourceError> {
     if url.is_empty() {
         return Err(fail("no URL given"));
     }
-    if url
-        .get(..8)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-    {
-        return Err(fail(
-            "https is not supported by this agent build yet (it has no TLS); \
-             plain http is allowed to a loopback host only",
-        ));
-    }
-    if !url
-        .get(..7)
-        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
-    {
+    let scheme = |prefix: &str| {
+        url.get(..prefix.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(prefix))
+    };
+    if !scheme("https://") && !scheme("http://") {
         return Err(fail("not an https:// URL (or http:// to a loopback host)"));
     }
     let parsed = Url::parse(url).map_err(|e| fail(&format!("not a valid URL: {e}")))?;
-    if !parsed.is_loopback() {
+    if parsed.scheme == Scheme::Http && !parsed.is_loopback() {
         return Err(fail(
             "plain http is refused for a host that is not loopback (localhost, 127.0.0.0/8, [::1]): \
              instance data may carry secrets",
@@ -213,17 +206,17 @@ mod tests {
             "http://localhost/x",
             "http://[::1]:9/x",
             "http://127.1.2.3/",
+            "https://example.com/i.toml",
+            "HTTPS://10.0.0.1:8443/i.toml",
+            "https://[2001:db8::1]/x",
         ] {
             assert_eq!(
                 ok(&format!("{KEY}={url}")),
                 Some(NetworkSource::Url(url.to_string()))
             );
         }
-        assert_eq!(
-            err("cairn.instance=https://example.com/i.toml"),
-            "cairn.instance=https://example.com/i.toml: https is not supported by this agent build yet \
-             (it has no TLS); plain http is allowed to a loopback host only"
-        );
+        assert!(err("cairn.instance=\"https://a b/\"").contains("not a valid URL"));
+        assert!(err("cairn.instance=https://u:p@h/").contains("not a valid URL"));
         let e = err("cairn.instance=http://10.0.0.1/i.toml");
         assert!(
             e.starts_with("cairn.instance=http://10.0.0.1/i.toml: plain http is refused"),

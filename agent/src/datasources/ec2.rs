@@ -18,7 +18,7 @@ use std::fs;
 use std::path::Path;
 
 use super::cmdline::cmdline_value;
-use super::http::{self, Method, Url};
+use super::http::{self, Method, Scheme, Url};
 use super::{
     Config, DEFAULT_IMDS_ENDPOINT, DatasourceError, Found, NetworkSource, SourceKind, to_text,
 };
@@ -88,6 +88,12 @@ fn endpoint_url(endpoint: &str) -> Result<(String, Url), DatasourceError> {
     let fail = |message: String| DatasourceError::new(name(endpoint), message);
     let url = Url::parse(endpoint)
         .map_err(|e| fail(format!("not a metadata endpoint (http://host[:port]): {e}")))?;
+    if url.scheme != Scheme::Http {
+        return Err(fail(
+            "not a metadata endpoint (http://host[:port]): the metadata service speaks plain http"
+                .to_string(),
+        ));
+    }
     if url.target != "/" {
         return Err(fail(
             "a metadata endpoint is http://host[:port], without a path".to_string(),

@@ -1,8 +1,18 @@
-//! A minimal HTTP/1.1 client over `std::net::TcpStream`: just enough to fetch instance data.
+//! A minimal HTTP/1.1 client over `std::net::TcpStream`, with TLS from rustls: just enough to fetch instance data.
 //!
-//! - `http://host[:port]/path?query` URLs only (host: a name, an IPv4 address or a bracketed IPv6 address such
-//!   as `[::1]`); no credentials in URLs, the `#fragment` is dropped. TLS is not part of this build. Which hosts
-//!   may be reached over plain HTTP is the caller's policy ([`Url::is_loopback`] helps).
+//! - `http://` and `https://host[:port]/path?query` URLs (host: a name, an IPv4 address or a bracketed IPv6
+//!   address such as `[::1]`); no credentials in URLs, the `#fragment` is dropped. Which hosts may be reached
+//!   over plain HTTP is the caller's policy ([`Url::is_loopback`] helps).
+//! - HTTPS: TLS 1.3 or 1.2 (rustls with its `ring` provider), no client certificate. The server's certificate
+//!   chain is verified as rustls verifies it (chain to a trusted root, validity dates, server-auth usage) and
+//!   must be valid for the URL's host: its DNS name, or its IP address for an IP literal (an IP SAN). Trusted:
+//!   the Mozilla root set compiled in (`webpki-roots`), plus every PEM bundle of [`Policy::ca_bundles`] that
+//!   exists (read for each request; a missing one is skipped, one that exists but cannot be read or holds no
+//!   usable certificate is [`HttpError::Trust`], naming it). A refused certificate is
+//!   [`HttpError::Certificate`], saying why (unknown issuer, name mismatch, expired, not valid yet...) and never
+//!   retried; any other TLS failure of the server (a handshake alert, something that is not TLS) is a protocol
+//!   error, not retried either. The server must end a body framed by the end of the connection with TLS's
+//!   `close_notify`: a connection that just stops is a truncated response (retried).
 //! - `localhost` is never looked up: it is 127.0.0.1, then ::1 (RFC 6761). An IP literal is used as is; any other
 //!   name goes through the system resolver.
 //! - GET and PUT (with an empty body), the caller's request headers, `Connection: close`: one connection per
@@ -11,16 +21,24 @@
 //! - The response body is framed by `Transfer-Encoding: chunked`, else `Content-Length`, else the end of the
 //!   connection, and bounded by [`Policy::max_body`]: a larger body is an error, not a truncated document.
 //!   Interim `1xx` responses are skipped.
-//! - Each attempt has one deadline ([`Policy::timeout`]) covering connect, send and the whole response.
+//! - Each attempt has one deadline ([`Policy::timeout`]) covering connect, the TLS handshake, send and the
+//!   whole response.
 //! - Bounded retries: a connection or I/O failure (refused, reset, timed out, closed early) and a `5xx` status
 //!   are retried up to [`Policy::retries`] more times, waiting [`Policy::retry_delay`] before the first retry
 //!   and doubling the wait each time (capped at 30 s, or at `retry_delay` if that is longer). A `4xx` or any
 //!   other status is returned at once, and a malformed response fails at once.
 
 use std::fmt;
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// The default bound on a response body: instance data is small.
 pub const MAX_BODY: usize = 1 << 20;
@@ -28,10 +46,35 @@ pub const MAX_BODY: usize = 1 << 20;
 const MAX_HEAD: usize = 64 * 1024;
 /// The longest wait between two attempts (unless `retry_delay` itself is longer).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// The bound on a CA bundle file (Debian's is about 200 KiB).
+const MAX_CA_BUNDLE: u64 = 16 << 20;
 
-/// A parsed `http://` URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
+    pub scheme: Scheme,
     /// The host, lowercased, without brackets for IPv6 (`::1`).
     pub host: String,
     pub port: u16,
@@ -40,10 +83,15 @@ pub struct Url {
 }
 
 impl Url {
-    /// Parses `http://host[:port][/path][?query][#fragment]`. Any other scheme is an error.
+    /// Parses `http[s]://host[:port][/path][?query][#fragment]`. Any other scheme is an error.
     pub fn parse(text: &str) -> Result<Url, String> {
-        let rest = strip_prefix_ignore_case(text, "http://")
-            .ok_or_else(|| "not an http:// URL".to_string())?;
+        let (scheme, rest) = if let Some(rest) = strip_prefix_ignore_case(text, "https://") {
+            (Scheme::Https, rest)
+        } else if let Some(rest) = strip_prefix_ignore_case(text, "http://") {
+            (Scheme::Http, rest)
+        } else {
+            return Err("not an http:// or https:// URL".to_string());
+        };
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, rest) = rest.split_at(end);
         let rest = rest.split('#').next().unwrap_or("");
@@ -87,13 +135,18 @@ impl Url {
             (host.to_ascii_lowercase(), port)
         };
         let port = match port {
-            None | Some("") => 80,
+            None | Some("") => scheme.default_port(),
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
                 _ => return Err(format!("{p:?} is not a valid port")),
             },
         };
-        Ok(Url { host, port, target })
+        Ok(Url {
+            scheme,
+            host,
+            port,
+            target,
+        })
     }
 
     /// Whether the host is a loopback one: `localhost`, 127.0.0.0/8 or `::1`.
@@ -101,14 +154,14 @@ impl Url {
         self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
-    /// The `Host` header value (`host`, `host:port`, `[::1]:port`).
+    /// The `Host` header value (`host`, `host:port`, `[::1]:port`; no port when it is the scheme's default).
     fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == self.scheme.default_port() {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -118,7 +171,13 @@ impl Url {
 
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.host_header(), self.target)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.host_header(),
+            self.target
+        )
     }
 }
 
@@ -155,6 +214,8 @@ pub struct Policy {
     pub timeout: Duration,
     /// The largest body accepted.
     pub max_body: usize,
+    /// PEM files of CA certificates trusted for HTTPS besides the Mozilla root set, each read when it exists.
+    pub ca_bundles: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,8 +264,15 @@ pub enum HttpError {
         reason: String,
         attempts: u32,
     },
-    /// The server answered something this client refuses (malformed, too large, an encoding it cannot read).
+    /// The server answered something this client refuses (malformed, too large, an encoding it cannot read, a
+    /// failed TLS handshake).
     Protocol(String),
+    /// HTTPS: the server's certificate was refused (the whole message: the host, why, what is trusted). Never
+    /// retried.
+    Certificate(String),
+    /// HTTPS: a CA bundle of [`Policy::ca_bundles`] exists but cannot be used (the message names it). No
+    /// request was sent.
+    Trust(String),
 }
 
 impl fmt::Display for HttpError {
@@ -230,7 +298,9 @@ impl fmt::Display for HttpError {
                 status_text(*status, reason),
                 after(*attempts)
             ),
-            HttpError::Protocol(message) => f.write_str(message),
+            HttpError::Protocol(message)
+            | HttpError::Certificate(message)
+            | HttpError::Trust(message) => f.write_str(message),
         }
     }
 }
@@ -252,11 +322,15 @@ pub fn request(
             )));
         }
     }
+    let tls = match url.scheme {
+        Scheme::Http => None,
+        Scheme::Https => Some(Tls::new(&policy.ca_bundles).map_err(HttpError::Trust)?),
+    };
     let attempts = policy.retries.saturating_add(1);
     let mut attempt = 1;
     loop {
         let last = attempt >= attempts;
-        match exchange(method, url, headers, policy) {
+        match exchange(method, url, headers, policy, tls.as_ref()) {
             Ok(response) if response.status >= 500 && !last => {}
             Ok(response) if response.status >= 500 => {
                 return Err(HttpError::Status {
@@ -267,6 +341,20 @@ pub fn request(
             }
             Ok(response) => return Ok(response),
             Err(Failure::Protocol(message)) => return Err(HttpError::Protocol(message)),
+            Err(Failure::Tls(rustls::Error::InvalidCertificate(e))) => {
+                let trusted = tls.as_ref().map_or("", |t| t.trusted.as_str());
+                return Err(HttpError::Certificate(format!(
+                    "the TLS certificate of {} was refused: {}; trusted: {trusted}",
+                    url.host,
+                    describe_certificate_error(&e)
+                )));
+            }
+            Err(Failure::Tls(e)) => {
+                return Err(HttpError::Protocol(format!(
+                    "TLS with {} failed: {e}",
+                    url.host
+                )));
+            }
             Err(Failure::Io(e)) if last => {
                 return Err(HttpError::Io {
                     kind: e.kind(),
@@ -297,16 +385,201 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
-/// Why one attempt failed: I/O is retried, protocol errors are not.
+/// Why one attempt failed: I/O is retried, protocol and TLS errors are not.
 #[derive(Debug)]
 enum Failure {
     Io(io::Error),
     Protocol(String),
+    /// What rustls refused (a certificate, an alert, a record that is not TLS...).
+    Tls(rustls::Error),
 }
 
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
-        Failure::Io(e)
+        // rustls reports its own errors through `io::Error`s of kind `InvalidData`.
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => Failure::Tls(tls.clone()),
+            None => Failure::Io(e),
+        }
+    }
+}
+
+/// What a refused certificate is, in words.
+fn describe_certificate_error(e: &CertificateError) -> String {
+    match e {
+        CertificateError::UnknownIssuer => {
+            "unknown issuer (its chain does not lead to a trusted CA)".to_string()
+        }
+        CertificateError::NotValidForName => "name mismatch".to_string(),
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let names = if presented.is_empty() {
+                "no name".to_string()
+            } else {
+                let names: Vec<&str> = presented.iter().map(|n| presented_name(n)).collect();
+                names.join(", ")
+            };
+            format!(
+                "name mismatch (it is for {names}, not {})",
+                expected.to_str()
+            )
+        }
+        CertificateError::Expired => "expired".to_string(),
+        CertificateError::ExpiredContext { time, not_after } => format!(
+            "expired on {} (the clock says {})",
+            utc(*not_after),
+            utc(*time)
+        ),
+        CertificateError::NotValidYet => "not valid yet (is the clock right?)".to_string(),
+        CertificateError::NotValidYetContext { time, not_before } => format!(
+            "not valid before {} (the clock says {}: is it right?)",
+            utc(*not_before),
+            utc(*time)
+        ),
+        CertificateError::BadSignature => "bad signature".to_string(),
+        CertificateError::BadEncoding => "badly encoded".to_string(),
+        CertificateError::Revoked => "revoked".to_string(),
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "not a TLS server certificate".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A name of a certificate as webpki presents it (`DnsName("a.example")`, `IpAddress(192.0.2.1)`), bare.
+fn presented_name(name: &str) -> &str {
+    name.strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| {
+            name.strip_prefix("IpAddress(")
+                .and_then(|n| n.strip_suffix(')'))
+        })
+        .unwrap_or(name)
+}
+
+/// A UNIX time as `YYYY-MM-DD hh:mm:ss UTC`.
+fn utc(time: UnixTime) -> String {
+    let secs = time.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm, for days since 1970-01-01).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The TLS client setup of one request: the trusted roots, and how to say what they are.
+struct Tls {
+    config: Arc<ClientConfig>,
+    /// `the Mozilla root set and /etc/ssl/certs/ca-certificates.crt`.
+    trusted: String,
+}
+
+impl Tls {
+    fn new(ca_bundles: &[PathBuf]) -> Result<Tls, String> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let mut trusted = vec!["the Mozilla root set".to_string()];
+        for path in ca_bundles {
+            if add_ca_bundle(&mut roots, path)? > 0 {
+                trusted.push(path.display().to_string());
+            }
+        }
+        // The provider is named: a build that also links another one (the workspace's other crates) must not
+        // make this client pick by chance.
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Tls {
+            config: Arc::new(config),
+            trusted: trusted.join(" and "),
+        })
+    }
+}
+
+/// Adds the certificates of a PEM bundle to `roots`; `Ok(0)` when nothing is at `path` (or the file is blank),
+/// else how many were added. Certificates that parse but cannot be trust anchors are skipped, as rustls's own
+/// loaders do; a bundle with none that can is an error.
+fn add_ca_bundle(roots: &mut RootCertStore, path: &Path) -> Result<usize, String> {
+    let fail = |what: String| format!("CA bundle {}: {what}", path.display());
+    // Checked before opening: opening a FIFO would block.
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) && fs::symlink_metadata(path).is_err() =>
+        {
+            return Ok(0);
+        }
+        Err(e) => return Err(fail(format!("cannot read: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(fail("not a regular file".to_string()));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_CA_BUNDLE + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_CA_BUNDLE {
+        return Err(fail(format!("larger than {MAX_CA_BUNDLE} bytes")));
+    }
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            fail(format!(
+                "not a PEM certificate bundle: {}",
+                describe_pem(&e)
+            ))
+        })?;
+    if certs.is_empty() {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(0);
+        }
+        return Err(fail(
+            "not a PEM certificate bundle: no BEGIN CERTIFICATE section".to_string(),
+        ));
+    }
+    let count = certs.len();
+    match roots.add_parsable_certificates(certs) {
+        (0, _) => Err(fail(format!(
+            "none of its {count} certificates can be a trust anchor"
+        ))),
+        (added, _) => Ok(added),
+    }
+}
+
+fn describe_pem(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("no END {} line", String::from_utf8_lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("bad section start {:?}", String::from_utf8_lossy(line))
+        }
+        pem::Error::Base64Decode(why) => format!("bad base64 ({why})"),
+        other => other.to_string(),
     }
 }
 
@@ -364,26 +637,111 @@ fn addresses(url: &Url) -> io::Result<Vec<SocketAddr>> {
     Ok(found)
 }
 
-fn connect(url: &Url, deadline: Instant) -> io::Result<TcpStream> {
+fn connect(url: &Url, deadline: Instant) -> io::Result<Socket> {
     let mut last = None;
     for addr in addresses(url)? {
         match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
-            Ok(stream) => return Ok(stream),
+            Ok(tcp) => return Ok(Socket { tcp, deadline }),
             Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
 }
 
-/// One attempt: connect, send, read the whole response.
+/// The TCP connection of one attempt: every read and write is bounded by the attempt's deadline.
+struct Socket {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+/// A socket timeout, as `TimedOut` (Linux says `WouldBlock`, which rustls would take for a non-blocking socket).
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "timed out")
+    } else {
+        e
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(remaining(self.deadline)?))?;
+        self.tcp.read(buf).map_err(timed_out)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp
+            .set_write_timeout(Some(remaining(self.deadline)?))?;
+        self.tcp.write(buf).map_err(timed_out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A connection: plain, or TLS over the socket.
+enum Conn {
+    Plain(Socket),
+    Tls(Box<StreamOwned<ClientConnection, Socket>>),
+}
+
+impl Conn {
+    /// TLS over `socket`, the handshake done (so a refused certificate fails here, before anything is sent).
+    fn tls(tls: &Tls, url: &Url, mut socket: Socket) -> Result<Conn, Failure> {
+        let name = ServerName::try_from(url.host.clone()).map_err(|_| {
+            Failure::Protocol(format!("{:?} is not a valid TLS server name", url.host))
+        })?;
+        let mut conn =
+            ClientConnection::new(Arc::clone(&tls.config), name).map_err(Failure::Tls)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut socket)?;
+        }
+        Ok(Conn::Tls(Box::new(StreamOwned::new(conn, socket))))
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// One attempt: connect (and the TLS handshake), send, read the whole response.
 fn exchange(
     method: Method,
     url: &Url,
     headers: &[(&str, &str)],
     policy: &Policy,
+    tls: Option<&Tls>,
 ) -> Result<Response, Failure> {
     let deadline = Instant::now() + policy.timeout;
-    let mut stream = connect(url, deadline)?;
+    let socket = connect(url, deadline)?;
+    let mut stream = match tls {
+        None => Conn::Plain(socket),
+        Some(tls) => Conn::tls(tls, url, socket)?,
+    };
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cairn-agent/{}\r\nAccept: */*\r\nConnection: close\r\n",
         method.as_str(),
@@ -398,24 +756,21 @@ fn exchange(
         head.push_str("Content-Length: 0\r\n");
     }
     head.push_str("\r\n");
-    stream.set_write_timeout(Some(remaining(deadline)?))?;
     stream.write_all(head.as_bytes())?;
     stream.flush()?;
     let mut reader = Reader {
         stream,
         buf: Vec::new(),
         pos: 0,
-        deadline,
     };
     read_response(&mut reader, policy.max_body)
 }
 
-/// A buffered reader over the connection that enforces the attempt's deadline on every read.
+/// A buffered reader over the connection (whose socket enforces the attempt's deadline on every read).
 struct Reader {
-    stream: TcpStream,
+    stream: Conn,
     buf: Vec<u8>,
     pos: usize,
-    deadline: Instant,
 }
 
 impl Reader {
@@ -430,8 +785,6 @@ impl Reader {
         }
         let mut chunk = [0u8; 8192];
         loop {
-            self.stream
-                .set_read_timeout(Some(remaining(self.deadline)?))?;
             match self.stream.read(&mut chunk) {
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
@@ -664,6 +1017,7 @@ mod tests {
         assert_eq!(
             u,
             Url {
+                scheme: Scheme::Http,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 target: "/a/b?x=1".into()
@@ -696,13 +1050,33 @@ mod tests {
                 .is_loopback()
         );
         assert_eq!(Url::parse("http://[::1]/").unwrap().host_header(), "[::1]");
+
+        let u = Url::parse("HTTPS://Config.Example.COM/i.toml").unwrap();
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port, u.target.as_str()),
+            (Scheme::Https, "config.example.com", 443, "/i.toml")
+        );
+        assert_eq!(u.to_string(), "https://config.example.com/i.toml");
+        let u = Url::parse("https://[::1]:8443").unwrap();
+        assert_eq!((u.scheme, u.port), (Scheme::Https, 8443));
+        assert_eq!(u.to_string(), "https://[::1]:8443/");
+        assert_eq!(
+            Url::parse("https://h:80/").unwrap().to_string(),
+            "https://h:80/"
+        );
+        assert_eq!(
+            Url::parse("http://h:443/").unwrap().to_string(),
+            "http://h:443/"
+        );
     }
 
     #[test]
     fn refuses_bad_urls() {
         for bad in [
-            "https://127.0.0.1/",
             "ftp://x/",
+            "https//x/",
+            "https://",
+            "https://user@x/",
             "127.0.0.1/x",
             "http://",
             "http:///x",
@@ -724,6 +1098,53 @@ mod tests {
     fn encodes_targets() {
         assert_eq!(encode_target("/a b/%20\"é"), "/a%20b/%20%22%C3%A9");
         assert_eq!(encode_target("/x?a=1&b=2"), "/x?a=1&b=2");
+    }
+
+    #[test]
+    fn says_times_and_names_plainly() {
+        assert_eq!(
+            utc(UnixTime::since_unix_epoch(Duration::ZERO)),
+            "1970-01-01 00:00:00 UTC"
+        );
+        assert_eq!(
+            utc(UnixTime::since_unix_epoch(Duration::from_secs(
+                951_782_400 + 3661
+            ))),
+            "2000-02-29 01:01:01 UTC"
+        );
+        assert_eq!(
+            utc(UnixTime::since_unix_epoch(Duration::from_secs(
+                1_577_836_799
+            ))),
+            "2019-12-31 23:59:59 UTC"
+        );
+        assert_eq!(presented_name("DnsName(\"a.example\")"), "a.example");
+        assert_eq!(presented_name("IpAddress(192.0.2.1)"), "192.0.2.1");
+        assert_eq!(presented_name("DirectoryName"), "DirectoryName");
+    }
+
+    #[test]
+    fn ca_bundles_absent_blank_or_not_files() {
+        let tmp = super::super::test_support::TempDir::new();
+        let mut roots = RootCertStore::empty();
+        let missing = tmp.path().join("missing.crt");
+        assert_eq!(add_ca_bundle(&mut roots, &missing), Ok(0));
+        // A parent that is a file: nothing there either.
+        let blank = tmp.path().join("blank.crt");
+        std::fs::write(&blank, " \n\n").unwrap();
+        assert_eq!(add_ca_bundle(&mut roots, &blank.join("x")), Ok(0));
+        assert_eq!(add_ca_bundle(&mut roots, &blank), Ok(0));
+        assert!(roots.is_empty());
+        let dangling = tmp.path().join("dangling.crt");
+        std::os::unix::fs::symlink("/nonexistent/cairn.crt", &dangling).unwrap();
+        let e = add_ca_bundle(&mut roots, &dangling).unwrap_err();
+        assert!(
+            e.starts_with(&format!("CA bundle {}: cannot read: ", dangling.display())),
+            "{e}"
+        );
+        // Missing bundles leave the Mozilla roots.
+        let tls = Tls::new(&[missing]).unwrap();
+        assert_eq!(tls.trusted, "the Mozilla root set");
     }
 
     #[test]
@@ -773,6 +1194,7 @@ mod tests {
             retry_delay: Duration::from_millis(5),
             timeout: Duration::from_secs(5),
             max_body: 64,
+            ca_bundles: Vec::new(),
         }
     }
 
@@ -926,6 +1348,7 @@ mod tests {
             retry_delay: Duration::from_millis(1),
             timeout: Duration::from_millis(100),
             max_body: 64,
+            ca_bundles: Vec::new(),
         };
         // The listener's backlog accepts the connection; nothing ever answers.
         let start = Instant::now();

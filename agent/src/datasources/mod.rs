@@ -2,10 +2,11 @@
 //!
 //! The sources, in this order; the **first one present wins**:
 //!
-//! 1. **cmdline** — the kernel command line `cairn.instance=URL`, fetched by the network phase. `http://` is
-//!    allowed to a loopback host only (`localhost`, 127.0.0.0/8, `[::1]`: tests); `https://` is refused for now
-//!    with an error saying this build has no TLS; any other URL is refused. The URL is checked by [`detect`],
-//!    so a URL this build cannot fetch fails the early (system) phase instead of waiting for the network.
+//! 1. **cmdline** — the kernel command line `cairn.instance=URL`, fetched by the network phase. `https://` to
+//!    any host, its certificate verified against the Mozilla root set and the target's CA bundle
+//!    ([`Config::ca_bundles`]); `http://` to a loopback host only (`localhost`, 127.0.0.0/8, `[::1]`: tests);
+//!    any other URL is refused. The URL is checked by [`detect`], so a URL this build cannot fetch fails the
+//!    early (system) phase instead of waiting for the network.
 //! 2. **fw_cfg** — QEMU's `opt/cairn/instance.toml`, i.e.
 //!    `{fw_cfg_dir}/by_name/opt/cairn/instance.toml/raw`. The source is present when the entry's folder
 //!    (`by_name/opt/cairn/instance.toml`) exists; a missing or unreadable `raw` inside it is an error. When
@@ -48,7 +49,12 @@
 //!   data (cloud-init accepts compressed user data) is refused with a message saying so.
 //! - Network behaviour is bounded by [`Config::retries`] (retries after the first attempt),
 //!   [`Config::retry_delay`] (doubling per retry, capped at 30 s) and [`Config::timeout`] (per attempt); see
-//!   [`http`]. The defaults: 4 retries (5 attempts), 1 s, 10 s.
+//!   [`http`]. The defaults: 4 retries (5 attempts), 1 s, 10 s. A refused TLS certificate is never retried.
+//! - HTTPS trusts the Mozilla root set compiled into the agent (`webpki-roots`) and the CA bundle of the system
+//!   being configured, [`CA_BUNDLE`] (Debian's `ca-certificates`, with any CA the image or its builder added):
+//!   [`Config::live`] reads `/etc/ssl/certs/ca-certificates.crt`, [`Config::for_root`] the one inside the root.
+//!   A bundle that is absent is skipped; one that is present but unreadable or unparsable fails the fetch,
+//!   naming it. The bundle is read by [`fetch`], not by [`detect`].
 //! - Names ([`Found::name`], [`DatasourceError::source`]): `cairn.instance=URL` (the URL as written),
 //!   `fw_cfg opt/cairn/instance.toml`, the ESP file's path, `ec2 ENDPOINT`. Status JSON uses
 //!   [`SourceKind::as_str`].
@@ -69,6 +75,8 @@ use std::time::Duration;
 pub use cmdline::cmdline_value;
 pub use ec2::on_ec2;
 
+use crate::target::Target;
+
 /// Where the kernel exposes QEMU's fw_cfg entries.
 pub const DEFAULT_FW_CFG_DIR: &str = "/sys/firmware/qemu_fw_cfg";
 /// The kernel module that makes [`DEFAULT_FW_CFG_DIR`].
@@ -83,6 +91,8 @@ pub const DEFAULT_DMI_DIR: &str = "/sys/class/dmi/id";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 /// The largest instance data accepted from any source.
 pub const MAX_SIZE: usize = http::MAX_BODY;
+/// The system's bundle of trusted CA certificates (PEM), trusted for HTTPS besides the Mozilla root set.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Where the live system's ESP may be mounted, in the order [`Config::live`] looks.
 pub const ESP_MOUNT_POINTS: [&str; 3] = ["/efi", "/boot/efi", "/boot"];
 
@@ -114,13 +124,16 @@ pub struct Config {
     pub retries: u32,
     /// The wait before the first retry; it doubles for each further retry (capped at 30 s).
     pub retry_delay: Duration,
-    /// The deadline of one network attempt (connect, send, whole response).
+    /// The deadline of one network attempt (connect, TLS handshake, send, whole response).
     pub timeout: Duration,
+    /// PEM bundles of CA certificates trusted for HTTPS besides the Mozilla root set (each read when it
+    /// exists); default: the target's [`CA_BUNDLE`].
+    pub ca_bundles: Vec<PathBuf>,
 }
 
 impl Config {
     /// The running machine: `/proc/cmdline`, the real sysfs folders, the first of [`ESP_MOUNT_POINTS`] that is
-    /// a mount point, default network bounds. No module-loading hook: the caller sets
+    /// a mount point, default network bounds, [`CA_BUNDLE`]. No module-loading hook: the caller sets
     /// [`Config::load_module`] (and may override any field). A `/proc/cmdline` that cannot be read is kept in
     /// [`Config::cmdline_error`] and [`detect`] fails with it: an unread command line could hide
     /// `cairn.instance`, so it is never taken as an empty one.
@@ -148,18 +161,24 @@ impl Config {
             retries: DEFAULT_RETRIES,
             retry_delay: DEFAULT_RETRY_DELAY,
             timeout: DEFAULT_TIMEOUT,
+            ca_bundles: vec![PathBuf::from(CA_BUNDLE)],
         }
     }
 
     /// A root folder standing for a machine (`apply --root`): nothing of the host is read. The command line is
     /// empty (set it from `--cmdline`), fw_cfg is `ROOT/sys/firmware/qemu_fw_cfg`, DMI is
     /// `ROOT/sys/class/dmi/id`, the ESP is the first of `ROOT/efi` and `ROOT/boot/efi` that is a folder (else
-    /// none), no module is ever loaded, default network bounds, no metadata endpoint.
+    /// none), no module is ever loaded, default network bounds, no metadata endpoint, the root's
+    /// [`CA_BUNDLE`] (symlinks on its way resolved inside the root, as for every file the agent writes there).
     pub fn for_root(root: &Path) -> Config {
         let esp_dir = ["efi", "boot/efi"]
             .iter()
             .map(|dir| root.join(dir))
             .find(|dir| dir.is_dir());
+        // A symlink loop is left for the read to report, naming the path.
+        let ca_bundle = Target::root_dir(root)
+            .resolve(CA_BUNDLE, true)
+            .unwrap_or_else(|_| root.join(CA_BUNDLE.trim_start_matches('/')));
         Config {
             cmdline: String::new(),
             cmdline_error: None,
@@ -171,16 +190,18 @@ impl Config {
             retries: DEFAULT_RETRIES,
             retry_delay: DEFAULT_RETRY_DELAY,
             timeout: DEFAULT_TIMEOUT,
+            ca_bundles: vec![ca_bundle],
         }
     }
 
-    /// The HTTP client's bounds for this configuration.
+    /// The HTTP client's bounds (and trusted CA bundles) for this configuration.
     pub fn http_policy(&self) -> http::Policy {
         http::Policy {
             retries: self.retries,
             retry_delay: self.retry_delay,
             timeout: self.timeout,
             max_body: MAX_SIZE,
+            ca_bundles: self.ca_bundles.clone(),
         }
     }
 }
@@ -547,6 +568,21 @@ mod tests {
         assert_eq!(cfg.esp_dir, None);
         assert!(cfg.load_module.is_none());
         assert!(cfg.imds_endpoint.is_none());
+        assert_eq!(
+            cfg.ca_bundles,
+            [root.join("etc/ssl/certs/ca-certificates.crt")]
+        );
+        // An absolute symlink on the way is followed inside the root, never on the host.
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/ssl", root.join("etc/ssl")).unwrap();
+        assert_eq!(
+            Config::for_root(root).ca_bundles,
+            [root.join("usr/share/ssl/certs/ca-certificates.crt")]
+        );
+        assert_eq!(
+            Config::live().ca_bundles,
+            [PathBuf::from("/etc/ssl/certs/ca-certificates.crt")]
+        );
         fs::create_dir_all(root.join("boot/efi")).unwrap();
         assert_eq!(Config::for_root(root).esp_dir, Some(root.join("boot/efi")));
         fs::create_dir_all(root.join("efi")).unwrap();
