@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod datasources;
+pub mod init;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -29,6 +29,10 @@ fn exit(e: Exit) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // As the initrd's /init the agent is process 1: it sets up the verified root and becomes the real init.
+    if std::process::id() == 1 {
+        cairn_agent::init::main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else {
         return usage("no command");

@@ -15,6 +15,7 @@ pub mod cairn;
 pub mod image;
 pub mod output;
 pub mod push;
+pub mod qemu;
 pub mod registry;
 pub mod token;
 

@@ -10,8 +10,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cairn_e2e::output::read_tar;
+use cairn_e2e::qemu::Vm;
 use cairn_e2e::{registry, run_agent, run_cairn, write_profile};
 use sha2::{Digest, Sha256};
 
@@ -779,5 +781,175 @@ fn the_disk_image_is_verified_and_deterministic() {
     assert_eq!(
         sha256_of(&again.join("disk.qcow2")),
         sha256_of(&out.join("disk.qcow2"))
+    );
+}
+
+/// The product is a machine that boots: the node base as a raw disk, booted under UEFI three times. First boot:
+/// cairn's initrd verifies the root and the agent applies the profile with instance data from fw_cfg. Second boot:
+/// nothing is applied again and /var kept what the first wrote. Third, with a byte of the root flipped: the initrd
+/// refuses it and powers the machine off.
+#[test]
+fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
+    let layout = layout();
+    let digest = layout_digest(&layout);
+    let registry = registry::shared();
+    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci:{}:bookworm", layout.display()),
+        &format!("docker://{reference}"),
+    ]));
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "node",
+        &format!("{reference}@{digest}"),
+        &[],
+        "[system]\nhostname = \"node-{machine-id:6}\"\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\"]\n",
+    );
+    let out = work.path().join("out");
+    let o = run_cairn(
+        [
+            "build".as_ref(),
+            profile.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            work.path().join("cache").as_os_str(),
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let disk = out.join("node.raw");
+    let instance = work.path().join("instance.toml");
+    std::fs::write(&instance, "[system]\nhostname = \"from-fw-cfg\"\n").expect("write");
+    let json = |line: &str, prefix: &str| -> serde_json::Value {
+        serde_json::from_str(line.trim_start_matches(prefix).trim())
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let bound = Duration::from_secs(420);
+
+    // First boot.
+    let mut vm = Vm::boot(&disk, Some(&instance));
+    let (init, _) = vm.wait_for("cairn-init: ready ", bound);
+    let init = json(&init, "cairn-init: ready ");
+    let names: Vec<&str> = init["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mounts",
+            "modules",
+            "cmdline",
+            "partitions",
+            "verity",
+            "root",
+            "var",
+            "etc"
+        ]
+    );
+    let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
+    eprintln!(
+        "first boot: QEMU start to `cairn-agent: ready` in {:.1} s",
+        took.as_secs_f64()
+    );
+    let ready = json(&ready, "cairn-agent: ready ");
+    assert_eq!(ready["instance"], "fw_cfg", "{ready}");
+    let steps = ready["steps"].as_array().expect("steps");
+    assert!(
+        steps.iter().any(|s| s["phase"] == "init"),
+        "the node's line lacks the initrd's steps: {ready}"
+    );
+    let hostname = steps
+        .iter()
+        .find(|s| s["name"] == "hostname")
+        .expect("a hostname step");
+    assert_eq!(hostname["outcome"], "applied", "{ready}");
+    assert!(
+        vm.wait_for("Debian GNU/Linux 12 from-fw-cfg", bound)
+            .0
+            .contains("from-fw-cfg")
+    );
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "the guest did not power down on ACPI"
+    );
+    assert!(
+        !vm.serial().contains("cairn-agent: failed"),
+        "{}",
+        vm.serial()
+    );
+
+    // Second boot: first-boot work is not done again, and /var kept the agent's journal.
+    let mut vm = Vm::boot(&disk, Some(&instance));
+    let (ready, _) = vm.wait_for("cairn-agent: ready ", bound);
+    let ready = json(&ready, "cairn-agent: ready ");
+    for s in ready["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|s| s["phase"] == "system")
+    {
+        assert_eq!(
+            s["outcome"], "skipped",
+            "re-applied on the second boot: {ready}"
+        );
+    }
+    assert!(ready.get("note").is_none(), "{ready}");
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "the guest did not power down on ACPI"
+    );
+
+    // A byte flipped in the root's first block: the initrd refuses the root and powers off.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("node.manifest.json")).expect("report"))
+            .expect("json");
+    let root_offset = report["disk"]["partition_table"]["partitions"][1]["offset"]
+        .as_u64()
+        .expect("offset");
+    let tampered = work.path().join("tampered.raw");
+    std::fs::copy(&disk, &tampered).expect("copy");
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tampered)
+            .expect("open");
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(root_offset + 100)).expect("seek");
+        f.read_exact(&mut b).expect("read");
+        f.seek(SeekFrom::Start(root_offset + 100)).expect("seek");
+        f.write_all(&[b[0] ^ 0x01]).expect("write");
+    }
+    let mut vm = Vm::boot(&tampered, None);
+    let (failed, _) = vm.wait_for("cairn-init: failed ", bound);
+    let failed = json(&failed, "cairn-init: failed ");
+    assert!(
+        failed["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not verify"),
+        "{failed}"
+    );
+    assert!(
+        vm.wait_exit(Duration::from_secs(120)),
+        "the initrd did not power the machine off"
+    );
+    assert!(
+        !vm.serial().contains("Welcome to"),
+        "an unverified root was booted"
     );
 }

@@ -1,0 +1,266 @@
+//! The initrd's `/init`: the static agent, run as process 1 by the kernel from cairn's initrd.
+//!
+//! It mounts the kernel's file systems, loads the modules the builder put in the initrd, finds the partitions by
+//! their type GUID, sets up dm-verity with the root hash from `cairn.verity=` (never systemd's `roothash=`),
+//! mounts the verified root read-only, mounts /var (filling it from the factory /var at first boot), lays the
+//! writable /etc overlay and /tmp, and switches to the real init. It reports `cairn-init: ready {json}` or
+//! `cairn-init: failed {json}` on the console; on any failure it powers the machine off: it never boots a root
+//! that did not verify.
+
+mod dm;
+mod gpt;
+mod sys;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::datasources::cmdline_value;
+use crate::report::{Status, StepReport};
+
+pub const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+pub const ROOT_VERITY_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
+pub const ROOT_TYPE_ARM64: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
+pub const ROOT_VERITY_TYPE_ARM64: &str = "DF3300CE-D69F-4C92-978C-9BFB0F38D820";
+pub const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+const SYSROOT: &str = "/sysroot";
+const FACTORY: &str = "/sysroot/usr/lib/cairn/factory/var.tar";
+const FACTORY_DONE: &str = "/sysroot/var/lib/cairn/factory-unpacked";
+
+fn console(line: &str) {
+    let text = format!("cairn-init: {line}\n");
+    if let Ok(mut c) = std::fs::OpenOptions::new()
+        .append(true)
+        .open("/dev/console")
+    {
+        let _ = c.write_all(text.as_bytes());
+    } else {
+        print!("{text}");
+    }
+}
+
+struct Steps {
+    reports: Vec<StepReport>,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+        let started = Instant::now();
+        let result = f();
+        self.reports.push(StepReport {
+            phase: "init".into(),
+            name: name.into(),
+            outcome: if result.is_ok() { "applied" } else { "failed" }.into(),
+            ms: started.elapsed().as_millis() as u64,
+            error: result.as_ref().err().cloned(),
+        });
+        result.map_err(|e| format!("{name}: {e}"))
+    }
+
+    fn status(&self, note: Option<String>) -> Status {
+        Status {
+            phase: "init".into(),
+            instance: "none".into(),
+            steps: self.reports.clone(),
+            note,
+        }
+    }
+}
+
+/// Process 1 of the initrd. Never returns: it becomes the real init, or powers off.
+pub fn main() -> ! {
+    let mut steps = Steps {
+        reports: Vec::new(),
+    };
+    match boot(&mut steps) {
+        Ok(()) => {
+            let status = steps.status(None);
+            let _ = std::fs::create_dir_all("/run/cairn");
+            let _ = std::fs::write("/run/cairn/status.json", status.json());
+            console(&format!("ready {}", status.json()));
+            let e = switch_root();
+            console(&format!(
+                "failed {}",
+                steps
+                    .status(Some(format!("switching to the real init: {e}")))
+                    .json()
+            ));
+        }
+        Err(e) => console(&format!("failed {}", steps.status(Some(e)).json())),
+    }
+    sys::power_off()
+}
+
+fn io(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+fn boot(steps: &mut Steps) -> Result<(), String> {
+    steps.run("mounts", || {
+        for d in ["/proc", "/sys", "/dev", "/run", SYSROOT] {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        sys::mount(
+            "proc",
+            "/proc",
+            "proc",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "",
+        )
+        .map_err(io)?;
+        sys::mount(
+            "sysfs",
+            "/sys",
+            "sysfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "",
+        )
+        .map_err(io)?;
+        sys::mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755").map_err(io)?;
+        sys::mount(
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        )
+        .map_err(io)
+    })?;
+    steps.run("modules", || {
+        let list = std::fs::read_to_string("/etc/cairn/modules")
+            .map_err(|e| format!("/etc/cairn/modules: {e}"))?;
+        for m in list.lines().filter(|l| !l.is_empty()) {
+            sys::load_module(Path::new(m)).map_err(io)?;
+        }
+        Ok(())
+    })?;
+    let root_hash = steps.run("cmdline", || {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(io)?;
+        let hash = cmdline_value(&cmdline, "cairn.verity")
+            .ok_or("no cairn.verity= on the kernel command line")?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("cairn.verity={hash} is not a sha256 root hash"));
+        }
+        Ok(hash.to_ascii_lowercase())
+    })?;
+    let (root, verity, var) = steps.run("partitions", || {
+        // Disks appear as their drivers probe them: wait, bounded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let parts = gpt::scan();
+            let find = |types: &[&str]| {
+                parts
+                    .iter()
+                    .find(|p| types.contains(&p.type_guid.as_str()))
+                    .cloned()
+            };
+            if let (Some(r), Some(v), Some(d)) = (
+                find(&[ROOT_TYPE, ROOT_TYPE_ARM64]),
+                find(&[ROOT_VERITY_TYPE, ROOT_VERITY_TYPE_ARM64]),
+                find(&[VAR_TYPE]),
+            ) {
+                return Ok((r, v, d));
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = parts
+                    .iter()
+                    .map(|p| format!("{} {} {}", p.dev.display(), p.name, p.type_guid))
+                    .collect();
+                return Err(format!(
+                    "no root, root verity and var partitions found after 30 s (seen: {seen:?})"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })?;
+    let root_dev = steps.run("verity", || {
+        let (blocks, salt) =
+            dm::superblock(&verity.dev).map_err(|e| format!("{}: {e}", verity.dev.display()))?;
+        dm::create_verity(
+            "root",
+            &root.numbers,
+            &verity.numbers,
+            blocks,
+            &root_hash,
+            &salt,
+        )
+        .map_err(io)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(dev) = dm::device_of("root").filter(|d| d.exists()) {
+                return Ok(dev);
+            }
+            if Instant::now() > deadline {
+                return Err("the verity device did not appear".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })?;
+    steps.run("root", || {
+        sys::mount(
+            &root_dev.display().to_string(),
+            SYSROOT,
+            "squashfs",
+            libc::MS_RDONLY,
+            "",
+        )
+        .map_err(|e| format!("the root did not verify (dm-verity refused its blocks): {e}"))
+    })?;
+    steps.run("var", || {
+        sys::mount(
+            &var.dev.display().to_string(),
+            "/sysroot/var",
+            "ext4",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "",
+        )
+        .map_err(io)?;
+        if !Path::new(FACTORY_DONE).exists() {
+            let file = std::fs::File::open(FACTORY).map_err(|e| format!("{FACTORY}: {e}"))?;
+            let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+            archive.set_preserve_permissions(true);
+            archive.set_preserve_ownerships(true);
+            archive.set_unpack_xattrs(true);
+            archive.set_preserve_mtime(true);
+            archive.set_overwrite(true);
+            archive
+                .unpack("/sysroot/var")
+                .map_err(|e| format!("unpacking the factory /var: {e}"))?;
+            std::fs::create_dir_all("/sysroot/var/lib/cairn").map_err(io)?;
+            let marker = std::fs::File::create(FACTORY_DONE).map_err(io)?;
+            marker.sync_all().map_err(io)?;
+        }
+        Ok(())
+    })?;
+    steps.run("etc", || {
+        for d in ["/sysroot/var/lib/cairn/etc/upper", "/sysroot/var/lib/cairn/etc/work"] {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        sys::mount(
+            "overlay",
+            "/sysroot/etc",
+            "overlay",
+            0,
+            "lowerdir=/sysroot/etc,upperdir=/sysroot/var/lib/cairn/etc/upper,workdir=/sysroot/var/lib/cairn/etc/work",
+        )
+        .map_err(io)?;
+        sys::mount("tmpfs", "/sysroot/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777").map_err(io)
+    })?;
+    Ok(())
+}
+
+/// Moves the kernel file systems into the new root and becomes its init.
+fn switch_root() -> std::io::Error {
+    for d in ["/proc", "/sys", "/dev", "/run"] {
+        if let Err(e) = sys::move_mount(d, &format!("{SYSROOT}{d}")) {
+            return e;
+        }
+    }
+    if let Err(e) = std::env::set_current_dir(SYSROOT) {
+        return e;
+    }
+    if let Err(e) = sys::move_mount(".", "/") {
+        return e;
+    }
+    sys::chroot_and_exec("/sbin/init")
+}
