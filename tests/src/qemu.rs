@@ -122,15 +122,29 @@ impl Vm {
         false
     }
 
-    /// ACPI power button, then wait for the guest to stop.
+    /// Presses the ACPI power button and waits for the guest to stop. The press is repeated every 10 s: one that
+    /// comes before the guest's logind listens is lost.
     pub fn powerdown(&mut self, timeout: Duration) -> bool {
         let sock = self.dir.path().join("monitor.sock");
-        if let Ok(mut s) = UnixStream::connect(&sock) {
-            let _ = s.write_all(b"system_powerdown\n");
-            // Let the monitor read the command before the connection closes.
-            std::thread::sleep(Duration::from_millis(500));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = UnixStream::connect(&sock) {
+                let _ = s.write_all(b"system_powerdown\n");
+                // Let the monitor read the command before the connection closes.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let wait =
+                Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()));
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
         }
-        self.wait_exit(timeout)
+        self.kill();
+        false
     }
 
     fn kill(&mut self) {
