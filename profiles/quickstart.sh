@@ -4,7 +4,8 @@
 # Installs what it needs (rocks/setup-host), builds cairn and its static agent, starts a local registry on
 # localhost:5000 (Debian's docker-registry, storage in /var/tmp/cairn-registry-5000), builds the node base rock
 # from Debian packages and pushes it there, pins profiles/quickstart.toml to the digest that registry serves
-# (this rewrites the profile in place: `git diff` shows the new digest), and builds it into ./out.
+# (this rewrites the profile in place: `git diff` shows the new digest), builds it into ./out (a root tarball and a
+# bootable raw disk), and boots the disk under QEMU to the agent's `ready` line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +27,6 @@ bash rocks/node-base/build --push localhost:5000
 step "pin and build the quickstart profile"
 target/release/cairn pin profiles/quickstart.toml
 target/release/cairn build profiles/quickstart.toml --out out
+
+step "boot it (QEMU, UEFI, no network out) to the agent's ready line"
+bash profiles/boot.sh out/quickstart.raw
