@@ -22,6 +22,9 @@ pub struct StepReport {
     pub ms: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// What the step found or did, when that is worth reporting (the initrd's /var size).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

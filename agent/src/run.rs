@@ -247,6 +247,7 @@ impl Runner<'_> {
                     outcome: "skipped".into(),
                     ms: 0,
                     error: None,
+                    detail: None,
                 })
                 .collect();
             let status = Status {
@@ -288,6 +289,7 @@ impl Runner<'_> {
                 outcome: outcome.into(),
                 ms,
                 error: error.clone(),
+                detail: None,
             });
             if let Some(e) = error {
                 failed = Some(format!("{}: {e}", step.name));
@@ -314,6 +316,7 @@ impl Runner<'_> {
                 outcome: "not-run".into(),
                 ms: 0,
                 error: None,
+                detail: None,
             });
         }
         if let Some(message) = failed {

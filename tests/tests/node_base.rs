@@ -784,10 +784,10 @@ fn the_disk_image_is_verified_and_deterministic() {
     );
 }
 
-/// The product is a machine that boots: the node base as a raw disk, booted under UEFI three times. First boot:
-/// cairn's initrd verifies the root and the agent applies the profile with instance data from fw_cfg. Second boot:
-/// nothing is applied again and /var kept what the first wrote. Third, with a byte of the root flipped: the initrd
-/// refuses it and powers the machine off.
+/// The product is a machine that boots: the node base as a raw disk, booted under UEFI three times. First boot, on
+/// a disk enlarged before it: cairn's initrd verifies the root, grows /var to fill the disk, and the agent applies
+/// the profile with instance data from fw_cfg. Second boot: nothing is applied again and /var kept what the first
+/// wrote. Third, with a byte of the root flipped: the initrd refuses it and powers the machine off.
 #[test]
 fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
     let layout = layout();
@@ -836,10 +836,38 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
     };
     let bound = Duration::from_secs(420);
 
-    // First boot.
+    // First boot, on a disk enlarged by 512 MiB before it: /var grows to fill it.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("node.manifest.json")).expect("report"))
+            .expect("json");
+    let var_size = report["disk"]["partition_table"]["partitions"][3]["size"]
+        .as_u64()
+        .expect("var size");
+    let pristine = work.path().join("pristine.raw");
+    std::fs::copy(&disk, &pristine).expect("copy");
+    let grown = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("open");
+    grown
+        .set_len(grown.metadata().expect("stat").len() + (512 << 20))
+        .expect("enlarge");
+    drop(grown);
     let mut vm = Vm::boot(&disk, Some(&instance));
     let (init, _) = vm.wait_for("cairn-init: ready ", bound);
     let init = json(&init, "cairn-init: ready ");
+    let var_step = init["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "var")
+        .expect("var step")
+        .clone();
+    assert_eq!(
+        var_step["detail"],
+        format!("/var partition of {} bytes", var_size + (512 << 20)),
+        "{init}"
+    );
     let names: Vec<&str> = init["steps"]
         .as_array()
         .expect("steps")

@@ -12,6 +12,9 @@ pub struct Part {
     pub dev: PathBuf,
     /// `MAJ:MIN`.
     pub numbers: String,
+    /// The whole disk's kernel name (`vda`) and the partition's number on it (1-based).
+    pub disk: String,
+    pub number: usize,
 }
 
 /// Mixed-endian GUID bytes (as GPT stores them) to the usual text, upper case.
@@ -110,6 +113,8 @@ fn read_table(disk: &str) -> std::io::Result<Vec<Part>> {
                 name: String::from_utf16_lossy(&utf16),
                 dev: PathBuf::from(format!("/dev/{dev}")),
                 numbers: numbers.clone(),
+                disk: disk.to_string(),
+                number: i + 1,
             });
         }
     }

@@ -9,6 +9,7 @@
 
 mod dm;
 mod gpt;
+mod grow;
 mod sys;
 
 use std::io::Write;
@@ -53,8 +54,16 @@ impl Steps {
             outcome: if result.is_ok() { "applied" } else { "failed" }.into(),
             ms: started.elapsed().as_millis() as u64,
             error: result.as_ref().err().cloned(),
+            detail: None,
         });
         result.map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// Adds what the last step found to its report.
+    fn detail(&mut self, text: String) {
+        if let Some(last) = self.reports.last_mut() {
+            last.detail = Some(text);
+        }
     }
 
     fn status(&self, note: Option<String>) -> Status {
@@ -206,15 +215,25 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         )
         .map_err(|e| format!("the root did not verify (dm-verity refused its blocks): {e}"))
     })?;
-    steps.run("var", || {
+    let var_size = steps.run("var", || {
+        // A disk bigger than the image: the data partition takes the rest, then its ext4 follows once mounted.
+        let grown = grow::grow_partition(&var)?;
+        let dev = var.dev.display().to_string();
         sys::mount(
-            &var.dev.display().to_string(),
+            &dev,
             "/sysroot/var",
             "ext4",
             libc::MS_NOSUID | libc::MS_NODEV,
             "",
         )
         .map_err(io)?;
+        let name = dev.trim_start_matches("/dev/");
+        let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let part_bytes = grown.unwrap_or(sectors * 512);
+        grow::grow_ext4("/sysroot/var", part_bytes)?;
         if !Path::new(FACTORY_DONE).exists() {
             let file = std::fs::File::open(FACTORY).map_err(|e| format!("{FACTORY}: {e}"))?;
             let mut archive = tar::Archive::new(std::io::BufReader::new(file));
@@ -230,8 +249,9 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
             let marker = std::fs::File::create(FACTORY_DONE).map_err(io)?;
             marker.sync_all().map_err(io)?;
         }
-        Ok(())
+        Ok(part_bytes)
     })?;
+    steps.detail(format!("/var partition of {var_size} bytes"));
     steps.run("etc", || {
         for d in ["/sysroot/var/lib/cairn/etc/upper", "/sysroot/var/lib/cairn/etc/work"] {
             std::fs::create_dir_all(d).map_err(io)?;
