@@ -57,6 +57,47 @@ fn layout_digest(layout: &Path) -> String {
         .to_string()
 }
 
+/// The node base rock pushed to this test binary's shared registry (once), as a pinned reference.
+fn node_base() -> String {
+    static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PINNED
+        .get_or_init(|| {
+            let layout = layout();
+            let digest = layout_digest(&layout);
+            let reference = format!("{}/cairn/node-base:bookworm", registry::shared().addr());
+            run(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--preserve-digests",
+                &format!("oci:{}:bookworm", layout.display()),
+                &format!("docker://{reference}"),
+            ]));
+            format!("{reference}@{digest}")
+        })
+        .clone()
+}
+
+/// `cairn build PROFILE --out OUT --cache CACHE`, which must succeed.
+fn build_profile(profile: &Path, out: &Path, cache: &Path) {
+    let o = run_cairn(
+        [
+            "build".as_ref(),
+            profile.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -215,45 +256,13 @@ fn cairn_own(path: &str) -> bool {
 
 #[test]
 fn node_base_equals_umoci_unpack_plus_cairn_files() {
+    let pinned = node_base();
     let layout = layout();
-    let digest = layout_digest(&layout);
-    let registry = registry::shared();
-    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:bookworm", layout.display()),
-        &format!("docker://{reference}"),
-    ]));
-
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let profile = write_profile(
-        work.path(),
-        "node",
-        &format!("{reference}@{digest}"),
-        &[],
-        "",
-    );
+    let profile = write_profile(work.path(), "node", &pinned, &[], "");
     let out = work.path().join("out");
     let cache = work.path().join("cache");
-    let o = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            cache.as_os_str(),
-        ],
-        &[],
-    );
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    build_profile(&profile, &out, &cache);
 
     let bundle = work.path().join("bundle");
     run(Command::new("umoci")
@@ -313,46 +322,20 @@ fn node_base_equals_umoci_unpack_plus_cairn_files() {
 /// `cairn-agent apply --root`, has every profile and instance setting, and a second run changes nothing.
 #[test]
 fn the_agent_applies_to_a_root_cairn_built() {
-    let layout = layout();
-    let digest = layout_digest(&layout);
-    let registry = registry::shared();
-    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:bookworm", layout.display()),
-        &format!("docker://{reference}"),
-    ]));
+    let pinned = node_base();
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vZGUtYmFzZS1hZ2VudC10ZXN0 ops@example";
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let profile = write_profile(
         work.path(),
         "node",
-        &format!("{reference}@{digest}"),
+        &pinned,
         &[],
         &format!(
             "[system]\nhostname = \"node-{{machine-id:6}}\"\ntimezone = \"UTC\"\nsysctl = {{ \"net.ipv4.ip_forward\" = \"1\" }}\nmodules = [\"overlay\"]\nservices = {{ enable = [\"containerd\"], disable = [\"ssh\"] }}\n[[user]]\nname = \"ops\"\ngroups = [\"sudo\"]\nssh-keys = [\"{key}\"]\n"
         ),
     );
     let out = work.path().join("out");
-    let o = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            work.path().join("cache").as_os_str(),
-        ],
-        &[],
-    );
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    build_profile(&profile, &out, &work.path().join("cache"));
 
     // The agent inside the image is the static one, within its size.
     let root = work.path().join("root");
@@ -518,44 +501,18 @@ fn cpio_entries(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
 /// bytes from a second build with an empty cache.
 #[test]
 fn the_disk_image_is_verified_and_deterministic() {
-    let layout = layout();
-    let digest = layout_digest(&layout);
-    let registry = registry::shared();
-    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:bookworm", layout.display()),
-        &format!("docker://{reference}"),
-    ]));
+    let pinned = node_base();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let profile = write_profile(
         work.path(),
         "disk",
-        &format!("{reference}@{digest}"),
+        &pinned,
         &[],
         "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\", \"qcow2\"]\n",
     );
     let build = |tag: &str| {
         let out = work.path().join(format!("out-{tag}"));
-        let o = run_cairn(
-            [
-                "build".as_ref(),
-                profile.as_os_str(),
-                "--out".as_ref(),
-                out.as_os_str(),
-                "--cache".as_ref(),
-                work.path().join(format!("cache-{tag}")).as_os_str(),
-            ],
-            &[],
-        );
-        assert!(
-            o.status.success(),
-            "build failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        build_profile(&profile, &out, &work.path().join(format!("cache-{tag}")));
         out
     };
     let out = build("a");
@@ -790,43 +747,17 @@ fn the_disk_image_is_verified_and_deterministic() {
 /// wrote. Third, with a byte of the root flipped: the initrd refuses it and powers the machine off.
 #[test]
 fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
-    let layout = layout();
-    let digest = layout_digest(&layout);
-    let registry = registry::shared();
-    let reference = format!("{}/cairn/node-base:bookworm", registry.addr());
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:bookworm", layout.display()),
-        &format!("docker://{reference}"),
-    ]));
+    let pinned = node_base();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let profile = write_profile(
         work.path(),
         "node",
-        &format!("{reference}@{digest}"),
+        &pinned,
         &[],
         "[system]\nhostname = \"node-{machine-id:6}\"\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\"]\n",
     );
     let out = work.path().join("out");
-    let o = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            work.path().join("cache").as_os_str(),
-        ],
-        &[],
-    );
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    build_profile(&profile, &out, &work.path().join("cache"));
     let disk = out.join("node.raw");
     let instance = work.path().join("instance.toml");
     std::fs::write(&instance, "[system]\nhostname = \"from-fw-cfg\"\n").expect("write");
