@@ -741,10 +741,11 @@ fn the_disk_image_is_verified_and_deterministic() {
     );
 }
 
-/// The product is a machine that boots: the node base as a raw disk, booted under UEFI three times. First boot, on
+/// The product is a machine that boots: the node base as a raw disk, booted under UEFI four times. First boot, on
 /// a disk enlarged before it: cairn's initrd verifies the root, grows /var to fill the disk, and the agent applies
 /// the profile with instance data from fw_cfg. Second boot: nothing is applied again and /var kept what the first
-/// wrote. Third, with a byte of the root flipped: the initrd refuses it and powers the machine off.
+/// wrote. Third, a fresh copy with instance data on its ESP (a device flashed with dd). Fourth, with a byte of the
+/// root flipped: the initrd refuses it and powers the machine off.
 #[test]
 fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
     let pinned = node_base();
@@ -815,7 +816,8 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
             "verity",
             "root",
             "var",
-            "etc"
+            "etc",
+            "esp"
         ]
     );
     let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
@@ -871,6 +873,34 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
         "the guest did not power down on ACPI"
     );
 
+    // An edge device flashed with dd gets its identity from a file copied onto the ESP.
+    let esp_disk = work.path().join("esp.raw");
+    std::fs::copy(&pristine, &esp_disk).expect("copy");
+    let esp_offset = report["disk"]["partition_table"]["partitions"][0]["offset"]
+        .as_u64()
+        .expect("esp offset");
+    let esp_image = format!("{}@@{esp_offset}", esp_disk.display());
+    let esp_instance = work.path().join("esp-instance.toml");
+    std::fs::write(&esp_instance, "[system]\nhostname = \"from-esp\"\n").expect("write");
+    // The ESP's /cairn folder exists already (the kernel and initrd live there).
+    run(Command::new("mcopy")
+        .args(["-i", &esp_image])
+        .arg(&esp_instance)
+        .arg("::/cairn/instance.toml"));
+    let mut vm = Vm::boot(&esp_disk, None);
+    let (ready, _) = vm.wait_for("cairn-agent: ready ", bound);
+    let ready = json(&ready, "cairn-agent: ready ");
+    assert_eq!(ready["instance"], "esp", "{ready}");
+    assert!(
+        vm.wait_for("Debian GNU/Linux 12 from-esp", bound)
+            .0
+            .contains("from-esp")
+    );
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "the guest did not power down on ACPI"
+    );
+
     // A byte flipped in the root's first block: the initrd refuses the root and powers off.
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("node.manifest.json")).expect("report"))
@@ -879,7 +909,7 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
         .as_u64()
         .expect("offset");
     let tampered = work.path().join("tampered.raw");
-    std::fs::copy(&disk, &tampered).expect("copy");
+    std::fs::rename(&pristine, &tampered).expect("rename");
     {
         use std::io::{Read, Seek, SeekFrom, Write};
         let mut f = std::fs::OpenOptions::new()

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::diagnostic::Error;
+use crate::kubernetes::{Kubernetes, KubernetesInstance, RawInstanceKubernetes};
 use crate::model::{Checker, FileEntry, Profile, RawFile, SCHEMA, Sources, deserialize};
 use crate::system::{RawUser, User};
 
@@ -21,6 +22,8 @@ pub struct Instance {
     pub hostname: Option<String>,
     pub users: Vec<User>,
     pub files: Vec<FileEntry>,
+    /// `[kubernetes]`: role, join token, node name, address. The join token belongs here, never in a profile.
+    pub kubernetes: KubernetesInstance,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +35,7 @@ struct RawInstance {
     user: Vec<RawUser>,
     #[serde(default)]
     file: Vec<RawFile>,
+    kubernetes: Option<RawInstanceKubernetes>,
 }
 
 #[derive(Deserialize)]
@@ -96,10 +100,15 @@ impl Instance {
             }
             files.push(entry);
         }
+        let kubernetes = match raw.kubernetes {
+            Some(k) => c.kubernetes_instance(k)?,
+            None => KubernetesInstance::default(),
+        };
         Ok(Instance {
             hostname,
             users,
             files,
+            kubernetes,
         })
     }
 }
@@ -111,6 +120,10 @@ pub struct Merged {
     pub users: Vec<User>,
     /// Files from the instance data (the profile's own are in the image already).
     pub files: Vec<FileEntry>,
+    /// The profile's `[kubernetes]` with the instance's role, when it gives one, in place of the profile's.
+    pub kubernetes: Option<Kubernetes>,
+    /// The instance's own `[kubernetes]` values: join token, node name, address (and the role it gave).
+    pub kubernetes_instance: KubernetesInstance,
 }
 
 impl Profile {
@@ -119,7 +132,13 @@ impl Profile {
         let mut users = self.users.clone();
         let mut hostname = self.system.hostname.clone();
         let mut files = Vec::new();
+        let mut kubernetes = self.kubernetes.clone();
+        let mut kubernetes_instance = KubernetesInstance::default();
         if let Some(i) = instance {
+            if let (Some(k), Some(role)) = (kubernetes.as_mut(), i.kubernetes.role) {
+                k.role = role;
+            }
+            kubernetes_instance = i.kubernetes.clone();
             if i.hostname.is_some() {
                 hostname = i.hostname.clone();
             }
@@ -135,6 +154,8 @@ impl Profile {
             hostname,
             users,
             files,
+            kubernetes,
+            kubernetes_instance,
         }
     }
 }

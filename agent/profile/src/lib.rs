@@ -6,12 +6,18 @@
 
 mod diagnostic;
 mod instance;
+pub mod kubernetes;
 mod model;
 pub mod reference;
+mod secrets;
 pub mod system;
 
 pub use diagnostic::{Diagnostic, Error};
 pub use instance::{INSTANCE_WRITABLE, Instance, Merged};
+pub use kubernetes::{
+    Component, Distribution, Features, Hardening, JoinToken, Kubernetes, KubernetesInstance,
+    Preload, Role,
+};
 pub use model::{Arch, FileContent, FileEntry, Format, Profile, Rock, SCHEMA, reserved_path};
 pub use reference::{Digest, Reference, ReferenceError};
 pub use system::{Services, System, User};

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::diagnostic::{Diagnostic, Error};
+use crate::kubernetes::{Kubernetes, Preload, RawKubernetes, RawPreload};
 use crate::reference::Reference;
+use crate::secrets;
 use crate::system::{RawSystem, RawUser, System, User};
 
 /// The schema this crate reads.
@@ -110,6 +112,9 @@ pub struct Profile {
     pub formats: Vec<Format>,
     pub system: System,
     pub users: Vec<User>,
+    pub kubernetes: Option<Kubernetes>,
+    /// Workload rocks stored in the image for the distribution's containerd; not merged into the root.
+    pub preloads: Vec<Preload>,
 }
 
 /// Whether `source` files are looked for on disk: on the build host they must exist inside the profile's folder;
@@ -156,6 +161,8 @@ impl Profile {
     }
 
     fn parse_with(file: &Path, text: String, sources: Sources) -> Result<Profile, Error> {
+        // Before any other check: a secret is refused with that message even where its key is unknown.
+        secrets::refuse_secrets(file, &text)?;
         let raw: RawProfile = deserialize(file, &text)?;
         Checker {
             file,
@@ -169,9 +176,14 @@ impl Profile {
         })
     }
 
-    /// Every rock, the base first, then the layers in order.
+    /// Every rock merged into the root: the base first, then the layers in order.
     pub fn rocks(&self) -> impl Iterator<Item = &Rock> {
         std::iter::once(&self.base).chain(self.layers.iter())
+    }
+
+    /// The `[[preload]]` rocks, in order: stored in the image as OCI archives, never merged into the root.
+    pub fn preload_rocks(&self) -> impl Iterator<Item = &Rock> {
+        self.preloads.iter().map(|p| &p.rock)
     }
 }
 
@@ -201,6 +213,9 @@ struct RawProfile {
     system: Option<RawSystem>,
     #[serde(default)]
     user: Vec<RawUser>,
+    kubernetes: Option<RawKubernetes>,
+    #[serde(default)]
+    preload: Vec<RawPreload>,
 }
 
 #[derive(Deserialize)]
@@ -252,17 +267,58 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
                 .span()
                 .map(|s| key_at(text, s.start))
                 .unwrap_or_default()
+        } else if key.contains('?') {
+            // A spanned map key (`sysctl`, `extra-args`) comes back as `?`: read the path off the document.
+            inner
+                .span()
+                .and_then(|s| path_at(text, s.start))
+                .unwrap_or(key)
         } else {
             key
         };
-        Diagnostic::at(
-            file,
-            text,
-            inner.span(),
-            &key,
-            inner.message().trim_end().to_string(),
-        )
+        let mut message = inner.message().trim_end().to_string();
+        if key == "kubernetes.disable-rbac" && message.starts_with("unknown field") {
+            message = "`disable-rbac` is not a key: turning RBAC off is not offered".to_string();
+        }
+        Diagnostic::at(file, text, inner.span(), &key, message)
     })
+}
+
+/// The key path (`kubernetes.extra-args.kubelet.--max-pods`, `file[0].path`) of the deepest key or value of the
+/// document at `offset`.
+fn path_at(text: &str, offset: usize) -> Option<String> {
+    fn table(t: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+        t.iter().find_map(|(k, v)| {
+            let name: &str = k.get_ref();
+            let path = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if k.span().contains(&offset) {
+                return Some(path);
+            }
+            value(v, offset, path)
+        })
+    }
+    fn value(
+        v: &Spanned<toml::de::DeValue<'_>>,
+        offset: usize,
+        path: String,
+    ) -> Option<String> {
+        let deeper = match v.get_ref() {
+            toml::de::DeValue::Table(t) => table(t, offset, &path),
+            toml::de::DeValue::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| value(item, offset, format!("{path}[{i}]"))),
+            _ => None,
+        };
+        let span = v.span();
+        deeper.or_else(|| (span.contains(&offset) || span.start == offset).then_some(path))
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    table(doc.get_ref(), offset, "")
 }
 
 /// The dotted key of the `key = value` line holding `offset`, under its nearest `[table]` or `[[array]]` header.
@@ -429,10 +485,12 @@ impl Checker<'_> {
             formats,
             system: self.system(raw.system.unwrap_or_default())?,
             users: self.users(raw.user)?,
+            kubernetes: raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?,
+            preloads: self.preloads(raw.preload)?,
         })
     }
 
-    fn rock(&self, text: &Spanned<String>, key: &str) -> Result<Rock, Error> {
+    pub(crate) fn rock(&self, text: &Spanned<String>, key: &str) -> Result<Rock, Error> {
         match Reference::parse(text.get_ref()) {
             Ok(reference) => Ok(Rock {
                 reference,
@@ -568,6 +626,26 @@ impl Checker<'_> {
                 format!("`{}` is not a regular file", s.get_ref()),
             );
         }
+        match secrets::pem_private_key_in_file(&real) {
+            Ok(None) => {}
+            Ok(Some((label, line))) => {
+                return self.err(
+                    s.span(),
+                    key,
+                    format!(
+                        "`{}` holds a PEM private key (`-----BEGIN {label}-----`, its line {line}), and a secret never goes into an image",
+                        s.get_ref()
+                    ),
+                );
+            }
+            Err(e) => {
+                return self.err(
+                    s.span(),
+                    key,
+                    format!("cannot read `{}`: {e}", s.get_ref()),
+                );
+            }
+        }
         Ok(real)
     }
 }
@@ -600,3 +678,5 @@ fn parse_mode(text: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod kubernetes_tests;

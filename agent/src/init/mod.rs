@@ -24,6 +24,7 @@ pub const ROOT_VERITY_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
 pub const ROOT_TYPE_ARM64: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
 pub const ROOT_VERITY_TYPE_ARM64: &str = "DF3300CE-D69F-4C92-978C-9BFB0F38D820";
 pub const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const SYSROOT: &str = "/sysroot";
 const FACTORY: &str = "/sysroot/usr/lib/cairn/factory/var.tar";
 const FACTORY_DONE: &str = "/sysroot/var/lib/cairn/factory-unpacked";
@@ -152,7 +153,7 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         }
         Ok(hash.to_ascii_lowercase())
     })?;
-    let (root, verity, var) = steps.run("partitions", || {
+    let (root, verity, var, esp) = steps.run("partitions", || {
         // Disks appear as their drivers probe them: wait, bounded.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -168,7 +169,7 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
                 find(&[ROOT_VERITY_TYPE, ROOT_VERITY_TYPE_ARM64]),
                 find(&[VAR_TYPE]),
             ) {
-                return Ok((r, v, d));
+                return Ok((r, v, d, find(&[ESP_TYPE])));
             }
             if Instant::now() > deadline {
                 let seen: Vec<String> = parts
@@ -266,6 +267,20 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         .map_err(io)?;
         sys::mount("tmpfs", "/sysroot/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777").map_err(io)
     })?;
+    if let Some(esp) = esp {
+        // Instance data can sit on the ESP (a device flashed with dd gets its identity there): mount it for the
+        // agent, root-only, never executable.
+        steps.run("esp", || {
+            sys::mount(
+                &esp.dev.display().to_string(),
+                "/sysroot/efi",
+                "vfat",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                "umask=0077,shortname=mixed",
+            )
+            .map_err(io)
+        })?;
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! "factory" folder that the image carries as `/usr/lib/cairn/factory/var.tar` — a tar, so every owner, mode and
 //! xattr survives whatever the root filesystem can hold — and that the initrd unpacks into the data partition at
 //! first boot. `/var` stays as an empty mount point, `/home`, `/root` and `/srv` become symlinks into it, and `/tmp`
-//! is emptied (a tmpfs at boot).
+//! is emptied (a tmpfs at boot). `/efi` is made as the EFI system partition's mount point.
 
 use crate::assemble::tree::{Meta, New, Node, NodeId, Special, Tree};
 
@@ -93,6 +93,11 @@ pub fn split_writable(tree: &mut Tree) -> Result<NodeId, RootError> {
     }
     if let Some(tmp) = tree.lookup(b"tmp") {
         tree.take_children(tmp);
+    }
+    // Where the initrd mounts the EFI system partition: the agent reads instance data from it.
+    if tree.lookup(b"efi").is_none() {
+        tree.put(b"efi", New::Dir(Meta::new(0o700, 0, 0)))
+            .map_err(|e| RootError(e.to_string()))?;
     }
     Ok(factory)
 }
