@@ -178,7 +178,9 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.address, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -506,8 +508,7 @@ pub fn dns_subdomain_ok(name: &str) -> bool {
         && name.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l
-                    .bytes()
+                && l.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
@@ -1107,11 +1108,7 @@ impl Checker<'_> {
                 return self.err(p.name.span(), &key, problem);
             }
             if !seen.insert(name.clone()) {
-                return self.err(
-                    p.name.span(),
-                    &key,
-                    format!("`{name}` is preloaded twice"),
-                );
+                return self.err(p.name.span(), &key, format!("`{name}` is preloaded twice"));
             }
             out.push(Preload {
                 rock,
@@ -1208,8 +1205,16 @@ mod tests {
         assert!(c.contains("10.152.183.10".parse().unwrap()));
         assert!(!c.contains("10.152.184.10".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("fd98::/108").unwrap().contains("fd98::a".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("fd98::/108")
+                .unwrap()
+                .contains("fd98::a".parse().unwrap())
+        );
     }
 
     #[test]

@@ -301,11 +301,7 @@ fn path_at(text: &str, offset: usize) -> Option<String> {
             value(v, offset, path)
         })
     }
-    fn value(
-        v: &Spanned<toml::de::DeValue<'_>>,
-        offset: usize,
-        path: String,
-    ) -> Option<String> {
+    fn value(v: &Spanned<toml::de::DeValue<'_>>, offset: usize, path: String) -> Option<String> {
         let deeper = match v.get_ref() {
             toml::de::DeValue::Table(t) => table(t, offset, &path),
             toml::de::DeValue::Array(items) => items
@@ -639,11 +635,7 @@ impl Checker<'_> {
                 );
             }
             Err(e) => {
-                return self.err(
-                    s.span(),
-                    key,
-                    format!("cannot read `{}`: {e}", s.get_ref()),
-                );
+                return self.err(s.span(), key, format!("cannot read `{}`: {e}", s.get_ref()));
             }
         }
         Ok(real)
@@ -677,6 +669,6 @@ fn parse_mode(text: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod kubernetes_tests;
+#[cfg(test)]
+mod tests;

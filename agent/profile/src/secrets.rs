@@ -35,13 +35,7 @@ pub(crate) fn refuse_secrets(file: &Path, text: &str) -> Result<(), Diagnostic> 
     walk_table(doc.get_ref(), text, "", &mut found);
     match found.into_iter().min_by_key(|f| f.span.start) {
         None => Ok(()),
-        Some(f) => Err(Diagnostic::at(
-            file,
-            text,
-            Some(f.span),
-            &f.key,
-            f.message,
-        )),
+        Some(f) => Err(Diagnostic::at(file, text, Some(f.span), &f.key, f.message)),
     }
 }
 
