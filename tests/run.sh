@@ -20,10 +20,16 @@ step "build"
 cargo build --workspace --all-targets --locked
 # The builder installs this static agent in every image it makes.
 cargo build --release --locked -p cairn-agent --target x86_64-unknown-linux-musl
+# The Kubernetes boot test layers this static contract double of the `k8s` command onto the node base.
+cargo build --release --locked -p cairn-k8s-double --target x86_64-unknown-linux-musl
 
 step "node base rock"
 export CAIRN_NODE_BASE_LAYOUT=${CAIRN_NODE_BASE_LAYOUT:-$PWD/rocks/node-base/out}
 bash rocks/node-base/build --out "$CAIRN_NODE_BASE_LAYOUT"
+
+step "sandbox (pause) rock"
+export CAIRN_PAUSE_LAYOUT=${CAIRN_PAUSE_LAYOUT:-$PWD/rocks/pause/out}
+bash rocks/pause/build --out "$CAIRN_PAUSE_LAYOUT"
 
 step "tests"
 cargo test --workspace --locked

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod datasources;
 pub mod init;
+pub mod kubernetes;
 pub mod plan;
 pub mod report;
 pub mod run;

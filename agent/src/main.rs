@@ -11,10 +11,13 @@ use cairn_agent::run::{self, BAKED_PROFILE, Exit, Options, Phase};
 use cairn_agent::target::Target;
 
 const USAGE: &str = "usage:
-  cairn-agent run system|network          apply a phase on the running system (the units' entry point)
+  cairn-agent run system|network|kubernetes
+                                          apply a phase on the running system (the units' entry point)
   cairn-agent apply --root DIR [--instance FILE] [--cmdline TEXT] [--imds-endpoint URL]
                     [--fw-cfg DIR] [--esp DIR] [--dmi DIR] [--dry-run]
-                                          apply to a root folder, touching nothing else
+                    [--kubernetes [--k8s PATH] [--containerd-socket PATH]]
+                                          apply to a root folder, touching nothing else but what
+                                          the kubernetes phase's k8s command and containerd do
   cairn-agent status [--root DIR]         print the status JSON
   cairn-agent check [PROFILE]             check a profile the way the agent reads it
   cairn-agent --version";
@@ -60,7 +63,8 @@ fn main() -> ExitCode {
             let phase = match rest {
                 [p] if p == "system" => Phase::System,
                 [p] if p == "network" => Phase::Network,
-                _ => return usage("run takes one phase: system or network"),
+                [p] if p == "kubernetes" => Phase::Kubernetes,
+                _ => return usage("run takes one phase: system, network or kubernetes"),
             };
             let mut sources = datasources::Config::live();
             // fw_cfg's sysfs folder appears only once its module is loaded.
@@ -70,11 +74,12 @@ fn main() -> ExitCode {
                 instance_file: None,
                 sources,
                 dry_run: false,
+                kubernetes: Default::default(),
             };
             exit(run::run_phase(&opts, phase))
         }
         "apply" => match apply_options(rest) {
-            Ok(opts) => exit(run::apply_root(&opts)),
+            Ok((opts, with_kubernetes)) => exit(run::apply_root(&opts, with_kubernetes)),
             Err(problem) => usage(&problem),
         },
         "status" => {
@@ -117,7 +122,9 @@ fn modprobe(module: &str) -> Result<(), String> {
     }
 }
 
-fn apply_options(args: &[String]) -> Result<Options, String> {
+fn apply_options(args: &[String]) -> Result<(Options, bool), String> {
+    let mut kubernetes = cairn_agent::kubernetes::Settings::default();
+    let mut with_kubernetes = false;
     let mut root = None;
     let mut instance_file = None;
     let mut cmdline = None;
@@ -142,6 +149,11 @@ fn apply_options(args: &[String]) -> Result<Options, String> {
             "--esp" => esp = Some(PathBuf::from(value("--esp")?)),
             "--dmi" => dmi = Some(PathBuf::from(value("--dmi")?)),
             "--dry-run" => dry_run = true,
+            "--kubernetes" => with_kubernetes = true,
+            "--k8s" => kubernetes.k8s = Some(PathBuf::from(value("--k8s")?)),
+            "--containerd-socket" => {
+                kubernetes.containerd_socket = PathBuf::from(value("--containerd-socket")?)
+            }
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -161,10 +173,14 @@ fn apply_options(args: &[String]) -> Result<Options, String> {
         sources.dmi_dir = d;
     }
     sources.imds_endpoint = imds;
-    Ok(Options {
-        target: Target::root_dir(&root),
-        instance_file,
-        sources,
-        dry_run,
-    })
+    Ok((
+        Options {
+            target: Target::root_dir(&root),
+            instance_file,
+            sources,
+            dry_run,
+            kubernetes,
+        },
+        with_kubernetes,
+    ))
 }

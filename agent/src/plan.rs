@@ -102,16 +102,17 @@ pub fn plan(profile: &Profile, merged: &Merged) -> Vec<Step> {
             action: Action::Timezone(z.clone()),
         });
     }
-    if !s.sysctl.is_empty() {
-        steps.push(Step {
-            name: "sysctl",
-            action: Action::Sysctl(s.sysctl.clone()),
-        });
-    }
+    // Modules first: some settings exist only once their module is loaded (net.bridge.* needs br_netfilter).
     if !s.modules.is_empty() {
         steps.push(Step {
             name: "modules",
             action: Action::Modules(s.modules.clone()),
+        });
+    }
+    if !s.sysctl.is_empty() {
+        steps.push(Step {
+            name: "sysctl",
+            action: Action::Sysctl(s.sysctl.clone()),
         });
     }
     if !merged.users.is_empty() {

@@ -24,6 +24,7 @@ pub const BAKED_PROFILE: &str = "/usr/lib/cairn/profile.toml";
 pub enum Phase {
     System,
     Network,
+    Kubernetes,
 }
 
 impl Phase {
@@ -31,6 +32,7 @@ impl Phase {
         match self {
             Phase::System => "system",
             Phase::Network => "network",
+            Phase::Kubernetes => "kubernetes",
         }
     }
 }
@@ -41,6 +43,8 @@ pub struct Options {
     pub instance_file: Option<PathBuf>,
     pub sources: datasources::Config,
     pub dry_run: bool,
+    /// How the kubernetes phase reaches the distribution.
+    pub kubernetes: crate::kubernetes::Settings,
 }
 
 /// How a run ended: its exit code.
@@ -79,9 +83,9 @@ fn load_instance(found: Option<&Found>) -> Result<Loaded, String> {
     }
 }
 
-struct Runner<'a> {
-    opts: &'a Options,
-    console: Console,
+pub(crate) struct Runner<'a> {
+    pub(crate) opts: &'a Options,
+    pub(crate) console: Console,
 }
 
 /// Runs one phase; `last` says whether it is the last phase this node needs (then the whole-node line follows).
@@ -93,15 +97,60 @@ pub fn run_phase(opts: &Options, phase: Phase) -> Exit {
     r.phase(phase)
 }
 
-/// `apply --root`: the system phase, then the network phase when the instance data comes from the network.
-pub fn apply_root(opts: &Options) -> Exit {
-    match run_phase(opts, Phase::System) {
-        Exit::Done => run_phase(opts, Phase::Network),
-        other => other,
+/// `apply --root`: the system phase, then the network phase when the instance data comes from the network,
+/// then the kubernetes phase when `with_kubernetes` (the profile must have `[kubernetes]`).
+pub fn apply_root(opts: &Options, with_kubernetes: bool) -> Exit {
+    let mut phases = vec![Phase::System, Phase::Network];
+    if with_kubernetes {
+        phases.push(Phase::Kubernetes);
     }
+    for phase in phases {
+        match run_phase(opts, phase) {
+            Exit::Done => {}
+            other => return other,
+        }
+    }
+    Exit::Done
 }
 
 impl Runner<'_> {
+    /// Ends a phase that failed, with the steps reported so far.
+    pub(crate) fn fail_phase(
+        &self,
+        phase: &str,
+        instance: &str,
+        steps: Vec<StepReport>,
+        message: String,
+        exit: Exit,
+    ) -> Exit {
+        let status = Status {
+            phase: phase.into(),
+            instance: instance.into(),
+            steps,
+            note: Some(message),
+        };
+        self.finish(&status, false, true);
+        exit
+    }
+
+    /// Ends the node's last phase, done.
+    pub(crate) fn finish_phase(
+        &self,
+        phase: &str,
+        instance: &str,
+        steps: Vec<StepReport>,
+        note: Option<String>,
+    ) -> Exit {
+        let status = Status {
+            phase: phase.into(),
+            instance: instance.into(),
+            steps,
+            note,
+        };
+        self.finish(&status, true, true);
+        Exit::Done
+    }
+
     fn fail(
         &self,
         phase: Phase,
@@ -177,10 +226,13 @@ impl Runner<'_> {
             (Phase::System, Detected::Local(f)) => Some(f),
             (Phase::System, _) => None,
             // The network phase has work only when the instance data is on the network.
-            (Phase::Network, Detected::Network(src)) => {
+            (Phase::Kubernetes, Detected::Local(f)) => Some(f),
+            (Phase::Kubernetes, Detected::None) => None,
+            (Phase::Network | Phase::Kubernetes, Detected::Network(src)) => {
                 if self.opts.dry_run {
                     println!(
-                        "network phase: would fetch instance data from {}",
+                        "{} phase: would fetch instance data from {}",
+                        phase.name(),
                         src.describe()
                     );
                     return Exit::Done;
@@ -207,8 +259,12 @@ impl Runner<'_> {
                 return self.fail(phase, source, vec![], e, Exit::BadInput);
             }
         };
-        let last = phase == Phase::Network || !network_source;
         let merged = profile.merge(loaded.instance.as_ref());
+        if phase == Phase::Kubernetes {
+            return crate::kubernetes::run(self, &profile, &merged, loaded.record, found.as_ref());
+        }
+        // With [kubernetes], the kubernetes phase is the node's last.
+        let last = profile.kubernetes.is_none() && (phase == Phase::Network || !network_source);
         let steps = plan::plan(&profile, &merged);
 
         if self.opts.dry_run {

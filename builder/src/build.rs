@@ -16,8 +16,9 @@ use tracing::info;
 
 use crate::assemble::{self, Merged, layer::Unpacked};
 use crate::cache::Cache;
+use crate::preload::{self, ResolvedPreload};
 use crate::registry::Registry;
-use crate::report::{LayerReport, Output, ProfileRef, Report, RockReport};
+use crate::report::{LayerReport, Output, PreloadReport, ProfileRef, Report, RockReport};
 use crate::resolve::{self, Layer, LazyRegistry, ResolvedRock};
 use crate::{agent, disk, files, filesystem, pull};
 
@@ -91,7 +92,13 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
 
     // Resolve.
     let rocks: Vec<_> = profile.rocks().cloned().collect();
-    let mut registry = LazyRegistry::new(rocks.iter().map(|r| &r.reference).collect());
+    let mut registry = LazyRegistry::new(
+        rocks
+            .iter()
+            .chain(profile.preload_rocks())
+            .map(|r| &r.reference)
+            .collect(),
+    );
     let mut resolved = Vec::with_capacity(rocks.len());
     for rock in &rocks {
         let r = resolve::resolve(&mut registry, &cache, rock, profile.arch)
@@ -99,6 +106,12 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
             .map_err(failed)?;
         info!(rock = %rock.key, manifest = %r.manifest_digest, layers = r.layers.len(), "resolved");
         resolved.push(r);
+    }
+    let preloads = preload::resolve_all(&mut registry, &cache, &profile.preloads, profile.arch)
+        .await
+        .map_err(failed)?;
+    for p in &preloads {
+        info!(rock = %p.key(), name = %p.name, pinned = %p.pinned.digest, "resolved preload");
     }
 
     // Pull and unpack every distinct layer, concurrently; decompression runs on blocking threads.
@@ -110,9 +123,19 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
                 .or_insert_with(|| (l.clone(), r.reference.clone()));
         }
     }
+    // A preload's layers stay compressed: only their blobs are needed, never an unpacked form.
+    let mut preload_layers: BTreeMap<Digest, (Layer, &ResolvedPreload)> = BTreeMap::new();
+    for p in &preloads {
+        for l in &p.rock.layers {
+            preload_layers
+                .entry(l.digest.clone())
+                .or_insert_with(|| (l.clone(), p));
+        }
+    }
     let need_network = distinct
         .keys()
-        .any(|d| !cache.has_blob(d) && !cache.unpacked_dir(d).join("index.json").is_file());
+        .any(|d| !cache.has_blob(d) && !cache.unpacked_dir(d).join("index.json").is_file())
+        || preload_layers.keys().any(|d| !cache.has_blob(d));
     let client: Option<Arc<Registry>> = if need_network {
         Some(registry.get())
     } else {
@@ -146,6 +169,25 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         let (digest, u) = joined.map_err(failed)??;
         unpacked.insert(digest, u);
     }
+    // After the root's layers, so a blob shared with them is never fetched twice at once.
+    let mut tasks = JoinSet::new();
+    for (layer, p) in preload_layers.into_values() {
+        let cache = Arc::clone(&cache);
+        let client = client.clone();
+        let reference = p.reference().clone();
+        let key = p.key().to_string();
+        tasks.spawn(async move {
+            let t = Instant::now();
+            pull::ensure_layer(client.as_deref(), &cache, &reference, &layer)
+                .await
+                .map_err(|e| failed(format!("{key}: {reference}: {e}")))?;
+            info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "preload blob");
+            Ok::<_, BuildError>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(failed)??;
+    }
 
     // Assemble.
     let t = Instant::now();
@@ -162,6 +204,8 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     let (mut tree, tars) = assemble::merge(merged).map_err(failed)?;
     files::add_profile_files(&mut tree, &profile).map_err(failed)?;
     files::add_cairn_files(&mut tree, &profile, &agent).map_err(failed)?;
+    // The archives live in the cache's temp folder until the outputs are written (removed on drop).
+    let archives = add_preloads(&mut tree, &cache, &preloads, epoch)?;
     info!(ms = t.elapsed().as_millis() as u64, "assembled");
 
     // Filesystem outputs.
@@ -267,8 +311,25 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         },
         source_date_epoch: epoch,
         rocks: resolved.iter().map(rock_report).collect(),
+        preloads: preloads
+            .iter()
+            .zip(&archives)
+            .map(|(p, a)| PreloadReport {
+                rock: p.reference().to_string(),
+                name: p.name.clone(),
+                index_digest: p.rock.index_digest.as_ref().map(ToString::to_string),
+                manifest_digest: p.rock.manifest_digest.to_string(),
+                path: p.root_path(),
+                size: a.size,
+                sha256: a.sha256.clone(),
+            })
+            .collect(),
         outputs,
         disk: disk_report,
+        kubernetes: profile
+            .kubernetes
+            .as_ref()
+            .map(crate::report::KubernetesReport::new),
     };
     let report_path = opts.out.join(format!("{}.manifest.json", profile.name));
     let mut json = serde_json::to_vec_pretty(&report).map_err(failed)?;
@@ -280,6 +341,43 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         report_path,
         used_network: registry.used(),
     })
+}
+
+/// Writes each preload's archive and places it, root-owned and 0644, in a 0755 `/usr/lib/cairn/images`.
+fn add_preloads(
+    tree: &mut assemble::tree::Tree,
+    cache: &Cache,
+    preloads: &[ResolvedPreload],
+    epoch: u64,
+) -> Result<Vec<preload::Archive>, BuildError> {
+    use assemble::tree::{Data, Meta, New};
+    let mut archives = Vec::with_capacity(preloads.len());
+    if preloads.is_empty() {
+        return Ok(archives);
+    }
+    let mut dir = Meta::new(0o755, 0, 0);
+    dir.mtime = epoch;
+    tree.put(preload::IMAGES_DIR.as_bytes(), New::Dir(dir))
+        .map_err(|e| failed(format!("/{}: {e}", preload::IMAGES_DIR)))?;
+    for p in preloads {
+        let t = Instant::now();
+        let archive = preload::write_archive(cache, p, epoch).map_err(failed)?;
+        let mut meta = Meta::new(0o644, 0, 0);
+        meta.mtime = epoch;
+        let data = Data::Host {
+            path: archive.file.path().to_path_buf(),
+            size: archive.size,
+        };
+        let path = p.root_path();
+        tree.put(
+            path.trim_start_matches('/').as_bytes(),
+            New::File(meta, data),
+        )
+        .map_err(|e| failed(format!("{}: {path}: {e}", p.key())))?;
+        info!(rock = %p.key(), path = %path, bytes = archive.size, ms = t.elapsed().as_millis() as u64, "preload archive");
+        archives.push(archive);
+    }
+    Ok(archives)
 }
 
 fn rock_report(r: &ResolvedRock) -> RockReport {

@@ -25,6 +25,13 @@ const UNITS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Only in images whose profile has `[kubernetes]`.
+const KUBERNETES_UNIT: (&str, &str, &str) = (
+    "cairn-kubernetes.service",
+    include_str!("units/cairn-kubernetes.service"),
+    "multi-user.target.wants",
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("file {path}: {source}")]
@@ -98,7 +105,8 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
             Data::Bytes(Arc::from(profile.text.as_bytes())),
         ),
     )?;
-    for (name, text, wants) in UNITS {
+    let kubernetes = profile.kubernetes.is_some().then_some(KUBERNETES_UNIT);
+    for (name, text, wants) in UNITS.iter().chain(kubernetes.iter()) {
         let unit = format!("usr/lib/systemd/system/{name}");
         put(
             tree,

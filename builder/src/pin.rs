@@ -17,33 +17,33 @@ pub struct Change {
     pub new: String,
 }
 
-/// The rock strings of a profile document, with their key paths.
+/// The rock strings of a profile document, with their key paths: `base.rock`, `layer[i].rock` and
+/// `preload[i].rock` (array entries as `[[tables]]` or inline tables alike).
 fn rock_items(doc: &mut DocumentMut) -> Vec<(String, &mut Value)> {
     let mut out = Vec::new();
-    let (base, layers) = {
-        let table = doc.as_table_mut();
-        let mut base = None;
-        let mut layers = None;
-        for (k, v) in table.iter_mut() {
-            match k.get() {
-                "base" => base = Some(v),
-                "layer" => layers = Some(v),
-                _ => {}
+    for (k, v) in doc.as_table_mut().iter_mut() {
+        let section = k.get().to_string();
+        match (section.as_str(), v) {
+            ("base", v) => {
+                if let Some(v) = v.get_mut("rock").and_then(Item::as_value_mut) {
+                    out.push(("base.rock".to_string(), v));
+                }
             }
-        }
-        (base, layers)
-    };
-    if let Some(v) = base
-        .and_then(|b| b.get_mut("rock"))
-        .and_then(Item::as_value_mut)
-    {
-        out.push(("base.rock".to_string(), v));
-    }
-    if let Some(Item::ArrayOfTables(layers)) = layers {
-        for (i, t) in layers.iter_mut().enumerate() {
-            if let Some(v) = t.get_mut("rock").and_then(Item::as_value_mut) {
-                out.push((format!("layer[{i}].rock"), v));
+            ("layer" | "preload", Item::ArrayOfTables(tables)) => {
+                for (i, t) in tables.iter_mut().enumerate() {
+                    if let Some(v) = t.get_mut("rock").and_then(Item::as_value_mut) {
+                        out.push((format!("{section}[{i}].rock"), v));
+                    }
+                }
             }
+            ("layer" | "preload", Item::Value(Value::Array(entries))) => {
+                for (i, e) in entries.iter_mut().enumerate() {
+                    if let Some(v) = e.as_inline_table_mut().and_then(|t| t.get_mut("rock")) {
+                        out.push((format!("{section}[{i}].rock"), v));
+                    }
+                }
+            }
+            _ => {}
         }
     }
     out
@@ -109,4 +109,40 @@ pub async fn pin(path: &Path) -> Result<Vec<Change>, BuildError> {
         write_atomically(path, new_text.as_bytes())?;
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rock_items_finds_base_layers_and_preloads_in_either_array_form() {
+        let mut doc: DocumentMut = "[base]\nrock = \"b\"\n[[layer]]\nrock = \"l0\"\n[[preload]]\nrock = \"p0\"\nname = \"n\"\n[[preload]]\nrock = \"p1\"\n"
+            .parse()
+            .expect("toml");
+        let keys: Vec<(String, String)> = rock_items(&mut doc)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            keys,
+            pairs(&[
+                ("base.rock", "b"),
+                ("layer[0].rock", "l0"),
+                ("preload[0].rock", "p0"),
+                ("preload[1].rock", "p1")
+            ])
+        );
+        let mut doc: DocumentMut =
+            "preload = [{ rock = \"p0\", name = \"n\" }, { rock = \"p1\" }]\n"
+                .parse()
+                .expect("toml");
+        let keys: Vec<String> = rock_items(&mut doc).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["preload[0].rock", "preload[1].rock"]);
+    }
 }

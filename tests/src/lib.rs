@@ -10,13 +10,16 @@
 //! - [`push`]: push them with the registry HTTP API v2 (and read back).
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
 //! - [`output`]: reading cairn's tar outputs back.
+//! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
 
 pub mod cairn;
 pub mod image;
+pub mod k8s_double;
 pub mod output;
 pub mod push;
 pub mod qemu;
 pub mod registry;
+pub mod rocks;
 pub mod token;
 
 pub use cairn::{

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use cairn_e2e::output::read_tar;
 use cairn_e2e::qemu::Vm;
-use cairn_e2e::{registry, run_agent, run_cairn, write_profile};
+use cairn_e2e::rocks::{build_profile, node_base, node_base_layout, run};
+use cairn_e2e::{run_agent, write_profile};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,83 +29,6 @@ struct Desc {
     link: String,
     dev: (u64, u64),
     xattrs: BTreeMap<String, Vec<u8>>,
-}
-
-fn layout() -> PathBuf {
-    let dir = std::env::var_os("CAIRN_NODE_BASE_LAYOUT")
-        .map(PathBuf::from)
-        .expect("CAIRN_NODE_BASE_LAYOUT must name the node base OCI layout: run the suite with tests/run.sh");
-    assert!(
-        dir.join("index.json").is_file(),
-        "{} holds no OCI layout: run rocks/node-base/build",
-        dir.display()
-    );
-    dir
-}
-
-/// The manifest digest tagged `bookworm` in the layout.
-fn layout_digest(layout: &Path) -> String {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
-            .expect("json");
-    index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "bookworm")
-        .and_then(|m| m["digest"].as_str())
-        .expect("a manifest tagged bookworm")
-        .to_string()
-}
-
-/// The node base rock pushed to this test binary's shared registry (once), as a pinned reference.
-fn node_base() -> String {
-    static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PINNED
-        .get_or_init(|| {
-            let layout = layout();
-            let digest = layout_digest(&layout);
-            let reference = format!("{}/cairn/node-base:bookworm", registry::shared().addr());
-            run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "--preserve-digests",
-                &format!("oci:{}:bookworm", layout.display()),
-                &format!("docker://{reference}"),
-            ]));
-            format!("{reference}@{digest}")
-        })
-        .clone()
-}
-
-/// `cairn build PROFILE --out OUT --cache CACHE`, which must succeed.
-fn build_profile(profile: &Path, out: &Path, cache: &Path) {
-    let o = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            cache.as_os_str(),
-        ],
-        &[],
-    );
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -257,7 +181,7 @@ fn cairn_own(path: &str) -> bool {
 #[test]
 fn node_base_equals_umoci_unpack_plus_cairn_files() {
     let pinned = node_base();
-    let layout = layout();
+    let layout = node_base_layout();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let profile = write_profile(work.path(), "node", &pinned, &[], "");
     let out = work.path().join("out");

@@ -5,6 +5,7 @@
 //! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands.
 
 mod diagnostic;
+pub mod hardening;
 mod instance;
 pub mod kubernetes;
 mod model;

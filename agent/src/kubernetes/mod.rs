@@ -1,0 +1,871 @@
+//! The `kubernetes` phase: preloaded images placed → hardening files → the distribution's file → bootstrap or
+//! join → images checked in containerd → ready.
+//!
+//! Each step is journaled in the agent's state and shown in its status. Every step but bootstrap/join is
+//! idempotent and simply runs again on the next boot after a failure; bootstrap/join is guarded by a sentinel
+//! written right after the distribution accepted it, so a reboot never bootstraps twice. The join token is
+//! passed on the one command line that needs it, never written to a file or a log by cairn; once the node has
+//! joined, it is removed from the ESP's instance file when it came from there.
+
+pub mod config;
+pub mod containerd;
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_profile::hardening::{self, KUBERNETES_DIR};
+use cairn_profile::kubernetes::{JoinToken, Kubernetes, Preload};
+use cairn_profile::{Instance, Merged, Profile, Role};
+use sha2::{Digest, Sha256};
+
+use crate::apply::StepError;
+use crate::datasources::{Found, SourceKind};
+use crate::report::StepReport;
+use crate::run::{Exit, Runner};
+use crate::state::{InstanceRecord, State};
+use crate::target::{Owner, Target};
+
+pub use config::FileKind;
+
+pub const PHASE: &str = "kubernetes";
+/// Where the builder stores the `[[preload]]` OCI archives, read-only.
+pub const IMAGES_DIR: &str = "/usr/lib/cairn/images";
+/// The distribution's side-load folder: its containerd imports the archives it finds there when it starts.
+pub const SIDELOAD_DIR: &str = "/var/snap/k8s/common/images";
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+pub const NAMESPACE: &str = "k8s.io";
+/// Written once the distribution accepted the bootstrap or join: its presence means "never again".
+pub const SENTINEL: &str = "/var/lib/cairn/kubernetes/cluster-member";
+/// Where the `k8s` command is looked for: the snap's, then a rock's.
+pub const K8S_COMMANDS: &[&str] = &["/snap/bin/k8s", "/usr/local/bin/k8s", "/usr/bin/k8s"];
+
+const OWNER_0600: Owner = Owner {
+    mode: 0o600,
+    uid: 0,
+    gid: 0,
+};
+const OWNER_0700: Owner = Owner {
+    mode: 0o700,
+    uid: 0,
+    gid: 0,
+};
+
+/// How the phase reaches the distribution.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `k8s` command; `None`: the first of [`K8S_COMMANDS`] that exists.
+    pub k8s: Option<PathBuf>,
+    pub containerd_socket: PathBuf,
+    /// How long containerd may take to answer once the node has bootstrapped or joined.
+    pub containerd_wait: Duration,
+    /// `k8s status --wait-ready --timeout`.
+    pub ready_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            k8s: None,
+            containerd_socket: PathBuf::from(CONTAINERD_SOCKET),
+            containerd_wait: Duration::from_secs(300),
+            ready_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Settings {
+    fn k8s(&self) -> Result<PathBuf, StepError> {
+        if let Some(p) = &self.k8s {
+            return Ok(p.clone());
+        }
+        K8S_COMMANDS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                StepError(format!(
+                    "the distribution's `k8s` command is not on this node (looked for {}): the image needs a rock that carries Canonical Kubernetes",
+                    K8S_COMMANDS.join(", ")
+                ))
+            })
+    }
+}
+
+/// Bootstrap (a control plane with no token) or join.
+enum Membership<'a> {
+    Bootstrap,
+    Join(&'a JoinToken),
+}
+
+/// The phase's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepName {
+    Preload,
+    Hardening,
+    Config,
+    Bootstrap,
+    Join,
+    Images,
+    Ready,
+}
+
+impl StepName {
+    const ALL: [StepName; 7] = [
+        StepName::Preload,
+        StepName::Hardening,
+        StepName::Config,
+        StepName::Bootstrap,
+        StepName::Join,
+        StepName::Images,
+        StepName::Ready,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            StepName::Preload => "preload",
+            StepName::Hardening => "hardening",
+            StepName::Config => "config",
+            StepName::Bootstrap => "bootstrap",
+            StepName::Join => "join",
+            StepName::Images => "images",
+            StepName::Ready => "ready",
+        }
+    }
+}
+
+/// What a step did: whether anything changed, and what is worth reporting.
+struct Done {
+    changed: bool,
+    detail: Option<String>,
+}
+
+impl Done {
+    fn new(changed: bool, detail: impl Into<String>) -> Done {
+        Done {
+            changed,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Everything the steps read.
+struct Node<'a> {
+    target: &'a Target,
+    settings: &'a Settings,
+    kubernetes: &'a Kubernetes,
+    role: Role,
+    membership: Membership<'a>,
+    kind: FileKind,
+    name: String,
+    address: String,
+    preloads: &'a [Preload],
+    profile: &'a Profile,
+    found: Option<&'a Found>,
+}
+
+/// Runs the phase for a profile with `[kubernetes]`.
+pub(crate) fn run(
+    runner: &Runner,
+    profile: &Profile,
+    merged: &Merged,
+    record: InstanceRecord,
+    found: Option<&Found>,
+) -> Exit {
+    let target = &runner.opts.target;
+    let Some(kubernetes) = merged.kubernetes.as_ref() else {
+        runner
+            .console
+            .line("kubernetes: the profile has no [kubernetes] section: nothing to do");
+        return Exit::Done;
+    };
+    // A node is provisioned once: a phase done on an earlier boot reads nothing more (the join token, for one,
+    // may be gone from the instance data by then).
+    if !runner.opts.dry_run {
+        match State::load(target) {
+            Ok(state) if state.is_done(PHASE) => {
+                let recorded = state.steps.get(PHASE);
+                let reports = StepName::ALL
+                    .iter()
+                    .filter(|s| recorded.is_some_and(|r| r.contains_key(s.name())))
+                    .map(|s| report(*s, "skipped", 0, None, None))
+                    .collect();
+                return runner.finish_phase(PHASE, &record.source, reports, None);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return runner.fail_phase(
+                    PHASE,
+                    &record.source,
+                    vec![],
+                    e.to_string(),
+                    Exit::StepFailed,
+                );
+            }
+        }
+    }
+    let role = kubernetes.role;
+    let instance = &merged.kubernetes_instance;
+    let membership = match (role, &instance.join_token) {
+        (_, Some(token)) => Membership::Join(token),
+        (Role::ControlPlane, None) => Membership::Bootstrap,
+        (Role::Worker, None) => {
+            return runner.fail_phase(
+                PHASE,
+                &record.source,
+                vec![],
+                "a worker joins a cluster: its instance data needs [kubernetes] join-token (made on a control plane by `k8s get-join-token NODE --worker`)".into(),
+                Exit::BadInput,
+            );
+        }
+    };
+    let kind = FileKind::new(role, matches!(membership, Membership::Join(_)));
+    let name = match instance
+        .node_name
+        .clone()
+        .map(Ok)
+        .unwrap_or_else(|| node_name(target))
+    {
+        Ok(n) => n,
+        Err(e) => return runner.fail_phase(PHASE, &record.source, vec![], e, Exit::StepFailed),
+    };
+    let address = match instance
+        .address
+        .clone()
+        .or_else(default_address)
+        .ok_or("no address for the node: none in the instance data ([kubernetes] address) and no IPv4 address on the default route's link")
+    {
+        Ok(a) => a,
+        Err(e) => {
+            return runner.fail_phase(PHASE, &record.source, vec![], e.into(), Exit::StepFailed);
+        }
+    };
+    let node = Node {
+        target,
+        settings: &runner.opts.kubernetes,
+        kubernetes,
+        role,
+        membership,
+        kind,
+        name,
+        address,
+        preloads: &profile.preloads,
+        profile,
+        found,
+    };
+    let join_or_bootstrap = match node.membership {
+        Membership::Bootstrap => StepName::Bootstrap,
+        Membership::Join(_) => StepName::Join,
+    };
+    let steps = [
+        StepName::Preload,
+        StepName::Hardening,
+        StepName::Config,
+        join_or_bootstrap,
+        StepName::Images,
+        StepName::Ready,
+    ];
+
+    if runner.opts.dry_run {
+        println!(
+            "kubernetes phase, instance: {}, role {}, {} as {} at {}",
+            record.source,
+            role.name(),
+            join_or_bootstrap.name(),
+            node.name,
+            node.address
+        );
+        for s in steps {
+            println!("  {}", s.name());
+        }
+        return Exit::Done;
+    }
+
+    let mut state = match State::load(target) {
+        Ok(s) => s,
+        Err(e) => {
+            return runner.fail_phase(
+                PHASE,
+                &record.source,
+                vec![],
+                e.to_string(),
+                Exit::StepFailed,
+            );
+        }
+    };
+    state.instance.insert(PHASE.into(), record.clone());
+
+    let mut reports = Vec::new();
+    let mut failed = None;
+    for step in steps {
+        let started = Instant::now();
+        let result = node.apply(step, &mut state);
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(done) => {
+                let outcome = if done.changed { "applied" } else { "unchanged" };
+                reports.push(report(step, outcome, ms, None, done.detail));
+            }
+            Err(e) => {
+                reports.push(report(step, "failed", ms, Some(e.0.clone()), None));
+                failed = Some(format!("{}: {}", step.name(), e.0));
+                break;
+            }
+        }
+        state
+            .steps
+            .entry(PHASE.into())
+            .or_default()
+            .insert(step.name().into(), "done".into());
+        if let Err(e) = state.save(target) {
+            failed = Some(format!("saving the agent state: {e}"));
+            break;
+        }
+        if std::env::var("CAIRN_AGENT_CRASH_AFTER").is_ok_and(|s| s == step.name()) {
+            std::process::abort();
+        }
+    }
+    for step in steps.iter().skip(reports.len()) {
+        reports.push(report(*step, "not-run", 0, None, None));
+    }
+    if let Some(message) = failed {
+        return runner.fail_phase(PHASE, &record.source, reports, message, Exit::StepFailed);
+    }
+    state.done.push(PHASE.into());
+    if let Err(e) = state.save(target) {
+        return runner.fail_phase(
+            PHASE,
+            &record.source,
+            reports,
+            format!("saving the agent state: {e}"),
+            Exit::StepFailed,
+        );
+    }
+    runner.finish_phase(PHASE, &record.source, reports, None)
+}
+
+fn report(
+    step: StepName,
+    outcome: &str,
+    ms: u64,
+    error: Option<String>,
+    detail: Option<String>,
+) -> StepReport {
+    StepReport {
+        phase: PHASE.into(),
+        name: step.name().into(),
+        outcome: outcome.into(),
+        ms,
+        error,
+        detail,
+    }
+}
+
+impl Node<'_> {
+    fn apply(&self, step: StepName, state: &mut State) -> Result<Done, StepError> {
+        match step {
+            StepName::Preload => self.preload(),
+            StepName::Hardening => self.hardening(),
+            StepName::Config => self.config(),
+            StepName::Bootstrap | StepName::Join => self.membership(state),
+            StepName::Images => self.images(),
+            StepName::Ready => self.ready(),
+        }
+    }
+
+    /// Copies every archive of [`IMAGES_DIR`] into the side-load folder (0600), unless the distribution already
+    /// imported it (it renames an imported `X.tar` to `X.tar.loaded`).
+    fn preload(&self) -> Result<Done, StepError> {
+        let t = self.target;
+        let source = t.resolve(IMAGES_DIR, true)?;
+        let mut names = Vec::new();
+        match fs::read_dir(&source) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e.map_err(|e| StepError(format!("{IMAGES_DIR}: {e}")))?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".tar") {
+                        names.push(name);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StepError(format!("{IMAGES_DIR}: {e}"))),
+        }
+        names.sort();
+        if names.len() < self.preloads.len() {
+            return Err(StepError(format!(
+                "{IMAGES_DIR} holds {} archives, the profile preloads {}: the image is not the one built from this profile",
+                names.len(),
+                self.preloads.len()
+            )));
+        }
+        if names.is_empty() {
+            return Ok(Done::new(false, "no preloaded images"));
+        }
+        let mut changed = t.ensure_dir(SIDELOAD_DIR, OWNER_0700)?;
+        let mut bytes = 0u64;
+        for name in &names {
+            let to = format!("{SIDELOAD_DIR}/{name}");
+            if t.exists(&format!("{to}.loaded")) {
+                continue;
+            }
+            let from = source.join(name);
+            let host = t.resolve(&to, false)?;
+            let size = fs::metadata(&from)
+                .map_err(|e| StepError(format!("{IMAGES_DIR}/{name}: {e}")))?
+                .len();
+            if fs::metadata(&host).is_ok_and(|m| m.len() == size) {
+                continue;
+            }
+            copy_atomic(&from, &host).map_err(|e| StepError(format!("{to}: {e}")))?;
+            bytes += size;
+            changed = true;
+        }
+        Ok(Done::new(
+            changed,
+            format!(
+                "{} archives in {SIDELOAD_DIR} ({:.1} MB copied)",
+                names.len(),
+                bytes as f64 / 1e6
+            ),
+        ))
+    }
+
+    /// The preset's sysctls (file and live), and on a control plane the files its API server arguments name:
+    /// the admission configuration, the audit policy and the secrets encryption key, made here, on the node.
+    fn hardening(&self) -> Result<Done, StepError> {
+        let t = self.target;
+        let h = self.kubernetes.hardening;
+        let mut changed = false;
+        let sysctls = h.sysctls();
+        if !sysctls.is_empty() {
+            let mut text = format!(
+                "# Written by cairn-agent: what the {} preset's --protect-kernel-defaults needs.\n",
+                h.name()
+            );
+            for (k, v) in sysctls {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            changed |= t.write(
+                "/etc/sysctl.d/80-cairn-kubernetes.conf",
+                text.as_bytes(),
+                OWNER_0600,
+            )?;
+            if t.is_live() {
+                for (k, v) in sysctls {
+                    // The profile's own [system] sysctl is applied later in the boot order (90-cairn.conf) and
+                    // wins: it is the platform team's explicit choice.
+                    if self.profile.system.sysctl.contains_key(*k) {
+                        continue;
+                    }
+                    let path = format!("/proc/sys/{}", k.replace('.', "/"));
+                    fs::write(&path, v).map_err(|e| StepError(format!("sysctl {k} = {v}: {e}")))?;
+                }
+            }
+        }
+        let mut files = 0;
+        if self.role == Role::ControlPlane
+            && let (Some(admission), Some(audit)) =
+                (hardening::admission_config(h), hardening::audit_policy(h))
+        {
+            changed |= t.ensure_dir(KUBERNETES_DIR, OWNER_0700)?;
+            changed |= t.ensure_dir("/var/log/kubernetes", OWNER_0700)?;
+            changed |= t.write(
+                hardening::ADMISSION_CONFIG,
+                admission.as_bytes(),
+                OWNER_0600,
+            )?;
+            changed |= t.write(hardening::AUDIT_POLICY, audit.as_bytes(), OWNER_0600)?;
+            // One key for the node's life: made once, kept across reruns of this step.
+            let existing = t.read(hardening::ENCRYPTION_CONFIG)?;
+            if existing.as_ref().is_none_or(|b| b.is_empty()) {
+                let key = random_key()?;
+                t.write(
+                    hardening::ENCRYPTION_CONFIG,
+                    hardening::encryption_config(&key).as_bytes(),
+                    OWNER_0600,
+                )?;
+                changed = true;
+            } else {
+                changed |= t.write(
+                    hardening::ENCRYPTION_CONFIG,
+                    existing.as_deref().unwrap_or_default(),
+                    OWNER_0600,
+                )?;
+            }
+            files = 3;
+        }
+        Ok(Done::new(
+            changed,
+            format!(
+                "preset {}: {} sysctls, {files} files in {KUBERNETES_DIR}",
+                h.name(),
+                sysctls.len()
+            ),
+        ))
+    }
+
+    fn config(&self) -> Result<Done, StepError> {
+        let t = self.target;
+        let mut changed = t.ensure_dir(KUBERNETES_DIR, OWNER_0700)?;
+        let text = config::render(self.kubernetes, self.kind);
+        changed |= t.write(self.kind.path(), text.as_bytes(), OWNER_0600)?;
+        Ok(Done::new(changed, self.kind.path()))
+    }
+
+    fn membership(&self, state: &mut State) -> Result<Done, StepError> {
+        let t = self.target;
+        if t.exists(SENTINEL) {
+            return Ok(Done::new(
+                false,
+                format!("done on an earlier boot ({SENTINEL})"),
+            ));
+        }
+        let k8s = self.settings.k8s()?;
+        let file = t.resolve(self.kind.path(), true)?;
+        let mut cmd = Command::new(&k8s);
+        let (verb, token) = match self.membership {
+            Membership::Bootstrap => {
+                cmd.arg("bootstrap");
+                ("bootstrap", None)
+            }
+            Membership::Join(token) => {
+                cmd.arg("join-cluster").arg(token.expose());
+                ("join-cluster", Some(token))
+            }
+        };
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--address")
+            .arg(&self.address)
+            .arg("--file")
+            .arg(&file);
+        k8s_command(cmd, &k8s, verb, token)?;
+        let sentinel = serde_json::json!({
+            "role": self.role.name(),
+            "command": verb,
+            "name": self.name,
+            "address": self.address,
+        });
+        t.write(SENTINEL, format!("{sentinel}\n").as_bytes(), OWNER_0600)?;
+        let mut detail = format!("{verb} as {} at {}", self.name, self.address);
+        if token.is_some()
+            && let Some(f) = self.found
+            && f.source == SourceKind::Esp
+        {
+            detail.push_str(&forget_esp_token(f, state, t)?);
+        }
+        Ok(Done::new(true, detail))
+    }
+
+    /// Checks through containerd's socket that every preloaded image is in namespace `k8s.io` with its pinned
+    /// digest.
+    fn images(&self) -> Result<Done, StepError> {
+        if self.preloads.is_empty() {
+            return Ok(Done::new(false, "no preloaded images"));
+        }
+        let socket = &self.settings.containerd_socket;
+        containerd::wait_for(socket, self.settings.containerd_wait)
+            .map_err(|e| StepError(format!("containerd: {e}")))?;
+        let images = containerd::list_images(socket, NAMESPACE, Duration::from_secs(30))
+            .map_err(|e| StepError(format!("containerd: {e}")))?;
+        for p in self.preloads {
+            let pinned = p
+                .rock
+                .reference
+                .digest
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            match images.iter().find(|i| i.name == p.name) {
+                None => {
+                    return Err(StepError(format!(
+                        "image {} ({}): not in containerd's {NAMESPACE} namespace",
+                        p.name, p.rock.key
+                    )));
+                }
+                Some(i) if i.target.digest != pinned => {
+                    return Err(StepError(format!(
+                        "image {} ({}): containerd has {}, the profile pins {pinned}",
+                        p.name, p.rock.key, i.target.digest
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Done::new(
+            false,
+            format!(
+                "{} images with their pinned digests in namespace {NAMESPACE}",
+                self.preloads.len()
+            ),
+        ))
+    }
+
+    fn ready(&self) -> Result<Done, StepError> {
+        let k8s = self.settings.k8s()?;
+        let mut cmd = Command::new(&k8s);
+        cmd.args(["status", "--wait-ready", "--timeout"])
+            .arg(format!("{}s", self.settings.ready_timeout.as_secs()));
+        let out = k8s_command(cmd, &k8s, "status --wait-ready", None)?;
+        let first = out.lines().next().unwrap_or("ready").trim().to_string();
+        Ok(Done::new(false, first))
+    }
+}
+
+/// Runs a distribution command; its output goes to the journal (the unit's stdout), the token masked.
+fn k8s_command(
+    mut cmd: Command,
+    k8s: &Path,
+    verb: &str,
+    token: Option<&JoinToken>,
+) -> Result<String, StepError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| StepError(format!("{} {verb}: {e}", k8s.display())))?;
+    let mask = |s: &[u8]| {
+        let text = String::from_utf8_lossy(s).into_owned();
+        match token {
+            Some(t) if !t.expose().is_empty() => text.replace(t.expose(), "<join-token>"),
+            _ => text,
+        }
+    };
+    let stdout = mask(&out.stdout);
+    let stderr = mask(&out.stderr);
+    for line in stdout.lines().chain(stderr.lines()) {
+        println!("k8s {verb}: {line}");
+    }
+    if !out.status.success() {
+        let why = stderr
+            .lines()
+            .chain(stdout.lines())
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("no output")
+            .trim()
+            .to_string();
+        return Err(StepError(format!(
+            "`k8s {verb}` failed ({}): {why}",
+            out.status
+        )));
+    }
+    Ok(stdout)
+}
+
+/// Removes `join-token` from the ESP's instance file once the node has joined, keeping every other byte; the
+/// agent's record of that file follows, so the next boot does not see "instance changed".
+fn forget_esp_token(
+    found: &Found,
+    state: &mut State,
+    target: &Target,
+) -> Result<String, StepError> {
+    let path = Path::new(&found.name);
+    let Some(text) = without_join_token(&found.text) else {
+        return Ok(format!(
+            "; the join token could not be cut out of {} by line: remove it by hand",
+            path.display()
+        ));
+    };
+    // Only a rewrite the agent can read back, with no token and nothing else lost, is written.
+    match Instance::parse(&found.name, &text) {
+        Ok(i) if i.kubernetes.join_token.is_none() => {}
+        _ => {
+            return Ok(format!(
+                "; the join token was left in {}: remove it by hand",
+                path.display()
+            ));
+        }
+    }
+    let tmp = path.with_extension("toml.cairn-tmp");
+    fs::write(&tmp, &text)
+        .and_then(|()| fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            StepError(format!(
+                "removing the join token from {}: {e}",
+                path.display()
+            ))
+        })?;
+    let old = hex::encode(Sha256::digest(found.text.as_bytes()));
+    let new = hex::encode(Sha256::digest(text.as_bytes()));
+    for record in state.instance.values_mut() {
+        if record.source == SourceKind::Esp.as_str() && record.sha256 == old {
+            record.sha256 = new.clone();
+        }
+    }
+    state
+        .save(target)
+        .map_err(|e| StepError(format!("saving the agent state: {e}")))?;
+    Ok(format!("; join token removed from {}", path.display()))
+}
+
+/// The instance text without its `[kubernetes]` `join-token = ...` line; `None` when there is no such line.
+fn without_join_token(text: &str) -> Option<String> {
+    let mut table = String::new();
+    let mut out = String::with_capacity(text.len());
+    let mut removed = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            table = t
+                .trim_end()
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+        } else if table == "kubernetes" {
+            let key = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if key == "join-token" && t.contains('=') {
+                removed = true;
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    removed.then_some(out)
+}
+
+/// The node's name when the instance data gives none: its hostname, lower-cased.
+fn node_name(target: &Target) -> Result<String, String> {
+    let name = if target.is_live() {
+        fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| format!("hostname: {e}"))?
+    } else {
+        target
+            .read_string("/etc/hostname")
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default()
+    };
+    let name = name.trim().to_ascii_lowercase();
+    if name.is_empty() || !cairn_profile::kubernetes::dns_subdomain_ok(&name) {
+        return Err(format!(
+            "the hostname `{name}` is not a valid node name: give [kubernetes] node-name in the instance data"
+        ));
+    }
+    Ok(name)
+}
+
+/// The first IPv4 address of the link that carries the default route.
+fn default_address() -> Option<String> {
+    let routes = fs::read_to_string("/proc/net/route").ok()?;
+    let link = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })?;
+    ipv4_of(&link)
+}
+
+fn ipv4_of(link: &str) -> Option<String> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list that freeifaddrs releases; it is only read in between.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = addrs;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string; ifa_addr points at a sockaddr of its family.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != link.as_bytes()
+            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
+        {
+            continue;
+        }
+        // SAFETY: the family is AF_INET, so the address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string());
+        break;
+    }
+    // SAFETY: the list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found
+}
+
+/// 32 random bytes from the kernel, base64: the secrets encryption key.
+fn random_key() -> Result<String, StepError> {
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| StepError(format!("/dev/urandom: {e}")))?;
+    Ok(base64(&key))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Copies by temp file, fsync and rename, streaming: an archive may be hundreds of megabytes.
+fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cairn-")
+        .tempfile_in(dir)?;
+    let mut src = fs::File::open(from)?;
+    io::copy(&mut src, tmp.as_file_mut())?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o600))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(to).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn the_join_token_line_alone_is_cut() {
+        let text = "# node 7\n[system]\nhostname = \"n7\"\n\n[kubernetes]\nrole = \"worker\"\njoin-token = \"abc\" # from cp\nnode-name = \"n7\"\n";
+        assert_eq!(
+            without_join_token(text).unwrap(),
+            "# node 7\n[system]\nhostname = \"n7\"\n\n[kubernetes]\nrole = \"worker\"\nnode-name = \"n7\"\n"
+        );
+        // Not in [kubernetes]: not touched.
+        assert!(without_join_token("[system]\njoin-token = \"x\"\n").is_none());
+        assert!(without_join_token("[kubernetes]\nrole = \"worker\"\n").is_none());
+    }
+}

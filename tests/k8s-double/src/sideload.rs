@@ -1,0 +1,212 @@
+//! The distribution's air-gapped image side-loading, done with the node's real containerd: every
+//! `*.tar` in the side-load folder is imported into namespace `k8s.io` with `ctr` and renamed `*.tar.loaded`.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::console::Console;
+
+pub const DEFAULT_DIR: &str = "/var/snap/k8s/common/images";
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+/// How long containerd gets to answer after `systemctl start`.
+const CONTAINERD_WAIT: Duration = Duration::from_secs(60);
+/// How long one `ctr images import` may take. Not `--timeout`: the distribution imports in the background of
+/// containerd's start, outside the bootstrap's time budget, and a big image under emulation is slow.
+const IMPORT_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+pub enum SideLoadError {
+    ReadDir(PathBuf, std::io::Error),
+    ToolMissing(&'static str),
+    Spawn(String, std::io::Error),
+    Failed {
+        command: String,
+        status: String,
+        output: String,
+    },
+    TimedOut(String),
+    NoContainerd,
+    ContainerdSilent,
+    Rename(PathBuf, std::io::Error),
+}
+
+impl fmt::Display for SideLoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SideLoadError::ReadDir(p, e) => {
+                write!(f, "read the side-load folder {}: {e}", p.display())
+            }
+            SideLoadError::ToolMissing(t) => {
+                write!(f, "{t} not found (PATH, /usr/bin, /usr/sbin, /bin, /sbin)")
+            }
+            SideLoadError::Spawn(c, e) => write!(f, "start {c}: {e}"),
+            SideLoadError::Failed {
+                command,
+                status,
+                output,
+            } => write!(f, "{command} failed ({status}): {}", output.trim()),
+            SideLoadError::TimedOut(c) => write!(f, "{c} ran out of time; killed"),
+            SideLoadError::NoContainerd => write!(
+                f,
+                "containerd does not answer on {SOCKET} and systemd is not PID 1 to start it"
+            ),
+            SideLoadError::ContainerdSilent => write!(
+                f,
+                "containerd did not answer on {SOCKET} within {}s of systemctl start",
+                CONTAINERD_WAIT.as_secs()
+            ),
+            SideLoadError::Rename(p, e) => write!(f, "rename {} to *.loaded: {e}", p.display()),
+        }
+    }
+}
+
+/// The `*.tar` archives waiting in `dir`, sorted; none when the folder does not exist.
+pub fn archives(dir: &Path) -> Result<Vec<PathBuf>, SideLoadError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SideLoadError::ReadDir(dir.to_path_buf(), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| SideLoadError::ReadDir(dir.to_path_buf(), e))?;
+        let path = entry.path();
+        let is_tar = path.extension().is_some_and(|x| x == "tar");
+        if is_tar && entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Imports every archive in `dir` (starting containerd first if it must), renaming each `*.loaded`.
+/// Returns how many were imported.
+pub fn side_load(dir: &Path, console: &mut Console) -> Result<usize, SideLoadError> {
+    let archives = archives(dir)?;
+    if archives.is_empty() {
+        console.line(&format!("side-load {}: no archives", dir.display()));
+        return Ok(0);
+    }
+    console.line(&format!(
+        "side-load {}: {} archive(s)",
+        dir.display(),
+        archives.len()
+    ));
+    let ctr = find_tool("ctr")?;
+    ensure_containerd(&ctr, console)?;
+    for archive in &archives {
+        let mut cmd = Command::new(&ctr);
+        cmd.args(["--address", SOCKET, "-n", "k8s.io", "images", "import"])
+            .arg(archive);
+        let output = run(cmd, Instant::now() + IMPORT_LIMIT)?;
+        console.line(&format!("import {}", archive.display()));
+        for line in output.lines() {
+            console.line(&format!("ctr: {line}"));
+        }
+        let mut loaded = archive.clone().into_os_string();
+        loaded.push(".loaded");
+        std::fs::rename(archive, &loaded).map_err(|e| SideLoadError::Rename(archive.clone(), e))?;
+        console.line(&format!("loaded {}", Path::new(&loaded).display()));
+    }
+    Ok(archives.len())
+}
+
+/// Makes sure containerd answers: as the snap starts its own containerd, the double starts the node's.
+fn ensure_containerd(ctr: &Path, console: &mut Console) -> Result<(), SideLoadError> {
+    if containerd_answers(ctr) {
+        return Ok(());
+    }
+    // sd_booted(3): systemd is PID 1 when this folder exists.
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err(SideLoadError::NoContainerd);
+    }
+    let systemctl = find_tool("systemctl")?;
+    console.line("systemctl start containerd.service");
+    let mut cmd = Command::new(systemctl);
+    cmd.args(["start", "containerd.service"]);
+    run(cmd, Instant::now() + CONTAINERD_WAIT)?;
+    let until = Instant::now() + CONTAINERD_WAIT;
+    while Instant::now() < until {
+        if containerd_answers(ctr) {
+            console.line("containerd answers");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(SideLoadError::ContainerdSilent)
+}
+
+fn containerd_answers(ctr: &Path) -> bool {
+    let mut cmd = Command::new(ctr);
+    cmd.args(["--address", SOCKET, "version"]);
+    run(cmd, Instant::now() + Duration::from_secs(10)).is_ok()
+}
+
+/// `name` on PATH or in the usual system folders (a unit's or the agent's PATH can be minimal).
+fn find_tool(name: &'static str) -> Result<PathBuf, SideLoadError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(SideLoadError::ToolMissing(name))
+}
+
+/// Runs `cmd` with stdin closed; its stdout and stderr together, or an error if it fails or outlives `deadline`.
+fn run(mut cmd: Command, deadline: Instant) -> Result<String, SideLoadError> {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SideLoadError::Spawn(shown.clone(), e))?;
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    ]
+    .map(|r| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SideLoadError::TimedOut(shown));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(SideLoadError::Spawn(shown, e)),
+        }
+    };
+    let mut output = String::new();
+    for reader in readers {
+        output.push_str(&String::from_utf8_lossy(&reader.join().unwrap_or_default()));
+    }
+    if status.success() {
+        Ok(output)
+    } else {
+        Err(SideLoadError::Failed {
+            command: shown,
+            status: status.to_string(),
+            output,
+        })
+    }
+}

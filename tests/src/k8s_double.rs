@@ -1,0 +1,133 @@
+//! The k8s test rock: the static `k8s` double (tests/k8s-double, crate `cairn-k8s-double`) as
+//! `/usr/local/bin/k8s`, plus a oneshot unit that lists containerd's `k8s.io` images on the boot console once
+//! `cairn-kubernetes.service` is done. A TEST DOUBLE: it runs no Kubernetes and never belongs in `profiles/`.
+
+use std::path::PathBuf;
+
+use crate::image::{Compression, Image, LayerBuilder};
+use crate::push::push_image;
+use crate::registry::Registry;
+
+/// Where the double lands in the image (on the agent's PATH, before any real `k8s`).
+pub const BIN_PATH: &str = "/usr/local/bin/k8s";
+pub const UNIT_NAME: &str = "k8s-double-images.service";
+/// The repository the rock is pushed to.
+pub const REPOSITORY: &str = "e2e/k8s-double";
+pub const TAG: &str = "v1";
+/// The cargo command that builds what [`double_bin`] looks for.
+pub const BUILD_COMMAND: &str =
+    "cargo build --release -p cairn-k8s-double --target x86_64-unknown-linux-musl";
+
+/// The unit: `k8s-double: images`, then `ctr`'s table of the `k8s.io` namespace, then `k8s-double: images end`
+/// (only when `ctr` succeeds), on the console.
+pub const UNIT: &str = "\
+# Test double only (cairn e2e): lists containerd's k8s.io images on the console after cairn's kubernetes phase.
+[Unit]
+Description=k8s-double: containerd k8s.io images on the console
+After=cairn-kubernetes.service
+
+[Service]
+Type=oneshot
+ExecStartPre=/bin/echo \"k8s-double: images\"
+ExecStart=/usr/bin/ctr -n k8s.io images ls
+ExecStartPost=/bin/echo \"k8s-double: images end\"
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The static musl release build of the double: `target/x86_64-unknown-linux-musl/release/k8s` in the target
+/// folder of the running test (`target/DIR/deps/test-xxxx` → `target/`), so `CARGO_TARGET_DIR` is followed.
+/// `K8S_DOUBLE_BIN` overrides. Panics, naming the cargo command that builds it, when it is missing or not static.
+pub fn double_bin() -> PathBuf {
+    let bin = match std::env::var_os("K8S_DOUBLE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("the path of the running test binary");
+            let mut dir = exe.parent().expect("the test binary has a directory");
+            if dir.file_name() == Some(std::ffi::OsStr::new("deps")) {
+                dir = dir.parent().expect("deps has a parent");
+            }
+            // target/debug (or target/release) → target
+            let target = dir.parent().expect("the profile folder has a parent");
+            target.join("x86_64-unknown-linux-musl/release/k8s")
+        }
+    };
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the k8s double first: {BUILD_COMMAND}",
+        bin.display()
+    );
+    let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
+    assert!(
+        is_static_elf(&bytes),
+        "{} is not a static x86-64 ELF: build it with {BUILD_COMMAND}",
+        bin.display()
+    );
+    bin
+}
+
+/// An x86-64 ELF64 with no `PT_INTERP` program header (no dynamic loader).
+fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8).map(|s| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(s);
+            u64::from_le_bytes(a)
+        })
+    };
+    const EM_X86_64: u16 = 62;
+    const PT_INTERP: u32 = 3;
+    if b.get(..6) != Some(b"\x7fELF\x02\x01") || u16_at(0x12) != Some(EM_X86_64) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        let at = phoff as usize + i * usize::from(phentsize);
+        u32_at(at).is_some_and(|ty| ty != PT_INTERP)
+    })
+}
+
+/// The rock's one layer: the double (0755), the unit (0644) and its enabling symlink, with their folders.
+pub fn layer() -> LayerBuilder {
+    let bin = double_bin();
+    let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
+    let system = "usr/lib/systemd/system";
+    LayerBuilder::new()
+        .dir("usr", 0o755)
+        .dir("usr/local", 0o755)
+        .dir("usr/local/bin", 0o755)
+        .file(BIN_PATH.trim_start_matches('/'), 0o755, bytes)
+        .dir("usr/lib", 0o755)
+        .dir("usr/lib/systemd", 0o755)
+        .dir(system, 0o755)
+        .file(&format!("{system}/{UNIT_NAME}"), 0o644, UNIT)
+        .dir(&format!("{system}/multi-user.target.wants"), 0o755)
+        .symlink(
+            &format!("{system}/multi-user.target.wants/{UNIT_NAME}"),
+            &format!("../{UNIT_NAME}"),
+        )
+}
+
+/// The rock: linux/amd64, OCI, one gzip layer.
+pub fn image() -> Image {
+    Image::builder()
+        .layer_from(&layer(), Compression::Gzip)
+        .build()
+}
+
+/// Pushes the rock to `registry` as `e2e/k8s-double:v1`; returns its pinned reference
+/// (`127.0.0.1:PORT/e2e/k8s-double:v1@sha256:...`), ready for a profile's `[[layer]]`.
+pub fn push(registry: &Registry) -> String {
+    push_image(registry, REPOSITORY, TAG, &image()).reference_by_digest
+}

@@ -1,0 +1,632 @@
+//! The agent's kubernetes phase, against the `k8s` contract double (tests/k8s-double), which refuses any field or
+//! flag outside Canonical Kubernetes' documented set.
+//!
+//! On the host: `cairn-agent apply --root DIR --kubernetes --k8s DOUBLE` on small hand-made roots (the double's
+//! console, state and `/proc/sys` in a tempdir): the bootstrap file and its mode, the hardening files, a crash
+//! between steps, the sentinel, a worker without a token, a join whose token came from the ESP.
+//! Booted: the node base with the double's rock layered on, a preloaded rock imported into the node's real
+//! containerd, a control plane and a worker under QEMU.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use cairn_e2e::k8s_double::{self, double_bin};
+use cairn_e2e::qemu::Vm;
+use cairn_e2e::rocks::{build_profile, node_base, pause, run};
+use cairn_e2e::{registry, run_agent, write_profile};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const KERNEL_DEFAULTS: &[(&str, &str)] = &[
+    ("kernel.keys.root_maxbytes", "25000000"),
+    ("kernel.keys.root_maxkeys", "1000000"),
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("vm.overcommit_memory", "1"),
+    ("vm.panic_on_oom", "0"),
+];
+
+const TOKEN: &str = "cairn-e2e-join-token-6f1d2a9c0b7e4d31a8c5f0e2b9d47a16";
+
+fn kubernetes_profile(role: &str, extra: &str) -> String {
+    format!(
+        r#"schema = 1
+name = "k8s-node"
+version = "1.0.0"
+arch = "amd64"
+[base]
+rock = "localhost:5000/cairn/node-base:bookworm@sha256:{zero}"
+[kubernetes]
+distribution = "k8s"
+role = "{role}"
+extra-sans = ["api.example.com"]
+[kubernetes.features]
+local-storage = {{ enabled = true, reclaim-policy = "Delete" }}
+[kubernetes.extra-args]
+kubelet = {{ "--max-pods" = "150" }}
+[kubernetes.remove-args]
+kube-apiserver = ["--profiling"]
+{extra}"#,
+        zero = "0".repeat(64)
+    )
+}
+
+fn write(root: &Path, path: &str, content: &str, mode: u32) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&p, content).expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A small root with a baked profile, the units the system phase enables, and a hostname.
+fn small_root(dir: &Path, profile: &str) -> PathBuf {
+    let root = dir.join("root");
+    write(&root, "/etc/hostname", "node-a\n", 0o644);
+    write(&root, "/etc/hosts", "127.0.0.1\tlocalhost\n", 0o644);
+    write(
+        &root,
+        "/etc/machine-id",
+        "0123456789abcdef0123456789abcdef\n",
+        0o444,
+    );
+    for (name, text) in [
+        (
+            "systemd-networkd.service",
+            "[Install]\nWantedBy=multi-user.target\nAlso=systemd-networkd-wait-online.service\n",
+        ),
+        (
+            "systemd-networkd-wait-online.service",
+            "[Install]\nWantedBy=network-online.target\n",
+        ),
+    ] {
+        write(
+            &root,
+            &format!("/usr/lib/systemd/system/{name}"),
+            text,
+            0o644,
+        );
+    }
+    write(&root, "/usr/lib/cairn/profile.toml", profile, 0o644);
+    let proc_sys = dir.join("proc-sys");
+    for (key, value) in KERNEL_DEFAULTS {
+        let p = proc_sys.join(key.replace('.', "/"));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, format!("{value}\n")).expect("write");
+    }
+    std::fs::create_dir_all(dir.join("images")).expect("mkdir");
+    root
+}
+
+/// `apply --root ROOT --kubernetes --k8s DOUBLE`, the double's console, state and /proc/sys in `ROOT/..`.
+fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = root.parent().expect("parent");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut args: Vec<String> = [
+        "apply",
+        "--root",
+        &root.display().to_string(),
+        "--kubernetes",
+        "--k8s",
+        &double_bin().display().to_string(),
+        "--containerd-socket",
+        &path("no-containerd.sock"),
+        "--fw-cfg",
+        &path("no-fw-cfg"),
+        "--dmi",
+        &path("no-dmi"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !extra.contains(&"--esp") {
+        args.extend(["--esp".to_string(), path("no-esp")]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (console, state, images, proc_sys) = (
+        path("console"),
+        path("double-state"),
+        path("images"),
+        path("proc-sys"),
+    );
+    let mut all = vec![
+        ("K8S_DOUBLE_CONSOLE", console.as_str()),
+        ("K8S_DOUBLE_STATE_DIR", state.as_str()),
+        ("K8S_DOUBLE_SIDELOAD_DIR", images.as_str()),
+        ("K8S_DOUBLE_PROC_SYS", proc_sys.as_str()),
+    ];
+    all.extend_from_slice(env);
+    run_agent(args, &all)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn console(root: &Path) -> String {
+    std::fs::read_to_string(root.parent().expect("parent").join("console")).unwrap_or_default()
+}
+
+/// The JSON of the last console line `cairn-agent: PREFIX {json}`.
+fn line_json(text: &str, prefix: &str) -> Value {
+    let line = text
+        .lines()
+        .filter_map(|l| {
+            l.split_once(&format!("cairn-agent: {prefix} "))
+                .map(|(_, j)| j)
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("no `cairn-agent: {prefix}` line in:\n{text}"));
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+fn steps(status: &Value, phase: &str) -> Vec<(String, String)> {
+    status["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|s| s["phase"] == phase)
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("").to_string(),
+                s["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn mode(root: &Path, path: &str) -> u32 {
+    std::fs::metadata(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("control-plane", ""));
+
+    // A power cut right after the bootstrap file is written: nothing has run the distribution yet.
+    let o = apply(
+        &root,
+        &["--instance", "/dev/null"],
+        &[("CAIRN_AGENT_CRASH_AFTER", "config")],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        !console(&root).contains("k8s-double: bootstrap"),
+        "{}",
+        console(&root)
+    );
+
+    let o = apply(&root, &["--instance", "/dev/null"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    assert_eq!(
+        steps(&node, "kubernetes"),
+        [
+            ("preload".into(), "unchanged".into()),
+            ("hardening".into(), "unchanged".into()),
+            ("config".into(), "unchanged".into()),
+            ("bootstrap".into(), "applied".into()),
+            ("images".into(), "unchanged".into()),
+            ("ready".into(), "unchanged".into()),
+        ],
+        "{node}"
+    );
+    let double = console(&root);
+    let file = root.join("var/lib/cairn/kubernetes/bootstrap.json");
+    assert!(
+        double.contains(&format!(
+            "k8s-double: bootstrap --name node-a --address {} --file {}",
+            address(&double),
+            file.display()
+        )),
+        "{double}"
+    );
+    assert!(
+        double.contains(&format!(
+            "k8s-double: file {} mode 0600 uid 0 gid 0",
+            file.display()
+        )),
+        "{double}"
+    );
+    assert!(double.contains("k8s-double: bootstrapped"), "{double}");
+    assert!(
+        double.contains("k8s-double: kubelet kernel defaults ok"),
+        "{double}"
+    );
+
+    // The file the distribution read: the profile's cluster, the CIS preset, then extra- and remove-args.
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("bootstrap file")).expect("json");
+    assert_eq!(config["extra-sans"], serde_json::json!(["api.example.com"]));
+    assert_eq!(
+        config["cluster-config"]["local-storage"],
+        serde_json::json!({"enabled": true, "reclaim-policy": "Delete"})
+    );
+    let apiserver = &config["extra-node-kube-apiserver-args"];
+    assert_eq!(
+        apiserver["--profiling"],
+        Value::Null,
+        "removed by the profile"
+    );
+    assert_eq!(
+        apiserver["--enable-admission-plugins"],
+        "NodeRestriction,EventRateLimit"
+    );
+    assert_eq!(
+        apiserver["--encryption-provider-config"],
+        "/var/lib/cairn/kubernetes/encryption-config.yaml"
+    );
+    assert_eq!(
+        apiserver["--admission-control-config-file"],
+        "/var/lib/cairn/kubernetes/admission-control.yaml"
+    );
+    assert_eq!(
+        config["extra-node-kubelet-args"]["--protect-kernel-defaults"],
+        "true"
+    );
+    assert_eq!(config["extra-node-kubelet-args"]["--max-pods"], "150");
+    assert!(config.get("disable-rbac").is_none());
+
+    // Every file cairn wrote for the distribution is 0600, its folder 0700; the key was made here.
+    assert_eq!(mode(&root, "/var/lib/cairn/kubernetes"), 0o700);
+    for f in [
+        "bootstrap.json",
+        "admission-control.yaml",
+        "audit-policy.yaml",
+        "encryption-config.yaml",
+        "cluster-member",
+    ] {
+        assert_eq!(
+            mode(&root, &format!("/var/lib/cairn/kubernetes/{f}")),
+            0o600,
+            "{f}"
+        );
+    }
+    assert_eq!(mode(&root, "/etc/sysctl.d/80-cairn-kubernetes.conf"), 0o600);
+    let sysctl = std::fs::read_to_string(root.join("etc/sysctl.d/80-cairn-kubernetes.conf"))
+        .expect("sysctl file");
+    for (k, v) in KERNEL_DEFAULTS {
+        assert!(sysctl.contains(&format!("{k} = {v}\n")), "{sysctl}");
+    }
+    let encryption =
+        std::fs::read_to_string(root.join("var/lib/cairn/kubernetes/encryption-config.yaml"))
+            .expect("encryption config");
+    let key = encryption
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("secret: "))
+        .expect("a key");
+    assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
+    let admission =
+        std::fs::read_to_string(root.join("var/lib/cairn/kubernetes/admission-control.yaml"))
+            .expect("admission");
+    assert!(
+        admission.contains("kind: AdmissionConfiguration") && admission.contains("EventRateLimit")
+    );
+
+    // A later boot: nothing runs again, the key is kept.
+    let o = apply(&root, &["--instance", "/dev/null"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    assert!(
+        steps(&node, "kubernetes")
+            .iter()
+            .all(|(_, o)| o == "skipped"),
+        "{node}"
+    );
+    assert_eq!(console(&root).matches("k8s-double: bootstrap ").count(), 1);
+    assert!(
+        std::fs::read_to_string(root.join("var/lib/cairn/kubernetes/encryption-config.yaml"))
+            .expect("encryption config")
+            .contains(key)
+    );
+}
+
+/// The address the agent chose, as the double printed it.
+fn address(console: &str) -> String {
+    console
+        .lines()
+        .find_map(|l| l.split_once(" --address "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_worker_without_a_join_token_fails_saying_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
+    let o = apply(&root, &["--instance", "/dev/null"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let failed = line_json(&text(&o), "failed");
+    assert_eq!(failed["phase"], "kubernetes", "{failed}");
+    assert!(
+        failed["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a worker joins a cluster: its instance data needs [kubernetes] join-token"),
+        "{failed}"
+    );
+    assert_eq!(console(&root), "", "the distribution was not called");
+}
+
+#[test]
+fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
+    let esp = dir.path().join("esp");
+    let instance = format!(
+        "# node 7, flashed with dd\n[system]\nhostname = \"worker-7\"\n\n[kubernetes]\njoin-token = \"{TOKEN}\"\nnode-name = \"worker-7\"\naddress = \"10.0.2.15\"\n"
+    );
+    write(&esp, "/cairn/instance.toml", &instance, 0o644);
+    let esp_arg = esp.display().to_string();
+    let o = apply(&root, &["--esp", &esp_arg], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let all = text(&o);
+    assert!(!all.contains(TOKEN), "the agent printed the token:\n{all}");
+    let node = line_json(&all, "ready");
+    assert_eq!(node["instance"], "esp");
+    assert_eq!(
+        steps(&node, "kubernetes")
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["preload", "hardening", "config", "join", "images", "ready"]
+    );
+    let double = console(&root);
+    let sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let file = root.join("var/lib/cairn/kubernetes/join.json");
+    assert!(
+        double.contains(&format!(
+            "k8s-double: join-cluster token-sha256={sha} --name worker-7 --address 10.0.2.15 --file {}",
+            file.display()
+        )),
+        "{double}"
+    );
+    assert!(double.contains("k8s-double: join kind worker"), "{double}");
+    assert!(double.contains("k8s-double: joined worker"), "{double}");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("join file")).expect("json");
+    assert_eq!(
+        config
+            .as_object()
+            .expect("object")
+            .keys()
+            .collect::<Vec<_>>(),
+        ["extra-node-kubelet-args"],
+        "{config}"
+    );
+    // A worker runs no API server: no admission, audit or encryption files.
+    assert!(
+        !root
+            .join("var/lib/cairn/kubernetes/encryption-config.yaml")
+            .exists()
+    );
+
+    // The token left the ESP; every other byte stayed.
+    let after = std::fs::read_to_string(esp.join("cairn/instance.toml")).expect("instance");
+    assert_eq!(
+        after,
+        instance.replace(&format!("join-token = \"{TOKEN}\"\n"), "")
+    );
+    let join = node["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "join")
+        .expect("join step");
+    assert!(
+        join["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("join token removed from"),
+        "{join}"
+    );
+    // The agent's files hold no token either.
+    for f in ["var/lib/cairn/state.json", "var/lib/cairn/status.json"] {
+        let t = std::fs::read_to_string(root.join(f)).expect("agent file");
+        assert!(!t.contains(TOKEN), "{f}: {t}");
+    }
+
+    // The next boot reads the changed file as the one it was provisioned with: no "instance changed".
+    let o = apply(&root, &["--esp", &esp_arg], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    assert!(node.get("note").is_none(), "{node}");
+    assert_eq!(
+        console(&root).matches("k8s-double: join-cluster ").count(),
+        1
+    );
+}
+
+/// The `k8s` double's test rock, pushed to the shared registry.
+fn double_rock() -> String {
+    static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PINNED
+        .get_or_init(|| k8s_double::push(registry::shared()))
+        .clone()
+}
+
+/// The control plane and the worker, built from the node base with the double layered on and the sandbox rock
+/// preloaded, booted under QEMU: the right command per role, the files it read, the hardening, the preloaded
+/// image in the node's real containerd with its pinned digest, no token in the image.
+#[test]
+fn booted_control_plane_and_worker_with_a_preloaded_rock() {
+    let base = node_base();
+    let double = double_rock();
+    let pause = pause();
+    let pause_digest = pause.rsplit_once('@').expect("pinned").1.to_string();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let cache = work.path().join("cache");
+    let body = |role: &str| {
+        format!(
+            "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n\
+             [kubernetes]\ndistribution = \"k8s\"\nrole = \"{role}\"\n\
+             [kubernetes.extra-args]\nkubelet = {{ \"--max-pods\" = \"150\" }}\n\
+             [[preload]]\nrock = \"{pause}\"\nname = \"ghcr.io/canonical/k8s-snap/pause:3.10\"\n\
+             [image]\nformats = [\"raw\"]\n"
+        )
+    };
+    let cp_profile = write_profile(work.path(), "cp", &base, &[&double], &body("control-plane"));
+    let worker_profile = write_profile(work.path(), "worker", &base, &[&double], &body("worker"));
+    let out = work.path().join("out");
+    build_profile(&cp_profile, &out, &cache);
+    build_profile(&worker_profile, &out, &cache);
+
+    // The report lists the effective arguments per role.
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("cp.manifest.json")).expect("report"))
+            .expect("json");
+    assert_eq!(
+        report["kubernetes"]["arguments"]["control-plane"]["kubelet"]["--max-pods"], "150",
+        "{}",
+        report["kubernetes"]
+    );
+    assert_eq!(
+        report["kubernetes"]["arguments"]["worker"]["kubelet"]["--protect-kernel-defaults"],
+        "true"
+    );
+
+    // No token anywhere in the built disk images.
+    let instance = work.path().join("worker-instance.toml");
+    std::fs::write(
+        &instance,
+        format!("[kubernetes]\njoin-token = \"{TOKEN}\"\nnode-name = \"worker-1\"\n"),
+    )
+    .expect("write");
+    for disk in ["cp.raw", "worker.raw"] {
+        let status = Command::new("grep")
+            .args(["-c", "-a", TOKEN])
+            .arg(out.join(disk))
+            .output()
+            .expect("grep");
+        assert_eq!(status.status.code(), Some(1), "{disk} holds the token");
+    }
+
+    let bound = Duration::from_secs(900);
+    let json = |line: &str, prefix: &str| -> Value {
+        serde_json::from_str(line.trim_start_matches(prefix).trim())
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+
+    // The control plane bootstraps.
+    let mut vm = Vm::boot(&out.join("cp.raw"), None);
+    let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
+    let ready = json(&ready, "cairn-agent: ready ");
+    eprintln!(
+        "control plane: QEMU start to `cairn-agent: ready` in {:.1} s; steps: {}",
+        took.as_secs_f64(),
+        timeline(&ready)
+    );
+    vm.wait_for("k8s-double: images end", bound);
+    assert!(vm.powerdown(Duration::from_secs(180)), "no ACPI power-off");
+    let serial = vm.serial();
+    assert!(!serial.contains("cairn-agent: failed"), "{serial}");
+    assert_eq!(
+        steps(&ready, "kubernetes"),
+        [
+            ("preload".into(), "applied".into()),
+            ("hardening".into(), "applied".into()),
+            ("config".into(), "applied".into()),
+            ("bootstrap".into(), "applied".into()),
+            ("images".into(), "unchanged".into()),
+            ("ready".into(), "unchanged".into()),
+        ],
+        "{ready}"
+    );
+    assert!(
+        serial.contains(
+            "k8s-double: file /var/lib/cairn/kubernetes/bootstrap.json mode 0600 uid 0 gid 0"
+        ),
+        "{serial}"
+    );
+    assert!(serial.contains("k8s-double: bootstrap --name "), "{serial}");
+    let config = serial
+        .lines()
+        .find_map(|l| l.split_once("k8s-double: config ").map(|(_, j)| j.trim()))
+        .expect("the double's config line");
+    let config: Value = serde_json::from_str(config).expect("config json");
+    assert_eq!(
+        config["extra-node-kube-apiserver-args"]["--enable-admission-plugins"],
+        "NodeRestriction,EventRateLimit"
+    );
+    assert_eq!(config["extra-node-kubelet-args"]["--max-pods"], "150");
+    // The real kernel carries the preset's settings: the double checks them as a hardened kubelet would.
+    assert!(
+        serial
+            .contains("k8s-double: kubelet kernel defaults ok: kernel.keys.root_maxbytes=25000000"),
+        "{serial}"
+    );
+    // The node's real containerd imported the archive: the name, the pinned index digest.
+    let listed = serial
+        .lines()
+        .any(|l| l.contains("ghcr.io/canonical/k8s-snap/pause:3.10") && l.contains(&pause_digest));
+    assert!(
+        listed,
+        "containerd does not list the pinned image:\n{serial}"
+    );
+
+    // The worker joins with the token from fw_cfg; the token never reaches the console from cairn.
+    let mut vm = Vm::boot(&out.join("worker.raw"), Some(&instance));
+    let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
+    let ready = json(&ready, "cairn-agent: ready ");
+    eprintln!(
+        "worker: QEMU start to `cairn-agent: ready` in {:.1} s; steps: {}",
+        took.as_secs_f64(),
+        timeline(&ready)
+    );
+    vm.wait_for("k8s-double: images end", bound);
+    assert!(vm.powerdown(Duration::from_secs(180)), "no ACPI power-off");
+    let serial = vm.serial();
+    assert!(!serial.contains("cairn-agent: failed"), "{serial}");
+    assert!(!serial.contains(TOKEN), "the token reached the console");
+    let sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    assert!(
+        serial.contains(&format!(
+            "k8s-double: join-cluster token-sha256={sha} --name worker-1 --address "
+        )),
+        "{serial}"
+    );
+    assert!(serial.contains("k8s-double: joined worker"), "{serial}");
+    assert!(
+        serial
+            .contains("k8s-double: file /var/lib/cairn/kubernetes/join.json mode 0600 uid 0 gid 0"),
+        "{serial}"
+    );
+    assert!(
+        serial
+            .lines()
+            .any(|l| l.contains("ghcr.io/canonical/k8s-snap/pause:3.10")
+                && l.contains(&pause_digest)),
+        "{serial}"
+    );
+    let _ = run;
+}
+
+/// `name ms, ...` of the node's steps, for the log and the README's timeline.
+fn timeline(status: &Value) -> String {
+    status["steps"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| {
+                    format!(
+                        "{}/{} {} ms",
+                        s["phase"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or(""),
+                        s["ms"]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
