@@ -447,6 +447,53 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     );
 }
 
+#[test]
+fn a_stig_worker_masks_the_images_sshd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = kubernetes_profile("worker", "").replace(
+        "role = \"worker\"\n",
+        "role = \"worker\"\nhardening = \"stig\"\n",
+    );
+    let root = small_root(dir.path(), &profile);
+    write(
+        &root,
+        "/usr/lib/systemd/system/ssh.service",
+        "[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    std::fs::create_dir_all(root.join("usr/lib/systemd/system/multi-user.target.wants"))
+        .expect("mkdir");
+    std::os::unix::fs::symlink(
+        "../ssh.service",
+        root.join("usr/lib/systemd/system/multi-user.target.wants/ssh.service"),
+    )
+    .expect("symlink");
+    let instance = dir.path().join("instance.toml");
+    std::fs::write(
+        &instance,
+        format!("[kubernetes]\njoin-token = \"{TOKEN}\"\naddress = \"10.0.2.15\"\n"),
+    )
+    .expect("write");
+    let o = apply(&root, &["--instance", &instance.display().to_string()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_link(root.join("etc/systemd/system/ssh.service")).expect("masked"),
+        Path::new("/dev/null")
+    );
+    let node = line_json(&text(&o), "ready");
+    let hardening = node["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "hardening")
+        .expect("hardening step");
+    assert_eq!(
+        hardening["detail"],
+        "preset stig: 6 sysctls, 0 files in /var/lib/cairn/kubernetes, ssh.service disabled"
+    );
+    assert!(console(&root).contains("k8s-double: joined worker"));
+}
+
 /// The `k8s` double's test rock, pushed to the shared registry.
 fn double_rock() -> String {
     static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -18,11 +18,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_profile::hardening::{self, KUBERNETES_DIR};
-use cairn_profile::kubernetes::{JoinToken, Kubernetes, Preload};
+use cairn_profile::kubernetes::{Hardening, JoinToken, Kubernetes, Preload};
 use cairn_profile::{Instance, Merged, Profile, Role};
 use sha2::{Digest, Sha256};
 
-use crate::apply::StepError;
+use crate::apply::{StepError, services};
 use crate::datasources::{Found, SourceKind};
 use crate::report::StepReport;
 use crate::run::{Exit, Runner};
@@ -64,6 +64,9 @@ pub struct Settings {
     pub containerd_wait: Duration,
     /// `k8s status --wait-ready --timeout`.
     pub ready_timeout: Duration,
+    /// How long a live node waits for DHCP to give the default route's link an address, when the instance
+    /// data names none: the network may still be coming up when the phase starts.
+    pub address_wait: Duration,
 }
 
 impl Default for Settings {
@@ -73,6 +76,7 @@ impl Default for Settings {
             containerd_socket: PathBuf::from(CONTAINERD_SOCKET),
             containerd_wait: Duration::from_secs(300),
             ready_timeout: Duration::from_secs(600),
+            address_wait: Duration::from_secs(120),
         }
     }
 }
@@ -235,8 +239,8 @@ pub(crate) fn run(
     let address = match instance
         .address
         .clone()
-        .or_else(default_address)
-        .ok_or("no address for the node: none in the instance data ([kubernetes] address) and no IPv4 address on the default route's link")
+        .or_else(|| wait_for_address(target, runner.opts.kubernetes.address_wait))
+        .ok_or("no address for the node: none in the instance data ([kubernetes] address), and no IPv4 address on the default route's link within the wait")
     {
         Ok(a) => a,
         Err(e) => {
@@ -499,14 +503,30 @@ impl Node<'_> {
             }
             files = 3;
         }
-        Ok(Done::new(
-            changed,
-            format!(
-                "preset {}: {} sysctls, {files} files in {KUBERNETES_DIR}",
-                h.name(),
-                sysctls.len()
-            ),
-        ))
+        let mut detail = format!(
+            "preset {}: {} sysctls, {files} files in {KUBERNETES_DIR}",
+            h.name(),
+            sysctls.len()
+        );
+        // The STIG keeps remote shells off workers; the image's own sshd is masked.
+        if h == Hardening::Stig
+            && self.role == Role::Worker
+            && [
+                "/usr/lib/systemd/system/ssh.service",
+                "/lib/systemd/system/ssh.service",
+            ]
+            .iter()
+            .any(|u| t.exists(u))
+        {
+            let ssh = ["ssh".to_string()];
+            let masked = services::disable(t, &ssh)?;
+            if masked && t.is_live() {
+                services::reload_live(&[], &ssh)?;
+            }
+            changed |= masked;
+            detail.push_str(", ssh.service disabled");
+        }
+        Ok(Done::new(changed, detail))
     }
 
     fn config(&self) -> Result<Done, StepError> {
@@ -749,6 +769,25 @@ fn node_name(target: &Target) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+/// [`default_address`], polled on a live node until `wait` has passed.
+fn wait_for_address(target: &Target, wait: Duration) -> Option<String> {
+    let deadline = Instant::now()
+        + if target.is_live() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+    loop {
+        if let Some(a) = default_address() {
+            return Some(a);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The first IPv4 address of the link that carries the default route.
