@@ -86,10 +86,25 @@ impl Vm {
     /// Waits for a serial line starting with `prefix`; returns the line and the time since QEMU started. Panics
     /// with the console's end on timeout (after killing QEMU) or when QEMU exits first.
     pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> (String, Duration) {
+        self.wait_for_line(prefix, timeout, |l| l.starts_with(prefix))
+    }
+
+    /// Like [`Vm::wait_for`], for a line that holds `text` anywhere (a unit's output through the journal comes
+    /// after the kernel's timestamp and the process name).
+    pub fn wait_for_text(&mut self, text: &str, timeout: Duration) -> (String, Duration) {
+        self.wait_for_line(text, timeout, |l| l.contains(text))
+    }
+
+    fn wait_for_line(
+        &mut self,
+        prefix: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> (String, Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let serial = self.serial();
-            if let Some(line) = serial.lines().find(|l| l.starts_with(prefix)) {
+            if let Some(line) = serial.lines().find(|l| matches(l)) {
                 return (line.to_string(), self.started.elapsed());
             }
             if let Ok(Some(status)) = self.child.try_wait() {

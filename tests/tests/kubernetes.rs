@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use cairn_e2e::k8s_double::{self, double_bin};
 use cairn_e2e::qemu::Vm;
-use cairn_e2e::rocks::{build_profile, node_base, pause, run};
-use cairn_e2e::{registry, run_agent, write_profile};
+use cairn_e2e::rocks::{build_profile, node_base, pause};
+use cairn_e2e::{registry, run_agent, run_cairn, write_profile};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -191,6 +191,9 @@ fn mode(root: &Path, path: &str) -> u32 {
 fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = small_root(dir.path(), &kubernetes_profile("control-plane", ""));
+    // Files the real distribution writes as it bootstraps, with a mode the CIS benchmark refuses.
+    write(&root, "/etc/kubernetes/admin.conf", "kubeconfig", 0o644);
+    write(&root, "/etc/kubernetes/pki/ca.crt", "certificate", 0o644);
 
     // A power cut right after the bootstrap file is written: nothing has run the distribution yet.
     let o = apply(
@@ -217,9 +220,13 @@ fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
             ("bootstrap".into(), "applied".into()),
             ("images".into(), "unchanged".into()),
             ("ready".into(), "unchanged".into()),
+            ("modes".into(), "applied".into()),
         ],
         "{node}"
     );
+    // The distribution's own files, made owner-only after ready (this double writes none: a stand-in).
+    assert_eq!(mode(&root, "/etc/kubernetes/admin.conf"), 0o600);
+    assert_eq!(mode(&root, "/etc/kubernetes/pki/ca.crt"), 0o600);
     let double = console(&root);
     let file = root.join("var/lib/cairn/kubernetes/bootstrap.json");
     assert!(
@@ -341,6 +348,22 @@ fn address(console: &str) -> String {
 }
 
 #[test]
+fn the_example_kubernetes_profiles_validate() {
+    for name in ["control-plane", "worker"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../profiles")
+            .join(format!("{name}.toml"));
+        let o = run_cairn(["validate".as_ref(), path.as_os_str()], &[]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&format!("valid ({name} 0.1.0")),
+            "{}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
 fn a_worker_without_a_join_token_fails_saying_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
@@ -379,7 +402,15 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
             .iter()
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>(),
-        ["preload", "hardening", "config", "join", "images", "ready"]
+        [
+            "preload",
+            "hardening",
+            "config",
+            "join",
+            "images",
+            "ready",
+            "modes"
+        ]
     );
     let double = console(&root);
     let sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
@@ -515,7 +546,7 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
     let cache = work.path().join("cache");
     let body = |role: &str| {
         format!(
-            "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n\
+            "[system]\nhostname = \"{role}-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\n\
              [kubernetes]\ndistribution = \"k8s\"\nrole = \"{role}\"\n\
              [kubernetes.extra-args]\nkubelet = {{ \"--max-pods\" = \"150\" }}\n\
              [[preload]]\nrock = \"{pause}\"\nname = \"ghcr.io/canonical/k8s-snap/pause:3.10\"\n\
@@ -573,7 +604,7 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         took.as_secs_f64(),
         timeline(&ready)
     );
-    vm.wait_for("k8s-double: images end", bound);
+    vm.wait_for_text("k8s-double: images end", bound);
     assert!(vm.powerdown(Duration::from_secs(180)), "no ACPI power-off");
     let serial = vm.serial();
     assert!(!serial.contains("cairn-agent: failed"), "{serial}");
@@ -586,6 +617,7 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             ("bootstrap".into(), "applied".into()),
             ("images".into(), "unchanged".into()),
             ("ready".into(), "unchanged".into()),
+            ("modes".into(), "unchanged".into()),
         ],
         "{ready}"
     );
@@ -595,7 +627,10 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         ),
         "{serial}"
     );
-    assert!(serial.contains("k8s-double: bootstrap --name "), "{serial}");
+    assert!(
+        serial.contains("k8s-double: bootstrap --name control-plane-"),
+        "{serial}"
+    );
     let config = serial
         .lines()
         .find_map(|l| l.split_once("k8s-double: config ").map(|(_, j)| j.trim()))
@@ -630,7 +665,7 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         took.as_secs_f64(),
         timeline(&ready)
     );
-    vm.wait_for("k8s-double: images end", bound);
+    vm.wait_for_text("k8s-double: images end", bound);
     assert!(vm.powerdown(Duration::from_secs(180)), "no ACPI power-off");
     let serial = vm.serial();
     assert!(!serial.contains("cairn-agent: failed"), "{serial}");
@@ -655,7 +690,6 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
                 && l.contains(&pause_digest)),
         "{serial}"
     );
-    let _ = run;
 }
 
 /// `name ms, ...` of the node's steps, for the log and the README's timeline.

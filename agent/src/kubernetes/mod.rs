@@ -115,10 +115,11 @@ enum StepName {
     Join,
     Images,
     Ready,
+    Modes,
 }
 
 impl StepName {
-    const ALL: [StepName; 7] = [
+    const ALL: [StepName; 8] = [
         StepName::Preload,
         StepName::Hardening,
         StepName::Config,
@@ -126,6 +127,7 @@ impl StepName {
         StepName::Join,
         StepName::Images,
         StepName::Ready,
+        StepName::Modes,
     ];
 
     fn name(self) -> &'static str {
@@ -137,6 +139,7 @@ impl StepName {
             StepName::Join => "join",
             StepName::Images => "images",
             StepName::Ready => "ready",
+            StepName::Modes => "modes",
         }
     }
 }
@@ -240,7 +243,7 @@ pub(crate) fn run(
         .address
         .clone()
         .or_else(|| wait_for_address(target, runner.opts.kubernetes.address_wait))
-        .ok_or("no address for the node: none in the instance data ([kubernetes] address), and no IPv4 address on the default route's link within the wait")
+        .ok_or("no address for the node: none in the instance data ([kubernetes] address), and no link had an IPv4 address within the wait")
     {
         Ok(a) => a,
         Err(e) => {
@@ -271,6 +274,7 @@ pub(crate) fn run(
         join_or_bootstrap,
         StepName::Images,
         StepName::Ready,
+        StepName::Modes,
     ];
 
     if runner.opts.dry_run {
@@ -377,6 +381,7 @@ impl Node<'_> {
             StepName::Bootstrap | StepName::Join => self.membership(state),
             StepName::Images => self.images(),
             StepName::Ready => self.ready(),
+            StepName::Modes => self.modes(),
         }
     }
 
@@ -637,6 +642,62 @@ impl Node<'_> {
     }
 }
 
+/// The folders whose files the distribution writes with keys, certificates, kubeconfigs and component arguments.
+pub const DISTRIBUTION_FILES: &[&str] = &["/etc/kubernetes", "/var/snap/k8s/common/args"];
+
+impl Node<'_> {
+    /// Under a hardening preset, once the node is ready: every file the distribution wrote under
+    /// [`DISTRIBUTION_FILES`] is made owner-only (0600 for a 0644 file), as the CIS benchmark asks.
+    fn modes(&self) -> Result<Done, StepError> {
+        if self.kubernetes.hardening == Hardening::None {
+            return Ok(Done::new(false, "hardening none: not checked"));
+        }
+        let mut checked = 0;
+        let mut tightened = Vec::new();
+        for dir in DISTRIBUTION_FILES {
+            let host = self.target.resolve(dir, true)?;
+            owner_only(&host, dir, &mut checked, &mut tightened)?;
+        }
+        let mut detail = format!("{checked} files of the distribution checked");
+        if !tightened.is_empty() {
+            detail.push_str(&format!(", made owner-only: {}", tightened.join(", ")));
+        }
+        Ok(Done::new(!tightened.is_empty(), detail))
+    }
+}
+
+fn owner_only(
+    host: &Path,
+    shown: &str,
+    checked: &mut usize,
+    tightened: &mut Vec<String>,
+) -> Result<(), StepError> {
+    let entries = match fs::read_dir(host) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StepError(format!("{shown}: {e}"))),
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = format!("{shown}/{}", e.file_name().to_string_lossy());
+        let meta =
+            fs::symlink_metadata(e.path()).map_err(|err| StepError(format!("{name}: {err}")))?;
+        if meta.is_dir() {
+            owner_only(&e.path(), &name, checked, tightened)?;
+        } else if meta.is_file() {
+            *checked += 1;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                fs::set_permissions(e.path(), fs::Permissions::from_mode(mode & 0o7700))
+                    .map_err(|err| StepError(format!("{name}: {err}")))?;
+                tightened.push(name);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs a distribution command; its output goes to the journal (the unit's stdout), the token masked.
 fn k8s_command(
     mut cmd: Command,
@@ -790,45 +851,52 @@ fn wait_for_address(target: &Target, wait: Duration) -> Option<String> {
     }
 }
 
-/// The first IPv4 address of the link that carries the default route.
+/// The node's address: the first IPv4 address of the link that carries the default route, else (an isolated
+/// site may have no default route) the first one of any link but the loopback, links in name order.
 fn default_address() -> Option<String> {
-    let routes = fs::read_to_string("/proc/net/route").ok()?;
-    let link = routes.lines().skip(1).find_map(|l| {
+    let addresses = ipv4_addresses();
+    let routes = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let default_link = routes.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
-    })?;
-    ipv4_of(&link)
+    });
+    default_link
+        .and_then(|link| addresses.iter().find(|(l, _)| *l == link))
+        .or_else(|| addresses.first())
+        .map(|(_, a)| a.to_string())
 }
 
-fn ipv4_of(link: &str) -> Option<String> {
+/// Every link's IPv4 addresses but loopback and link-local ones, sorted by link name.
+fn ipv4_addresses() -> Vec<(String, std::net::Ipv4Addr)> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list that freeifaddrs releases; it is only read in between.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        return None;
+        return Vec::new();
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cur = addrs;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string; ifa_addr points at a sockaddr of its family.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != link.as_bytes()
+        // SAFETY: ifa_addr, when set, points at a sockaddr of the family it names.
+        if ifa.ifa_addr.is_null()
+            || ifa.ifa_name.is_null()
             || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
         {
             continue;
         }
-        // SAFETY: the family is AF_INET, so the address is a sockaddr_in.
+        // SAFETY: ifa_name is a NUL-terminated string; the family is AF_INET, so the address is a sockaddr_in.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
         let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string());
-        break;
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified() {
+            found.push((name.to_string_lossy().into_owned(), ip));
+        }
     }
     // SAFETY: the list came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(addrs) };
+    found.sort();
     found
 }
 
