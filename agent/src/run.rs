@@ -159,14 +159,7 @@ impl Runner<'_> {
         message: String,
         exit: Exit,
     ) -> Exit {
-        let status = Status {
-            phase: phase.name().into(),
-            instance: instance.into(),
-            steps,
-            note: Some(message),
-        };
-        self.finish(&status, false, true);
-        exit
+        self.fail_phase(phase.name(), instance, steps, message, exit)
     }
 
     /// Saves the status and prints the phase line (and the whole-node line when `last`).

@@ -35,11 +35,20 @@ pub struct Written {
     pub dropped_xattrs: Vec<(String, String)>,
 }
 
-/// Counts and hashes every byte on its way to the file.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
+/// Counts and hashes every byte on its way to the file (or from it, when reading).
+pub(crate) struct Hashing<W> {
+    pub(crate) inner: W,
+    pub(crate) hash: Sha256,
+    pub(crate) size: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {

@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::cache::{Cache, CacheError};
+use crate::filesystem::Hashing;
 use crate::registry::{OCI_INDEX, OCI_MANIFEST};
 use crate::resolve::{self, LazyRegistry, ResolveError, ResolvedRock};
 
@@ -258,35 +259,6 @@ pub fn index_json(p: &ResolvedPreload) -> Vec<u8> {
     };
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(&index).unwrap_or_default()
-}
-
-/// Hashes and counts what goes through it.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
 }
 
 fn header(
