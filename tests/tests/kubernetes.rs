@@ -364,6 +364,53 @@ fn the_example_kubernetes_profiles_validate() {
 }
 
 #[test]
+fn a_profile_holding_a_secret_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let build = |profile: &str| {
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, profile).expect("write");
+        run_cairn(
+            [
+                "build".as_ref(),
+                path.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+            &[],
+        )
+    };
+    // A join token in the profile: it belongs to one machine's instance data.
+    let o = build(&kubernetes_profile("worker", "").replace(
+        "role = \"worker\"\n",
+        &format!("role = \"worker\"\njoin-token = \"{TOKEN}\"\n"),
+    ));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("p.toml:10:1: `kubernetes.join-token`: a join token is a secret, and a secret never goes into an image"),
+        "{err}"
+    );
+    // A private key in a file's source, beside the profile.
+    std::fs::write(
+        dir.path().join("key.pem"),
+        "-----BEGIN EC PRIVATE KEY-----\nMHc=\n-----END EC PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let o = build(&kubernetes_profile(
+        "worker",
+        "[[file]]\npath = \"/etc/kubernetes/key.pem\"\nsource = \"key.pem\"\n",
+    ));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`file[0].source`") && err.contains("PRIVATE KEY"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused build wrote {}", out.display());
+}
+
+#[test]
 fn a_worker_without_a_join_token_fails_saying_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
