@@ -335,6 +335,34 @@ fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
             .expect("encryption config")
             .contains(key)
     );
+
+    // A boot cut off after the distribution accepted the bootstrap but before the sentinel was written (as if
+    // the power went right after the command): the next boot asks the distribution, and does not run it again.
+    std::fs::remove_file(root.join("var/lib/cairn/kubernetes/cluster-member")).expect("rm");
+    let state_path = root.join("var/lib/cairn/state.json");
+    let mut state: Value =
+        serde_json::from_slice(&std::fs::read(&state_path).expect("state")).expect("json");
+    state["done"] = serde_json::json!(["system"]);
+    std::fs::write(&state_path, serde_json::to_vec(&state).expect("json")).expect("write");
+    let o = apply(&root, &["--instance", "/dev/null"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    let bootstrap = node["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "bootstrap")
+        .expect("bootstrap step");
+    assert_eq!(
+        bootstrap["detail"],
+        "already a cluster member, the distribution says (an earlier boot stopped after `k8s bootstrap`): not run again",
+        "{node}"
+    );
+    assert_eq!(console(&root).matches("k8s-double: bootstrap ").count(), 1);
+    assert_eq!(
+        mode(&root, "/var/lib/cairn/kubernetes/cluster-member"),
+        0o600
+    );
 }
 
 /// The address the agent chose, as the double printed it.
@@ -411,6 +439,63 @@ fn a_profile_holding_a_secret_is_refused_and_nothing_is_written() {
 }
 
 #[test]
+fn a_joining_control_plane_shares_the_clusters_encryption_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("control-plane", ""));
+    let instance = dir.path().join("instance.toml");
+    // Without the cluster's key it would encrypt with one no other API server can read: refused, saying why.
+    std::fs::write(
+        &instance,
+        format!("[kubernetes]\njoin-token = \"{TOKEN}\"\naddress = \"10.0.2.16\"\n"),
+    )
+    .expect("write");
+    let instance_arg = instance.display().to_string();
+    let o = apply(&root, &["--instance", &instance_arg], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let failed = line_json(&text(&o), "failed");
+    assert!(
+        failed["note"].as_str().unwrap_or_default().contains(
+            "a control plane joining a cluster hardened with cis shares its secrets encryption key: its instance data needs [kubernetes] encryption-key"
+        ),
+        "{failed}"
+    );
+    assert_eq!(console(&root), "", "the distribution was not called");
+
+    // With it, the node's encryption configuration carries that key, and the control-plane join file is used.
+    let key = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+    std::fs::write(
+        &instance,
+        format!(
+            "[kubernetes]\njoin-token = \"{TOKEN}\"\naddress = \"10.0.2.16\"\nencryption-key = \"{key}\"\n"
+        ),
+    )
+    .expect("write");
+    let o = apply(&root, &["--instance", &instance_arg], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains(key), "the key was printed: {}", text(&o));
+    let encryption =
+        std::fs::read_to_string(root.join("var/lib/cairn/kubernetes/encryption-config.yaml"))
+            .expect("encryption config");
+    assert!(
+        encryption.contains(&format!("secret: {key}\n")),
+        "{encryption}"
+    );
+    let double = console(&root);
+    assert!(
+        double.contains("k8s-double: join kind control-plane"),
+        "{double}"
+    );
+    assert!(
+        double.contains("k8s-double: joined control-plane"),
+        "{double}"
+    );
+    for f in ["var/lib/cairn/state.json", "var/lib/cairn/status.json"] {
+        let t = std::fs::read_to_string(root.join(f)).expect("agent file");
+        assert!(!t.contains(key), "{f}: {t}");
+    }
+}
+
+#[test]
 fn a_worker_without_a_join_token_fails_saying_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
@@ -438,6 +523,23 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     );
     write(&esp, "/cairn/instance.toml", &instance, 0o644);
     let esp_arg = esp.display().to_string();
+    // The first boot joins, then the kubelet refuses to start (a kernel setting its hardening needs is off):
+    // the phase fails at `ready`, after the join and after the token left the ESP.
+    let panic = dir.path().join("proc-sys/kernel/panic");
+    std::fs::write(&panic, "0\n").expect("write");
+    let o = apply(&root, &["--esp", &esp_arg], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let failed = line_json(&text(&o), "failed");
+    assert!(
+        failed["note"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("ready: `k8s status --wait-ready` failed"),
+        "{failed}"
+    );
+    assert!(!text(&o).contains(TOKEN), "{}", text(&o));
+    // The next boot resumes: no token is needed any more, the join is not run again.
+    std::fs::write(&panic, "10\n").expect("write");
     let o = apply(&root, &["--esp", &esp_arg], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let all = text(&o);
@@ -501,12 +603,21 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
         .iter()
         .find(|s| s["name"] == "join")
         .expect("join step");
-    assert!(
-        join["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("join token removed from"),
+    assert_eq!(
+        join["detail"], "done on an earlier boot (/var/lib/cairn/kubernetes/cluster-member)",
         "{join}"
+    );
+    assert!(
+        failed["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "join"
+                && s["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("join secrets removed from")),
+        "{failed}"
     );
     // The agent's files hold no token either.
     for f in ["var/lib/cairn/state.json", "var/lib/cairn/status.json"] {
@@ -539,6 +650,12 @@ fn a_stig_worker_masks_the_images_sshd() {
         "[Install]\nWantedBy=multi-user.target\n",
         0o644,
     );
+    write(
+        &root,
+        "/usr/lib/systemd/system/ssh.socket",
+        "[Install]\nWantedBy=sockets.target\n",
+        0o644,
+    );
     std::fs::create_dir_all(root.join("usr/lib/systemd/system/multi-user.target.wants"))
         .expect("mkdir");
     std::os::unix::fs::symlink(
@@ -554,10 +671,12 @@ fn a_stig_worker_masks_the_images_sshd() {
     .expect("write");
     let o = apply(&root, &["--instance", &instance.display().to_string()], &[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(
-        std::fs::read_link(root.join("etc/systemd/system/ssh.service")).expect("masked"),
-        Path::new("/dev/null")
-    );
+    for unit in ["ssh.service", "ssh.socket"] {
+        assert_eq!(
+            std::fs::read_link(root.join("etc/systemd/system").join(unit)).expect("masked"),
+            Path::new("/dev/null")
+        );
+    }
     let node = line_json(&text(&o), "ready");
     let hardening = node["steps"]
         .as_array()
@@ -567,7 +686,7 @@ fn a_stig_worker_masks_the_images_sshd() {
         .expect("hardening step");
     assert_eq!(
         hardening["detail"],
-        "preset stig: 6 sysctls, 0 files in /var/lib/cairn/kubernetes, ssh.service disabled"
+        "preset stig: 6 sysctls, 0 files in /var/lib/cairn/kubernetes, masked: ssh.service ssh.socket"
     );
     assert!(console(&root).contains("k8s-double: joined worker"));
 }
@@ -695,11 +814,8 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         "{serial}"
     );
     // The node's real containerd imported the archive: the name, the pinned index digest.
-    let listed = serial
-        .lines()
-        .any(|l| l.contains("ghcr.io/canonical/k8s-snap/pause:3.10") && l.contains(&pause_digest));
     assert!(
-        listed,
+        listed_by_containerd(&serial, &pause_digest),
         "containerd does not list the pinned image:\n{serial}"
     );
 
@@ -731,12 +847,34 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         "{serial}"
     );
     assert!(
-        serial
-            .lines()
-            .any(|l| l.contains("ghcr.io/canonical/k8s-snap/pause:3.10")
-                && l.contains(&pause_digest)),
-        "{serial}"
+        listed_by_containerd(&serial, &pause_digest),
+        "containerd does not list the pinned image:\n{serial}"
     );
+    // Nothing of the token reached the disk either: not the journal, not /var/lib/cairn.
+    let found = Command::new("grep")
+        .args(["-c", "-a", TOKEN])
+        .arg(out.join("worker.raw"))
+        .output()
+        .expect("grep");
+    assert_eq!(
+        found.status.code(),
+        Some(1),
+        "the booted worker's disk holds the token"
+    );
+}
+
+/// Whether `ctr -n k8s.io images ls`, as the test rock's unit prints it between its two marker lines, lists the
+/// preloaded image by its name with the pinned digest.
+fn listed_by_containerd(serial: &str, digest: &str) -> bool {
+    serial
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("k8s-double: images"))
+        .take_while(|l| !l.trim_end().ends_with("k8s-double: images end"))
+        .any(|l| {
+            l.contains("ctr[")
+                && l.contains(" ghcr.io/canonical/k8s-snap/pause:3.10 ")
+                && l.contains(digest)
+        })
 }
 
 /// `name ms, ...` of the node's steps, for the log and the README's timeline.

@@ -368,6 +368,35 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_sysctl_against_protect_kernel_defaults_is_refused() {
+        let text = |extra: &str| {
+            format!(
+                "schema = 1\nname = \"n\"\nversion = \"1\"\narch = \"amd64\"\n[base]\nrock = \"localhost:5000/b@sha256:{}\"\n\
+                 [system]\nsysctl = {{ \"vm.overcommit_memory\" = \"0\", \"vm.swappiness\" = \"10\" }}\n\
+                 [kubernetes]\ndistribution = \"k8s\"\n{extra}",
+                "a".repeat(64)
+            )
+        };
+        let e = Profile::parse(Path::new("p.toml"), text(""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("p.toml:8:37: `system.sysctl.vm.overcommit_memory`: the kubelet runs with --protect-kernel-defaults=true"),
+            "{e}"
+        );
+        // Dropping the flag, or the preset, makes it the platform team's choice.
+        for extra in [
+            "[kubernetes.remove-args]\nkubelet = [\"--protect-kernel-defaults\"]\n",
+            "hardening = \"none\"\n",
+        ] {
+            assert!(
+                Profile::parse(Path::new("p.toml"), text(extra)).is_ok(),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
     fn the_encryption_config_carries_the_key() {
         let c = encryption_config("S0VZ");
         assert!(c.contains("secret: S0VZ\n") && c.contains("- aesgcm:"));

@@ -370,6 +370,26 @@ pub struct KubernetesInstance {
     pub node_name: Option<String>,
     /// An IP address, or a CIDR the node's address is picked from.
     pub address: Option<String>,
+    /// The cluster's secrets encryption key (base64 of 32 bytes), which a control plane joining a hardened
+    /// cluster must share with the first one; the first control plane makes its own when none is given.
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+/// A secrets encryption key: kept out of `Debug` output so that it never lands in a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey(String);
+
+impl EncryptionKey {
+    /// The key as base64, for the one file that holds it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 // ---- raw forms, as the document holds them ----
@@ -497,6 +517,7 @@ pub(crate) struct RawInstanceKubernetes {
     join_token: Option<Spanned<String>>,
     node_name: Option<Spanned<String>>,
     address: Option<Spanned<String>>,
+    encryption_key: Option<Spanned<String>>,
 }
 
 // ---- value checks ----
@@ -606,6 +627,21 @@ fn flag_ok(flag: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     })
+}
+
+/// How many bytes a padded standard base64 text holds, or `None` when it is not one.
+fn base64_len(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.is_empty() || !b.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    let body = &b[..b.len() - pad];
+    let ok = pad <= 2
+        && body
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/');
+    ok.then(|| b.len() / 4 * 3 - pad)
 }
 
 fn join_token_ok(token: &str) -> bool {
@@ -1160,6 +1196,17 @@ impl Checker<'_> {
                 );
             }
             k.address = Some(a.into_inner());
+        }
+        if let Some(key) = raw.encryption_key {
+            // The message never repeats the key.
+            if base64_len(key.get_ref().trim()) != Some(32) {
+                return self.err(
+                    key.span(),
+                    "kubernetes.encryption-key",
+                    "the secrets encryption key is 32 bytes in base64 (the `secret:` of the first control plane's /var/lib/cairn/kubernetes/encryption-config.yaml)",
+                );
+            }
+            k.encryption_key = Some(EncryptionKey(key.into_inner().trim().to_string()));
         }
         Ok(k)
     }

@@ -469,6 +469,18 @@ impl Checker<'_> {
                 formats
             }
         };
+        let raw_system = raw.system.unwrap_or_default();
+        let sysctl_values: Vec<(String, String, std::ops::Range<usize>)> = raw_system
+            .sysctl
+            .iter()
+            .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone(), v.span()))
+            .collect();
+        let system = self.system(raw_system)?;
+        let users = self.users(raw.user)?;
+        let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?;
+        if let Some(k) = &kubernetes {
+            self.kernel_defaults_kept(k, &sysctl_values)?;
+        }
         Ok(Profile {
             file: self.file.to_path_buf(),
             text: String::new(),
@@ -479,11 +491,47 @@ impl Checker<'_> {
             layers,
             files,
             formats,
-            system: self.system(raw.system.unwrap_or_default())?,
-            users: self.users(raw.user)?,
-            kubernetes: raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?,
+            system,
+            users,
+            kubernetes,
             preloads: self.preloads(raw.preload)?,
         })
+    }
+
+    /// A kubelet run with `--protect-kernel-defaults=true` (the cis and stig presets) refuses to start unless the
+    /// kernel settings it checks have its values: a profile sysctl saying otherwise would make a node that never
+    /// becomes ready, so it is refused here, at its position.
+    fn kernel_defaults_kept(
+        &self,
+        k: &Kubernetes,
+        sysctl: &[(String, String, std::ops::Range<usize>)],
+    ) -> Result<(), Error> {
+        let protects = [crate::Role::ControlPlane, crate::Role::Worker]
+            .into_iter()
+            .any(|role| {
+                crate::hardening::arguments(k, role)
+                    .get(&crate::kubernetes::Component::Kubelet)
+                    .and_then(|a| a.get("--protect-kernel-defaults"))
+                    .is_some_and(|v| v.as_deref() == Some("true"))
+            });
+        if !protects {
+            return Ok(());
+        }
+        for (key, value, span) in sysctl {
+            if let Some((_, want)) = k.hardening.sysctls().iter().find(|(k, _)| k == key)
+                && value.trim() != *want
+            {
+                return self.err(
+                    span.clone(),
+                    &format!("system.sysctl.{key}"),
+                    format!(
+                        "the kubelet runs with --protect-kernel-defaults=true, which refuses to start unless {key} = {want}: \
+                         leave it to the preset, or drop the flag with [kubernetes.remove-args] kubelet = [\"--protect-kernel-defaults\"]"
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn rock(&self, text: &Spanned<String>, key: &str) -> Result<Rock, Error> {

@@ -41,7 +41,7 @@ pub(crate) struct RawSystem {
     #[serde(default)]
     kernel_cmdline: Vec<Spanned<String>>,
     #[serde(default)]
-    sysctl: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub(crate) sysctl: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     modules: Vec<Spanned<String>>,
     services: Option<RawServices>,

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_profile::hardening::{self, KUBERNETES_DIR};
-use cairn_profile::kubernetes::{Hardening, JoinToken, Kubernetes, Preload};
+use cairn_profile::kubernetes::{EncryptionKey, Hardening, JoinToken, Kubernetes, Preload};
 use cairn_profile::{Instance, Merged, Profile, Role};
 use sha2::{Digest, Sha256};
 
@@ -99,10 +99,24 @@ impl Settings {
     }
 }
 
-/// Bootstrap (a control plane with no token) or join.
+/// Bootstrap (a control plane with no token), join, or neither: an earlier boot already did it.
 enum Membership<'a> {
     Bootstrap,
     Join(&'a JoinToken),
+    /// The sentinel says the node bootstrapped (`joined: false`) or joined on an earlier boot: the token may be
+    /// gone from the instance data by now, and is not needed.
+    Member {
+        joined: bool,
+    },
+}
+
+/// What [`SENTINEL`] records.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Sentinel {
+    role: String,
+    command: String,
+    name: String,
+    address: String,
 }
 
 /// The phase's steps, in order.
@@ -172,6 +186,8 @@ struct Node<'a> {
     preloads: &'a [Preload],
     profile: &'a Profile,
     found: Option<&'a Found>,
+    /// The cluster's secrets encryption key from the instance data, for a joining control plane.
+    encryption_key: Option<&'a EncryptionKey>,
 }
 
 /// Runs the phase for a profile with `[kubernetes]`.
@@ -214,12 +230,45 @@ pub(crate) fn run(
             }
         }
     }
-    let role = kubernetes.role;
     let instance = &merged.kubernetes_instance;
-    let membership = match (role, &instance.join_token) {
-        (_, Some(token)) => Membership::Join(token),
-        (Role::ControlPlane, None) => Membership::Bootstrap,
-        (Role::Worker, None) => {
+    // A node that bootstrapped or joined on an earlier boot resumes as what it became.
+    let sentinel = match target.read(SENTINEL) {
+        Ok(None) => None,
+        Ok(Some(bytes)) => match serde_json::from_slice::<Sentinel>(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return runner.fail_phase(
+                    PHASE,
+                    &record.source,
+                    vec![],
+                    format!(
+                        "{SENTINEL}: unreadable ({e}): the node's cluster membership is unknown"
+                    ),
+                    Exit::StepFailed,
+                );
+            }
+        },
+        Err(e) => {
+            return runner.fail_phase(
+                PHASE,
+                &record.source,
+                vec![],
+                e.to_string(),
+                Exit::StepFailed,
+            );
+        }
+    };
+    let role = sentinel
+        .as_ref()
+        .and_then(|s| Role::parse(&s.role))
+        .unwrap_or(kubernetes.role);
+    let membership = match (role, &instance.join_token, &sentinel) {
+        (_, _, Some(s)) => Membership::Member {
+            joined: s.command == "join-cluster",
+        },
+        (_, Some(token), None) => Membership::Join(token),
+        (Role::ControlPlane, None, None) => Membership::Bootstrap,
+        (Role::Worker, None, None) => {
             return runner.fail_phase(
                 PHASE,
                 &record.source,
@@ -229,25 +278,54 @@ pub(crate) fn run(
             );
         }
     };
-    let kind = FileKind::new(role, matches!(membership, Membership::Join(_)));
-    let name = match instance
-        .node_name
-        .clone()
+    let joining = matches!(
+        membership,
+        Membership::Join(_) | Membership::Member { joined: true }
+    );
+    let kind = FileKind::new(role, joining);
+    // Every API server of a cluster must read what the others encrypted: a control plane joining a hardened
+    // cluster takes the cluster's key from its instance data; only the first one makes a key.
+    if kind == FileKind::ControlPlaneJoin
+        && matches!(membership, Membership::Join(_))
+        && kubernetes.hardening != Hardening::None
+        && instance.encryption_key.is_none()
+        && !target.exists(hardening::ENCRYPTION_CONFIG)
+    {
+        return runner.fail_phase(
+            PHASE,
+            &record.source,
+            vec![],
+            format!(
+                "a control plane joining a cluster hardened with {} shares its secrets encryption key: its instance data needs [kubernetes] encryption-key (the `secret:` of {} on the first control plane)",
+                kubernetes.hardening.name(),
+                hardening::ENCRYPTION_CONFIG
+            ),
+            Exit::BadInput,
+        );
+    }
+    let name = match sentinel
+        .as_ref()
+        .map(|s| s.name.clone())
+        .or_else(|| instance.node_name.clone())
         .map(Ok)
         .unwrap_or_else(|| node_name(target))
     {
         Ok(n) => n,
         Err(e) => return runner.fail_phase(PHASE, &record.source, vec![], e, Exit::StepFailed),
     };
-    let address = match instance
-        .address
-        .clone()
-        .or_else(|| wait_for_address(target, runner.opts.kubernetes.address_wait))
-        .ok_or("no address for the node: none in the instance data ([kubernetes] address), and no link had an IPv4 address within the wait")
-    {
+    let address = match sentinel.as_ref().map(|s| s.address.clone()) {
+        Some(a) => Ok(a),
+        None => node_address(
+            target,
+            instance.address.as_deref(),
+            joining,
+            runner.opts.kubernetes.address_wait,
+        ),
+    };
+    let address = match address {
         Ok(a) => a,
         Err(e) => {
-            return runner.fail_phase(PHASE, &record.source, vec![], e.into(), Exit::StepFailed);
+            return runner.fail_phase(PHASE, &record.source, vec![], e, Exit::StepFailed);
         }
     };
     let node = Node {
@@ -262,10 +340,12 @@ pub(crate) fn run(
         preloads: &profile.preloads,
         profile,
         found,
+        encryption_key: instance.encryption_key.as_ref(),
     };
-    let join_or_bootstrap = match node.membership {
-        Membership::Bootstrap => StepName::Bootstrap,
-        Membership::Join(_) => StepName::Join,
+    let join_or_bootstrap = if joining {
+        StepName::Join
+    } else {
+        StepName::Bootstrap
     };
     let steps = [
         StepName::Preload,
@@ -492,7 +572,10 @@ impl Node<'_> {
             // One key for the node's life: made once, kept across reruns of this step.
             let existing = t.read(hardening::ENCRYPTION_CONFIG)?;
             if existing.as_ref().is_none_or(|b| b.is_empty()) {
-                let key = random_key()?;
+                let key = match self.encryption_key {
+                    Some(k) => k.expose().to_string(),
+                    None => random_key()?,
+                };
                 t.write(
                     hardening::ENCRYPTION_CONFIG,
                     hardening::encryption_config(&key).as_bytes(),
@@ -513,23 +596,28 @@ impl Node<'_> {
             h.name(),
             sysctls.len()
         );
-        // The STIG keeps remote shells off workers; the image's own sshd is masked.
-        if h == Hardening::Stig
-            && self.role == Role::Worker
-            && [
-                "/usr/lib/systemd/system/ssh.service",
-                "/lib/systemd/system/ssh.service",
-            ]
-            .iter()
-            .any(|u| t.exists(u))
-        {
-            let ssh = ["ssh".to_string()];
-            let masked = services::disable(t, &ssh)?;
-            if masked && t.is_live() {
-                services::reload_live(&[], &ssh)?;
+        // The STIG keeps remote shells off workers: sshd is masked, socket activation included.
+        if h == Hardening::Stig && self.role == Role::Worker {
+            let mut masked = Vec::new();
+            for unit in ["ssh.service", "ssh.socket"] {
+                let present = [
+                    "/usr/lib/systemd/system",
+                    "/lib/systemd/system",
+                    "/etc/systemd/system",
+                ]
+                .iter()
+                .any(|d| t.exists(&format!("{d}/{unit}")));
+                if present {
+                    changed |= t.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null")?;
+                    masked.push(unit.to_string());
+                }
             }
-            changed |= masked;
-            detail.push_str(", ssh.service disabled");
+            if !masked.is_empty() {
+                if changed && t.is_live() {
+                    services::reload_live(&[], &masked)?;
+                }
+                detail.push_str(&format!(", masked: {}", masked.join(" ")));
+            }
         }
         Ok(Done::new(changed, detail))
     }
@@ -544,47 +632,70 @@ impl Node<'_> {
 
     fn membership(&self, state: &mut State) -> Result<Done, StepError> {
         let t = self.target;
-        if t.exists(SENTINEL) {
-            return Ok(Done::new(
-                false,
-                format!("done on an earlier boot ({SENTINEL})"),
-            ));
-        }
-        let k8s = self.settings.k8s()?;
-        let file = t.resolve(self.kind.path(), true)?;
-        let mut cmd = Command::new(&k8s);
         let (verb, token) = match self.membership {
-            Membership::Bootstrap => {
-                cmd.arg("bootstrap");
-                ("bootstrap", None)
+            Membership::Member { .. } => {
+                let mut detail = format!("done on an earlier boot ({SENTINEL})");
+                // An earlier boot may have stopped between its join and cutting the token out of the ESP.
+                detail.push_str(&self.forget_token(state)?);
+                return Ok(Done::new(false, detail));
             }
-            Membership::Join(token) => {
-                cmd.arg("join-cluster").arg(token.expose());
-                ("join-cluster", Some(token))
-            }
+            Membership::Bootstrap => ("bootstrap", None),
+            Membership::Join(token) => ("join-cluster", Some(token)),
         };
-        cmd.arg("--name")
-            .arg(&self.name)
-            .arg("--address")
-            .arg(&self.address)
-            .arg("--file")
-            .arg(&file);
-        k8s_command(cmd, &k8s, verb, token)?;
-        let sentinel = serde_json::json!({
-            "role": self.role.name(),
-            "command": verb,
-            "name": self.name,
-            "address": self.address,
-        });
-        t.write(SENTINEL, format!("{sentinel}\n").as_bytes(), OWNER_0600)?;
-        let mut detail = format!("{verb} as {} at {}", self.name, self.address);
-        if token.is_some()
-            && let Some(f) = self.found
-            && f.source == SourceKind::Esp
-        {
-            detail.push_str(&forget_esp_token(f, state, t)?);
+        let k8s = self.settings.k8s()?;
+        // An earlier boot may have been cut off after the distribution accepted the command but before the
+        // sentinel was written: the distribution refuses a second bootstrap, and a token is single-use.
+        let already = Command::new(&k8s)
+            .arg("status")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !already {
+            let file = t.resolve(self.kind.path(), true)?;
+            let mut cmd = Command::new(&k8s);
+            cmd.arg(verb);
+            if let Some(token) = token {
+                cmd.arg(token.expose());
+            }
+            cmd.arg("--name")
+                .arg(&self.name)
+                .arg("--address")
+                .arg(&self.address)
+                .arg("--file")
+                .arg(&file)
+                .arg("--timeout")
+                .arg(format!("{}s", self.settings.ready_timeout.as_secs()));
+            k8s_command(cmd, &k8s, verb, token)?;
         }
+        let sentinel = Sentinel {
+            role: self.role.name().into(),
+            command: verb.into(),
+            name: self.name.clone(),
+            address: self.address.clone(),
+        };
+        let json = serde_json::to_string(&sentinel).map_err(|e| StepError(e.to_string()))?;
+        t.write(SENTINEL, format!("{json}\n").as_bytes(), OWNER_0600)?;
+        let mut detail = if already {
+            format!(
+                "already a cluster member, the distribution says (an earlier boot stopped after `k8s {verb}`): not run again"
+            )
+        } else {
+            format!("{verb} as {} at {}", self.name, self.address)
+        };
+        detail.push_str(&self.forget_token(state)?);
         Ok(Done::new(true, detail))
+    }
+
+    /// Cuts the join token out of the ESP's instance file, when the instance data came from there and holds one.
+    fn forget_token(&self, state: &mut State) -> Result<String, StepError> {
+        match self.found {
+            Some(f) if f.source == SourceKind::Esp && without_secrets(&f.text).is_some() => {
+                forget_esp_token(f, state, self.target)
+            }
+            _ => Ok(String::new()),
+        }
     }
 
     /// Checks through containerd's socket that every preloaded image is in namespace `k8s.io` with its pinned
@@ -745,7 +856,7 @@ fn forget_esp_token(
     target: &Target,
 ) -> Result<String, StepError> {
     let path = Path::new(&found.name);
-    let Some(text) = without_join_token(&found.text) else {
+    let Some(text) = without_secrets(&found.text) else {
         return Ok(format!(
             "; the join token could not be cut out of {} by line: remove it by hand",
             path.display()
@@ -753,7 +864,7 @@ fn forget_esp_token(
     };
     // Only a rewrite the agent can read back, with no token and nothing else lost, is written.
     match Instance::parse(&found.name, &text) {
-        Ok(i) if i.kubernetes.join_token.is_none() => {}
+        Ok(i) if i.kubernetes.join_token.is_none() && i.kubernetes.encryption_key.is_none() => {}
         _ => {
             return Ok(format!(
                 "; the join token was left in {}: remove it by hand",
@@ -782,11 +893,15 @@ fn forget_esp_token(
     state
         .save(target)
         .map_err(|e| StepError(format!("saving the agent state: {e}")))?;
-    Ok(format!("; join token removed from {}", path.display()))
+    Ok(format!("; join secrets removed from {}", path.display()))
 }
 
-/// The instance text without its `[kubernetes]` `join-token = ...` line; `None` when there is no such line.
-fn without_join_token(text: &str) -> Option<String> {
+/// The secrets a node needs once, to join: cut out of the ESP's instance file once it has joined.
+const ONE_TIME_SECRETS: &[&str] = &["join-token", "encryption-key"];
+
+/// The instance text without its `[kubernetes]` `join-token = ...` and `encryption-key = ...` lines; `None`
+/// when there is no such line.
+fn without_secrets(text: &str) -> Option<String> {
     let mut table = String::new();
     let mut out = String::with_capacity(text.len());
     let mut removed = false;
@@ -803,7 +918,7 @@ fn without_join_token(text: &str) -> Option<String> {
                 .to_string();
         } else if table == "kubernetes" {
             let key = t.split('=').next().unwrap_or("").trim().trim_matches('"');
-            if key == "join-token" && t.contains('=') {
+            if ONE_TIME_SECRETS.contains(&key) && t.contains('=') {
                 removed = true;
                 continue;
             }
@@ -830,6 +945,46 @@ fn node_name(target: &Target) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+/// The address given to the distribution: the instance's `address` (a CIDR is narrowed to this node's own
+/// address in it when joining: `join-cluster` takes an IP), else [`default_address`], waited for.
+fn node_address(
+    target: &Target,
+    given: Option<&str>,
+    joining: bool,
+    wait: Duration,
+) -> Result<String, String> {
+    let Some(given) = given else {
+        return wait_for_address(target, wait).ok_or_else(|| {
+            "no address for the node: none in the instance data ([kubernetes] address), and no link had an IPv4 address within the wait".to_string()
+        });
+    };
+    match cairn_profile::kubernetes::Cidr::parse(given) {
+        Some(cidr) if joining => {
+            let deadline = Instant::now()
+                + if target.is_live() {
+                    wait
+                } else {
+                    Duration::ZERO
+                };
+            loop {
+                if let Some((_, ip)) = ipv4_addresses()
+                    .into_iter()
+                    .find(|(_, ip)| cidr.contains(std::net::IpAddr::V4(*ip)))
+                {
+                    return Ok(ip.to_string());
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "[kubernetes] address {given}: no address of this node is in it, and a join takes the node's own address"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        _ => Ok(given.to_string()),
+    }
 }
 
 /// [`default_address`], polled on a live node until `wait` has passed.
@@ -968,11 +1123,11 @@ mod tests {
     fn the_join_token_line_alone_is_cut() {
         let text = "# node 7\n[system]\nhostname = \"n7\"\n\n[kubernetes]\nrole = \"worker\"\njoin-token = \"abc\" # from cp\nnode-name = \"n7\"\n";
         assert_eq!(
-            without_join_token(text).unwrap(),
+            without_secrets(text).unwrap(),
             "# node 7\n[system]\nhostname = \"n7\"\n\n[kubernetes]\nrole = \"worker\"\nnode-name = \"n7\"\n"
         );
         // Not in [kubernetes]: not touched.
-        assert!(without_join_token("[system]\njoin-token = \"x\"\n").is_none());
-        assert!(without_join_token("[kubernetes]\nrole = \"worker\"\n").is_none());
+        assert!(without_secrets("[system]\njoin-token = \"x\"\n").is_none());
+        assert!(without_secrets("[kubernetes]\nrole = \"worker\"\n").is_none());
     }
 }

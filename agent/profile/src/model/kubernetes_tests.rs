@@ -941,3 +941,26 @@ fn instance_kubernetes_and_its_token() {
         }
     }
 }
+
+#[test]
+fn instance_encryption_key_is_32_bytes_of_base64_and_never_shown() {
+    let i = crate::Instance::parse(
+        "i.toml",
+        "[kubernetes]\nencryption-key = \"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        format!("{:?}", i.kubernetes.encryption_key),
+        "Some(<redacted>)"
+    );
+    let e = crate::Instance::parse("i.toml", "[kubernetes]\nencryption-key = \"c2hvcnQ=\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "i.toml:2:18: `kubernetes.encryption-key`: the secrets encryption key is 32 bytes in base64"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("c2hvcnQ="), "{e}");
+}
