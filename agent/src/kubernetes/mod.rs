@@ -190,6 +190,102 @@ struct Node<'a> {
     encryption_key: Option<&'a EncryptionKey>,
 }
 
+impl<'a> Node<'a> {
+    /// What the node is to become, from the sentinel of an earlier boot, else the profile and instance data;
+    /// or why the phase cannot start (the message and the exit code).
+    fn new(
+        runner: &'a Runner,
+        profile: &'a Profile,
+        merged: &'a Merged,
+        kubernetes: &'a Kubernetes,
+        found: Option<&'a Found>,
+    ) -> Result<Node<'a>, (String, Exit)> {
+        let target = &runner.opts.target;
+        let instance = &merged.kubernetes_instance;
+        let failed = |message: String| (message, Exit::StepFailed);
+        // A node that bootstrapped or joined on an earlier boot resumes as what it became.
+        let sentinel = match target.read(SENTINEL).map_err(|e| failed(e.to_string()))? {
+            None => None,
+            Some(bytes) => Some(serde_json::from_slice::<Sentinel>(&bytes).map_err(|e| {
+                failed(format!(
+                    "{SENTINEL}: unreadable ({e}): the node's cluster membership is unknown"
+                ))
+            })?),
+        };
+        let role = sentinel
+            .as_ref()
+            .and_then(|s| Role::parse(&s.role))
+            .unwrap_or(kubernetes.role);
+        let membership = match (role, &instance.join_token, &sentinel) {
+            (_, _, Some(s)) => Membership::Member {
+                joined: s.command == "join-cluster",
+            },
+            (_, Some(token), None) => Membership::Join(token),
+            (Role::ControlPlane, None, None) => Membership::Bootstrap,
+            (Role::Worker, None, None) => {
+                return Err((
+                    "a worker joins a cluster: its instance data needs [kubernetes] join-token (made on a control plane by `k8s get-join-token NODE --worker`)".into(),
+                    Exit::BadInput,
+                ));
+            }
+        };
+        let joining = matches!(
+            membership,
+            Membership::Join(_) | Membership::Member { joined: true }
+        );
+        let kind = FileKind::new(role, joining);
+        // Every API server of a cluster must read what the others encrypted: a control plane joining a hardened
+        // cluster takes the cluster's key from its instance data; only the first one makes a key.
+        if kind == FileKind::ControlPlaneJoin
+            && matches!(membership, Membership::Join(_))
+            && kubernetes.hardening != Hardening::None
+            && instance.encryption_key.is_none()
+            && !target.exists(hardening::ENCRYPTION_CONFIG)
+        {
+            return Err((
+                format!(
+                    "a control plane joining a cluster hardened with {} shares its secrets encryption key: its instance data needs [kubernetes] encryption-key (the `secret:` of {} on the first control plane)",
+                    kubernetes.hardening.name(),
+                    hardening::ENCRYPTION_CONFIG
+                ),
+                Exit::BadInput,
+            ));
+        }
+        let name = match sentinel
+            .as_ref()
+            .map(|s| s.name.clone())
+            .or_else(|| instance.node_name.clone())
+        {
+            Some(n) => n,
+            None => node_name(target).map_err(failed)?,
+        };
+        let address = match sentinel.as_ref().map(|s| s.address.clone()) {
+            Some(a) => a,
+            None => node_address(
+                target,
+                instance.address.as_deref(),
+                joining,
+                runner.opts.kubernetes.address_wait,
+            )
+            .map_err(failed)?,
+        };
+        Ok(Node {
+            target,
+            settings: &runner.opts.kubernetes,
+            kubernetes,
+            role,
+            membership,
+            kind,
+            name,
+            address,
+            preloads: &profile.preloads,
+            profile,
+            found,
+            encryption_key: instance.encryption_key.as_ref(),
+        })
+    }
+}
+
 /// Runs the phase for a profile with `[kubernetes]`.
 pub(crate) fn run(
     runner: &Runner,
@@ -230,118 +326,13 @@ pub(crate) fn run(
             }
         }
     }
-    let instance = &merged.kubernetes_instance;
-    // A node that bootstrapped or joined on an earlier boot resumes as what it became.
-    let sentinel = match target.read(SENTINEL) {
-        Ok(None) => None,
-        Ok(Some(bytes)) => match serde_json::from_slice::<Sentinel>(&bytes) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                return runner.fail_phase(
-                    PHASE,
-                    &record.source,
-                    vec![],
-                    format!(
-                        "{SENTINEL}: unreadable ({e}): the node's cluster membership is unknown"
-                    ),
-                    Exit::StepFailed,
-                );
-            }
-        },
-        Err(e) => {
-            return runner.fail_phase(
-                PHASE,
-                &record.source,
-                vec![],
-                e.to_string(),
-                Exit::StepFailed,
-            );
-        }
-    };
-    let role = sentinel
-        .as_ref()
-        .and_then(|s| Role::parse(&s.role))
-        .unwrap_or(kubernetes.role);
-    let membership = match (role, &instance.join_token, &sentinel) {
-        (_, _, Some(s)) => Membership::Member {
-            joined: s.command == "join-cluster",
-        },
-        (_, Some(token), None) => Membership::Join(token),
-        (Role::ControlPlane, None, None) => Membership::Bootstrap,
-        (Role::Worker, None, None) => {
-            return runner.fail_phase(
-                PHASE,
-                &record.source,
-                vec![],
-                "a worker joins a cluster: its instance data needs [kubernetes] join-token (made on a control plane by `k8s get-join-token NODE --worker`)".into(),
-                Exit::BadInput,
-            );
-        }
-    };
-    let joining = matches!(
-        membership,
-        Membership::Join(_) | Membership::Member { joined: true }
-    );
-    let kind = FileKind::new(role, joining);
-    // Every API server of a cluster must read what the others encrypted: a control plane joining a hardened
-    // cluster takes the cluster's key from its instance data; only the first one makes a key.
-    if kind == FileKind::ControlPlaneJoin
-        && matches!(membership, Membership::Join(_))
-        && kubernetes.hardening != Hardening::None
-        && instance.encryption_key.is_none()
-        && !target.exists(hardening::ENCRYPTION_CONFIG)
-    {
-        return runner.fail_phase(
-            PHASE,
-            &record.source,
-            vec![],
-            format!(
-                "a control plane joining a cluster hardened with {} shares its secrets encryption key: its instance data needs [kubernetes] encryption-key (the `secret:` of {} on the first control plane)",
-                kubernetes.hardening.name(),
-                hardening::ENCRYPTION_CONFIG
-            ),
-            Exit::BadInput,
-        );
-    }
-    let name = match sentinel
-        .as_ref()
-        .map(|s| s.name.clone())
-        .or_else(|| instance.node_name.clone())
-        .map(Ok)
-        .unwrap_or_else(|| node_name(target))
-    {
+    let node = match Node::new(runner, profile, merged, kubernetes, found) {
         Ok(n) => n,
-        Err(e) => return runner.fail_phase(PHASE, &record.source, vec![], e, Exit::StepFailed),
-    };
-    let address = match sentinel.as_ref().map(|s| s.address.clone()) {
-        Some(a) => Ok(a),
-        None => node_address(
-            target,
-            instance.address.as_deref(),
-            joining,
-            runner.opts.kubernetes.address_wait,
-        ),
-    };
-    let address = match address {
-        Ok(a) => a,
-        Err(e) => {
-            return runner.fail_phase(PHASE, &record.source, vec![], e, Exit::StepFailed);
+        Err((message, exit)) => {
+            return runner.fail_phase(PHASE, &record.source, vec![], message, exit);
         }
     };
-    let node = Node {
-        target,
-        settings: &runner.opts.kubernetes,
-        kubernetes,
-        role,
-        membership,
-        kind,
-        name,
-        address,
-        preloads: &profile.preloads,
-        profile,
-        found,
-        encryption_key: instance.encryption_key.as_ref(),
-    };
+    let joining = node.kind != FileKind::Bootstrap;
     let join_or_bootstrap = if joining {
         StepName::Join
     } else {
@@ -361,7 +352,7 @@ pub(crate) fn run(
         println!(
             "kubernetes phase, instance: {}, role {}, {} as {} at {}",
             record.source,
-            role.name(),
+            node.role.name(),
             join_or_bootstrap.name(),
             node.name,
             node.address
