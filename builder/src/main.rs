@@ -62,12 +62,24 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { profile } => match Profile::load(&profile) {
             Ok(p) => {
+                let count =
+                    |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+                let mut what = count(p.rocks().count(), "rock");
+                if !p.preloads.is_empty() {
+                    what.push_str(&format!(", {}", count(p.preloads.len(), "preloaded rock")));
+                }
+                if let Some(k) = &p.kubernetes {
+                    what.push_str(&format!(
+                        ", kubernetes {} hardened {}",
+                        k.role.name(),
+                        k.hardening.name()
+                    ));
+                }
                 println!(
-                    "{}: valid ({} {}, {} rocks)",
+                    "{}: valid ({} {}, {what})",
                     profile.display(),
                     p.name,
-                    p.version,
-                    p.rocks().count()
+                    p.version
                 );
                 Ok(())
             }
