@@ -344,18 +344,9 @@ impl Runner<'_> {
                 failed = Some(format!("{}: {e}", step.name));
                 break;
             }
-            state
-                .steps
-                .entry(phase.name().into())
-                .or_default()
-                .insert(step.name.into(), digest);
-            if let Err(e) = state.save(target) {
-                failed = Some(format!("saving the agent state: {e}"));
+            if let Err(e) = state.journal_step(target, phase.name(), step.name, digest) {
+                failed = Some(e);
                 break;
-            }
-            // Fault injection for the crash tests: die as a power cut would, right after this step is journaled.
-            if std::env::var("CAIRN_AGENT_CRASH_AFTER").is_ok_and(|s| s == step.name) {
-                std::process::abort();
             }
         }
         for step in steps.iter().skip(reports.len()) {
@@ -378,15 +369,8 @@ impl Runner<'_> {
             self.finish(&status, false, true);
             return Exit::StepFailed;
         }
-        state.done.push(phase.name().into());
-        if let Err(e) = state.save(target) {
-            return self.fail(
-                phase,
-                &loaded.record.source,
-                reports,
-                format!("saving the agent state: {e}"),
-                Exit::StepFailed,
-            );
+        if let Err(e) = state.complete(target, phase.name()) {
+            return self.fail(phase, &loaded.record.source, reports, e, Exit::StepFailed);
         }
         let status = Status {
             phase: phase.name().into(),

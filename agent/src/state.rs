@@ -73,6 +73,34 @@ impl State {
         Ok(())
     }
 
+    /// Records a step as applied with `digest` and saves at once, so a rerun after a crash skips it. With
+    /// `CAIRN_AGENT_CRASH_AFTER=STEP` (the crash tests) the process then dies as a power cut would.
+    pub fn journal_step(
+        &mut self,
+        target: &Target,
+        phase: &str,
+        step: &str,
+        digest: String,
+    ) -> Result<(), String> {
+        self.steps
+            .entry(phase.into())
+            .or_default()
+            .insert(step.into(), digest);
+        self.save(target)
+            .map_err(|e| format!("saving the agent state: {e}"))?;
+        if std::env::var("CAIRN_AGENT_CRASH_AFTER").is_ok_and(|s| s == step) {
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    /// Records a phase as complete and saves.
+    pub fn complete(&mut self, target: &Target, phase: &str) -> Result<(), String> {
+        self.done.push(phase.into());
+        self.save(target)
+            .map_err(|e| format!("saving the agent state: {e}"))
+    }
+
     pub fn is_done(&self, phase: &str) -> bool {
         self.done.iter().any(|p| p == phase)
     }

@@ -187,25 +187,16 @@ impl Target {
         {
             return set_owner(&host, path, owner, &m);
         }
-        let dir = host.parent().unwrap_or(Path::new("/"));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".cairn-")
-            .tempfile_in(dir)
-            .map_err(|e| TargetError::io(path, e))?;
-        tmp.write_all(content)
-            .map_err(|e| TargetError::io(path, e))?;
-        let m = tmp
-            .as_file()
-            .metadata()
-            .map_err(|e| TargetError::io(path, e))?;
-        set_owner(tmp.path(), path, owner, &m)?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| TargetError::io(path, e))?;
-        tmp.persist(&host)
-            .map_err(|e| TargetError::io(path, e.error))?;
-        sync_dir(dir);
+        replace(&host, path, owner, |f| f.write_all(content))?;
         Ok(true)
+    }
+
+    /// Copies a host file into `path` by streaming (an image archive may be hundreds of megabytes): temp file,
+    /// fsync, rename, like [`Target::write`]. The parent folder must exist.
+    pub fn copy_in(&self, from: &Path, path: &str, owner: Owner) -> Result<(), TargetError> {
+        let host = self.resolve(path, true)?;
+        let mut src = fs::File::open(from).map_err(|e| TargetError::io(path, e))?;
+        replace(&host, path, owner, |f| io::copy(&mut src, f).map(|_| ()))
     }
 
     fn ensure_parent(&self, parent: &str) -> Result<(), TargetError> {
@@ -287,6 +278,34 @@ fn set_owner(host: &Path, shown: &str, want: Owner, m: &fs::Metadata) -> Result<
 }
 
 /// Makes a rename durable; failure only weakens durability, so it is not an error.
+/// Puts what `fill` writes at `host` atomically: a temp file beside it, its owner and mode, fsync, rename, and
+/// the folder synced, so a crash leaves the old file or the new one, never half of it.
+fn replace(
+    host: &Path,
+    shown: &str,
+    owner: Owner,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> Result<(), TargetError> {
+    let dir = host.parent().unwrap_or(Path::new("/"));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cairn-")
+        .tempfile_in(dir)
+        .map_err(|e| TargetError::io(shown, e))?;
+    fill(tmp.as_file_mut()).map_err(|e| TargetError::io(shown, e))?;
+    let m = tmp
+        .as_file()
+        .metadata()
+        .map_err(|e| TargetError::io(shown, e))?;
+    set_owner(tmp.path(), shown, owner, &m)?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| TargetError::io(shown, e))?;
+    tmp.persist(host)
+        .map_err(|e| TargetError::io(shown, e.error))?;
+    sync_dir(dir);
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();

@@ -394,17 +394,11 @@ pub(crate) fn run(
                 break;
             }
         }
-        state
-            .steps
-            .entry(PHASE.into())
-            .or_default()
-            .insert(step.name().into(), "done".into());
-        if let Err(e) = state.save(target) {
-            failed = Some(format!("saving the agent state: {e}"));
+        // The steps rerun whole on a resume (all but bootstrap/join are idempotent, that one has its
+        // sentinel): the journal says which ran, not a digest to compare.
+        if let Err(e) = state.journal_step(target, PHASE, step.name(), "done".into()) {
+            failed = Some(e);
             break;
-        }
-        if std::env::var("CAIRN_AGENT_CRASH_AFTER").is_ok_and(|s| s == step.name()) {
-            std::process::abort();
         }
     }
     for step in steps.iter().skip(reports.len()) {
@@ -413,15 +407,8 @@ pub(crate) fn run(
     if let Some(message) = failed {
         return runner.fail_phase(PHASE, &record.source, reports, message, Exit::StepFailed);
     }
-    state.done.push(PHASE.into());
-    if let Err(e) = state.save(target) {
-        return runner.fail_phase(
-            PHASE,
-            &record.source,
-            reports,
-            format!("saving the agent state: {e}"),
-            Exit::StepFailed,
-        );
+    if let Err(e) = state.complete(target, PHASE) {
+        return runner.fail_phase(PHASE, &record.source, reports, e, Exit::StepFailed);
     }
     runner.finish_phase(PHASE, &record.source, reports, None)
 }
@@ -501,7 +488,7 @@ impl Node<'_> {
             if fs::metadata(&host).is_ok_and(|m| m.len() == size) {
                 continue;
             }
-            copy_atomic(&from, &host).map_err(|e| StepError(format!("{to}: {e}")))?;
+            t.copy_in(&from, &to, OWNER_0600)?;
             bytes += size;
             changed = true;
         }
@@ -1074,21 +1061,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// Copies by temp file, fsync and rename, streaming: an archive may be hundreds of megabytes.
-fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
-    let dir = to.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cairn-")
-        .tempfile_in(dir)?;
-    let mut src = fs::File::open(from)?;
-    io::copy(&mut src, tmp.as_file_mut())?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o600))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(to).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]
