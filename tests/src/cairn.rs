@@ -221,3 +221,42 @@ where
         stderr: err_thread.join().expect("stderr reader thread"),
     }
 }
+
+/// A command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A command's stdout then stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o))
+}
+
+/// Panics with the exit code and stderr unless the command succeeded.
+pub fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\n{}",
+        o.status.code(),
+        stderr(o)
+    );
+}
+
+/// A minimal static ELF header for `machine` (62 amd64, 183 arm64): enough for cairn's architecture check.
+pub fn fake_elf(machine: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2;
+    b[5] = 1;
+    b[18..20].copy_from_slice(&machine.to_le_bytes());
+    b
+}
+
+/// Writes `content` at `path` inside `root` with `mode`, making the folders on the way.
+pub fn write_file(root: &Path, path: &str, content: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&p, content).expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}

@@ -38,6 +38,17 @@ StandardError=journal+console
 WantedBy=multi-user.target
 ";
 
+/// What a kubelet with `--protect-kernel-defaults` checks, at the values the hardening presets set: the double
+/// refuses to be ready otherwise.
+pub const KERNEL_DEFAULTS: &[(&str, &str)] = &[
+    ("kernel.keys.root_maxbytes", "25000000"),
+    ("kernel.keys.root_maxkeys", "1000000"),
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("vm.overcommit_memory", "1"),
+    ("vm.panic_on_oom", "0"),
+];
+
 /// The static musl release build of the double: `target/x86_64-unknown-linux-musl/release/k8s` in the target
 /// folder of the running test (`target/DIR/deps/test-xxxx` → `target/`), so `CARGO_TARGET_DIR` is followed.
 /// `K8S_DOUBLE_BIN` overrides. Panics, naming the cargo command that builds it, when it is missing or not static.
@@ -60,42 +71,10 @@ pub fn double_bin() -> PathBuf {
         "{} is missing: build the k8s double first: {BUILD_COMMAND}",
         bin.display()
     );
-    let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
-    assert!(
-        is_static_elf(&bytes),
-        "{} is not a static x86-64 ELF: build it with {BUILD_COMMAND}",
-        bin.display()
-    );
-    bin
-}
-
-/// An x86-64 ELF64 with no `PT_INTERP` program header (no dynamic loader).
-fn is_static_elf(b: &[u8]) -> bool {
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let u64_at = |o: usize| {
-        b.get(o..o + 8).map(|s| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            u64::from_le_bytes(a)
-        })
-    };
-    const EM_X86_64: u16 = 62;
-    const PT_INTERP: u32 = 3;
-    if b.get(..6) != Some(b"\x7fELF\x02\x01") || u16_at(0x12) != Some(EM_X86_64) {
-        return false;
+    if let Err(why) = cairn::agent::check(&bin, cairn_profile::Arch::Amd64) {
+        panic!("{}: {why}: build it with {BUILD_COMMAND}", bin.display());
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        return false;
-    };
-    (0..usize::from(phnum)).all(|i| {
-        let at = phoff as usize + i * usize::from(phentsize);
-        u32_at(at).is_some_and(|ty| ty != PT_INTERP)
-    })
+    bin
 }
 
 /// The rock's one layer: the double (0755), the unit (0644) and its enabling symlink, with their folders.

@@ -4,11 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
+use cairn_e2e::cairn::{output_text as text, write_file as write};
 use cairn_e2e::output::snapshot;
 use cairn_e2e::run_agent;
 
@@ -33,13 +34,6 @@ name = "ops"
 groups = ["sudo"]
 ssh-keys = ["KEY"]
 "#;
-
-fn write(root: &Path, path: &str, content: &str, mode: u32) {
-    let p = root.join(path.trim_start_matches('/'));
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&p, content).expect("write");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
 
 /// A small Debian-shaped root with a baked profile; `/home` links to `/var/home` as in cairn images.
 fn small_root(dir: &Path, machine_id: &str) -> PathBuf {
@@ -143,14 +137,6 @@ fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     run_agent(args, env)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn read(root: &Path, path: &str) -> String {

@@ -4,25 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use cairn_e2e::cairn::{assert_ok, fake_elf, stderr};
 use cairn_e2e::image::LongNames;
 use cairn_e2e::output::{Item, read_tar, sha256_file as sha256_hex};
 use cairn_e2e::{
     Auth, Compression, Image, IndexBuilder, LayerBuilder, MediaTypes, Registry, push_image,
     push_index, registry, run_cairn, write_docker_config, write_profile,
 };
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?}):\n{}",
-        o.status.code(),
-        stderr(o)
-    );
-}
 
 struct Build {
     out: PathBuf,
@@ -475,16 +463,6 @@ fn multi_arch_index_resolves_the_profile_arch() {
         );
         assert!(!out2.exists());
     }
-}
-
-/// A minimal static ELF header for `machine` (62 amd64, 183 arm64): enough for cairn's architecture check.
-fn fake_elf(machine: u16) -> Vec<u8> {
-    let mut b = vec![0u8; 64];
-    b[..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2;
-    b[5] = 1;
-    b[18..20].copy_from_slice(&machine.to_le_bytes());
-    b
 }
 
 #[test]

@@ -11,8 +11,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use cairn_e2e::cairn::run_with_timeout;
+use cairn_e2e::cairn::stderr;
 use cairn_e2e::image::EntryKind;
-use cairn_e2e::k8s_double::{self, double_bin};
+use cairn_e2e::k8s_double::{self, KERNEL_DEFAULTS, double_bin};
 use sha2::{Digest, Sha256};
 
 /// One node's worth of double state, in a tempdir.
@@ -99,22 +100,8 @@ impl Node {
     }
 }
 
-/// What `--protect-kernel-defaults` checks, at the values the agent's hardening sets.
-const KERNEL_DEFAULTS: &[(&str, &str)] = &[
-    ("kernel.keys.root_maxbytes", "25000000"),
-    ("kernel.keys.root_maxkeys", "1000000"),
-    ("kernel.panic", "10"),
-    ("kernel.panic_on_oops", "1"),
-    ("vm.overcommit_memory", "1"),
-    ("vm.panic_on_oom", "0"),
-];
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn assert_exit(o: &Output, code: i32) {

@@ -7,26 +7,18 @@
 //! Booted: the node base with the double's rock layered on, a preloaded rock imported into the node's real
 //! containerd, a control plane and a worker under QEMU.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cairn_e2e::k8s_double::{self, double_bin};
+use cairn_e2e::cairn::{output_text as text, write_file as write};
+use cairn_e2e::k8s_double::{self, KERNEL_DEFAULTS, double_bin};
 use cairn_e2e::qemu::Vm;
 use cairn_e2e::rocks::{build_profile, node_base, pause};
 use cairn_e2e::{registry, run_agent, run_cairn, write_profile};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-const KERNEL_DEFAULTS: &[(&str, &str)] = &[
-    ("kernel.keys.root_maxbytes", "25000000"),
-    ("kernel.keys.root_maxkeys", "1000000"),
-    ("kernel.panic", "10"),
-    ("kernel.panic_on_oops", "1"),
-    ("vm.overcommit_memory", "1"),
-    ("vm.panic_on_oom", "0"),
-];
 
 const TOKEN: &str = "cairn-e2e-join-token-6f1d2a9c0b7e4d31a8c5f0e2b9d47a16";
 
@@ -51,13 +43,6 @@ kube-apiserver = ["--profiling"]
 {extra}"#,
         zero = "0".repeat(64)
     )
-}
-
-fn write(root: &Path, path: &str, content: &str, mode: u32) {
-    let p = root.join(path.trim_start_matches('/'));
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&p, content).expect("write");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 /// A small root with a baked profile, the units the system phase enables, and a hostname.
@@ -138,14 +123,6 @@ fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     ];
     all.extend_from_slice(env);
     run_agent(args, &all)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn console(root: &Path) -> String {

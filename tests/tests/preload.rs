@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cairn_e2e::cairn::{assert_ok, fake_elf, stderr};
 use cairn_e2e::output::{Item, read_tar, sha256_file};
 use cairn_e2e::{
     Auth, Compression, Image, IndexBuilder, LayerBuilder, MediaTypes, Pushed, Registry, push_image,
@@ -16,28 +17,10 @@ const INDEX_FILE: &str = "usr/lib/cairn/images/ghcr.io_canonical_coredns_1.14.6-
 const SINGLE_NAME: &str = "registry.k8s.io/pause:3.10";
 const SINGLE_FILE: &str = "usr/lib/cairn/images/registry.k8s.io_pause_3.10.tar";
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?}):\n{}",
-        o.status.code(),
-        stderr(o)
-    );
-}
-
 /// A minimal static amd64 ELF header: enough for cairn's agent check, so these tests need no musl build.
 fn fake_agent(dir: &Path) -> PathBuf {
-    let mut b = vec![0u8; 64];
-    b[..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2;
-    b[5] = 1;
-    b[18..20].copy_from_slice(&62u16.to_le_bytes());
     let path = dir.join("cairn-agent");
-    std::fs::write(&path, b).expect("write the agent");
+    std::fs::write(&path, fake_elf(62)).expect("write the agent");
     path
 }
 
