@@ -157,6 +157,16 @@ fn steps(status: &Value, phase: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The report of step `name` in a status.
+fn step<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {status}"))
+}
+
 fn mode(root: &Path, path: &str) -> u32 {
     std::fs::metadata(root.join(path.trim_start_matches('/')))
         .unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -324,12 +334,7 @@ fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
     let o = apply(&root, &["--instance", "/dev/null"], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let node = line_json(&text(&o), "ready");
-    let bootstrap = node["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "bootstrap")
-        .expect("bootstrap step");
+    let bootstrap = step(&node, "bootstrap");
     assert_eq!(
         bootstrap["detail"],
         "already a cluster member, the distribution says (an earlier boot stopped after `k8s bootstrap`): not run again",
@@ -576,12 +581,7 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
         after,
         instance.replace(&format!("join-token = \"{TOKEN}\"\n"), "")
     );
-    let join = node["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "join")
-        .expect("join step");
+    let join = step(&node, "join");
     assert_eq!(
         join["detail"], "done on an earlier boot (/var/lib/cairn/kubernetes/cluster-member)",
         "{join}"
@@ -657,12 +657,7 @@ fn a_stig_worker_masks_the_images_sshd() {
         );
     }
     let node = line_json(&text(&o), "ready");
-    let hardening = node["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "hardening")
-        .expect("hardening step");
+    let hardening = step(&node, "hardening");
     assert_eq!(
         hardening["detail"],
         "preset stig: 6 sysctls, 0 files in /var/lib/cairn/kubernetes, masked: ssh.service ssh.socket"
