@@ -16,7 +16,7 @@ bash rocks/setup-host
 
 step "build cairn and cairn-agent"
 cargo build --release --locked -p cairn
-cargo build --release --locked -p cairn-agent --target x86_64-unknown-linux-musl
+cargo build --profile agent --locked -p cairn-agent --target x86_64-unknown-linux-musl
 
 step "local registry on localhost:5000"
 bash rocks/registry 5000 /var/tmp/cairn-registry-5000

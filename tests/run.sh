@@ -19,7 +19,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --all-targets --locked
 # The builder installs this static agent in every image it makes.
-cargo build --release --locked -p cairn-agent --target x86_64-unknown-linux-musl
+cargo build --profile agent --locked -p cairn-agent --target x86_64-unknown-linux-musl
 # The Kubernetes boot test layers this static contract double of the `k8s` command onto the node base.
 cargo build --release --locked -p cairn-k8s-double --target x86_64-unknown-linux-musl
 

@@ -1,7 +1,7 @@
 //! Finding the `cairn-agent` binary to install: it must be a static ELF for the profile's arch.
 //!
 //! Order: `--agent PATH`, then `CAIRN_AGENT`, then `cairn-agent` beside the running `cairn`, then the workspace's
-//! build folders for the musl target (release, then debug). A path given explicitly must be right; a candidate
+//! build folders for the musl target (the size-optimised `agent` profile, then release, then debug). A path given explicitly must be right; a candidate
 //! found by searching that is dynamic or for another arch is skipped (a plain `cargo build` leaves a glibc agent
 //! beside `cairn`), and the error lists what was tried.
 
@@ -14,7 +14,7 @@ pub enum AgentError {
     #[error("agent {}: {message}", path.display())]
     Unusable { path: PathBuf, message: String },
     #[error(
-        "no usable cairn-agent found; tried:\n{tried}\nbuild it with `cargo build --release -p cairn-agent --target {triple}`, or pass --agent PATH (or set CAIRN_AGENT)"
+        "no usable cairn-agent found; tried:\n{tried}\nbuild it with `cargo build --profile agent -p cairn-agent --target {triple}`, or pass --agent PATH (or set CAIRN_AGENT)"
     )]
     NotFound { tried: String, triple: &'static str },
 }
@@ -54,7 +54,7 @@ pub fn locate(explicit: Option<&Path>, arch: Arch) -> Result<PathBuf, AgentError
     }
     target_dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     for t in target_dirs {
-        for profile in ["release", "debug"] {
+        for profile in ["agent", "release", "debug"] {
             candidates.push(t.join(triple(arch)).join(profile).join("cairn-agent"));
         }
     }
