@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client over `std::net::TcpStream`, with TLS from rustls: just enough to fetch instance data.
+//! A small blocking HTTP/1.1 client for instance data: ureq, with TLS from this client's own rustls setup, and
+//! the policy the data sources rely on around it.
 //!
 //! - `http://` and `https://host[:port]/path?query` URLs (host: a name, an IPv4 address or a bracketed IPv6
 //!   address such as `[::1]`); no credentials in URLs, the `#fragment` is dropped. Which hosts may be reached
@@ -15,39 +16,43 @@
 //!   `close_notify`: a connection that just stops is a truncated response (retried).
 //! - `localhost` is never looked up: it is 127.0.0.1, then ::1 (RFC 6761). An IP literal is used as is; any other
 //!   name goes through the system resolver.
-//! - GET and PUT (with an empty body), the caller's request headers, `Connection: close`: one connection per
-//!   request, no keep-alive, no redirects followed, no compression asked for (a `Content-Encoding` other than
-//!   `identity` is refused).
-//! - The response body is framed by `Transfer-Encoding: chunked`, else `Content-Length`, else the end of the
-//!   connection, and bounded by [`Policy::max_body`]: a larger body is an error, not a truncated document.
-//!   Interim `1xx` responses are skipped.
-//! - Each attempt has one deadline ([`Policy::timeout`]) covering connect, the TLS handshake, send and the
-//!   whole response.
+//! - GET and PUT (with an empty body), the caller's request headers (checked before anything is sent),
+//!   `Connection: close`: one connection per attempt, no keep-alive, no proxy, no redirects followed (a `3xx` is
+//!   returned as it is), no compression asked for (a `Content-Encoding` other than `identity` is refused).
+//! - The response body is framed by `Transfer-Encoding: chunked` (no other transfer coding), else
+//!   `Content-Length`, else the end of the connection, and bounded by [`Policy::max_body`]: a larger body is an
+//!   error, not a truncated document; so is a connection that ends before the `Content-Length` or the last
+//!   chunk (retried). Interim `1xx` responses are skipped. ureq keeps no reason phrase: [`Response::reason`]
+//!   is the status code's standard one.
+//! - Each attempt has one deadline ([`Policy::timeout`]) covering the name lookup, connect, the TLS handshake,
+//!   send and the whole response.
 //! - Bounded retries: a connection or I/O failure (refused, reset, timed out, closed early) and a `5xx` status
 //!   are retried up to [`Policy::retries`] more times, waiting [`Policy::retry_delay`] before the first retry
 //!   and doubling the wait each time (capped at 30 s, or at `retry_delay` if that is longer). A `4xx` or any
 //!   other status is returned at once, and a malformed response fails at once.
 
+mod transport;
+mod trust;
+
 use std::fmt;
-use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use ureq::unversioned::transport::{Connector, TcpConnector};
+
+use transport::{Connect, Cut, Resolve, TlsTarget};
+use trust::{Tls, describe_certificate_error};
 
 /// The default bound on a response body: instance data is small.
 pub const MAX_BODY: usize = 1 << 20;
 /// The bound on a response's status line and headers together.
 const MAX_HEAD: usize = 64 * 1024;
+const USER_AGENT: &str = concat!("cairn-agent/", env!("CARGO_PKG_VERSION"));
 /// The longest wait between two attempts (unless `retry_delay` itself is longer).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-/// The bound on a CA bundle file (Debian's is about 200 KiB).
-const MAX_CA_BUNDLE: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -221,8 +226,10 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// The status code's standard reason phrase (`Not Found`), empty for a code that has none: ureq does not
+    /// keep the one the server sent.
     pub reason: String,
-    /// The headers as received (names as sent by the server).
+    /// The headers as received, names lowercased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -250,15 +257,17 @@ fn status_text(status: u16, reason: &str) -> String {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// No response: the connection failed or broke, on every attempt. `message` is the last attempt's.
+    #[error("{message} {}", after(*.attempts))]
     Io {
         kind: io::ErrorKind,
         message: String,
         attempts: u32,
     },
     /// A `5xx` status on every attempt (the last one's).
+    #[error("HTTP {} {}", status_text(*.status, .reason), after(*.attempts))]
     Status {
         status: u16,
         reason: String,
@@ -266,46 +275,25 @@ pub enum HttpError {
     },
     /// The server answered something this client refuses (malformed, too large, an encoding it cannot read, a
     /// failed TLS handshake).
+    #[error("{0}")]
     Protocol(String),
     /// HTTPS: the server's certificate was refused (the whole message: the host, why, what is trusted). Never
     /// retried.
+    #[error("{0}")]
     Certificate(String),
     /// HTTPS: a CA bundle of [`Policy::ca_bundles`] exists but cannot be used (the message names it). No
     /// request was sent.
+    #[error("{0}")]
     Trust(String),
 }
 
-impl fmt::Display for HttpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let after = |n: u32| {
-            if n == 1 {
-                "after 1 attempt".to_string()
-            } else {
-                format!("after {n} attempts")
-            }
-        };
-        match self {
-            HttpError::Io {
-                message, attempts, ..
-            } => write!(f, "{message} {}", after(*attempts)),
-            HttpError::Status {
-                status,
-                reason,
-                attempts,
-            } => write!(
-                f,
-                "HTTP {} {}",
-                status_text(*status, reason),
-                after(*attempts)
-            ),
-            HttpError::Protocol(message)
-            | HttpError::Certificate(message)
-            | HttpError::Trust(message) => f.write_str(message),
-        }
+fn after(attempts: u32) -> String {
+    if attempts == 1 {
+        "after 1 attempt".to_string()
+    } else {
+        format!("after {attempts} attempts")
     }
 }
-
-impl std::error::Error for HttpError {}
 
 /// Sends one request, with the retries of `policy`. A status below 500 is returned as a response, whatever it
 /// is; a `5xx` that persists through every attempt is [`HttpError::Status`].
@@ -394,197 +382,152 @@ enum Failure {
     Tls(rustls::Error),
 }
 
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Failure {
-        // rustls reports its own errors through `io::Error`s of kind `InvalidData`.
-        match e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            Some(tls) => Failure::Tls(tls.clone()),
-            None => Failure::Io(e),
-        }
-    }
-}
-
-/// What a refused certificate is, in words.
-fn describe_certificate_error(e: &CertificateError) -> String {
-    match e {
-        CertificateError::UnknownIssuer => {
-            "unknown issuer (its chain does not lead to a trusted CA)".to_string()
-        }
-        CertificateError::NotValidForName => "name mismatch".to_string(),
-        CertificateError::NotValidForNameContext {
-            expected,
-            presented,
-        } => {
-            let names = if presented.is_empty() {
-                "no name".to_string()
-            } else {
-                let names: Vec<&str> = presented.iter().map(|n| presented_name(n)).collect();
-                names.join(", ")
-            };
-            format!(
-                "name mismatch (it is for {names}, not {})",
-                expected.to_str()
-            )
-        }
-        CertificateError::Expired => "expired".to_string(),
-        CertificateError::ExpiredContext { time, not_after } => format!(
-            "expired on {} (the clock says {})",
-            utc(*not_after),
-            utc(*time)
-        ),
-        CertificateError::NotValidYet => "not valid yet (is the clock right?)".to_string(),
-        CertificateError::NotValidYetContext { time, not_before } => format!(
-            "not valid before {} (the clock says {}: is it right?)",
-            utc(*not_before),
-            utc(*time)
-        ),
-        CertificateError::BadSignature => "bad signature".to_string(),
-        CertificateError::BadEncoding => "badly encoded".to_string(),
-        CertificateError::Revoked => "revoked".to_string(),
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            "not a TLS server certificate".to_string()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// A name of a certificate as webpki presents it (`DnsName("a.example")`, `IpAddress(192.0.2.1)`), bare.
-fn presented_name(name: &str) -> &str {
-    name.strip_prefix("DnsName(\"")
-        .and_then(|n| n.strip_suffix("\")"))
-        .or_else(|| {
-            name.strip_prefix("IpAddress(")
-                .and_then(|n| n.strip_suffix(')'))
-        })
-        .unwrap_or(name)
-}
-
-/// A UNIX time as `YYYY-MM-DD hh:mm:ss UTC`.
-fn utc(time: UnixTime) -> String {
-    let secs = time.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Days to a civil date (Howard Hinnant's algorithm, for days since 1970-01-01).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// The TLS client setup of one request: the trusted roots, and how to say what they are.
-struct Tls {
-    config: Arc<ClientConfig>,
-    /// `the Mozilla root set and /etc/ssl/certs/ca-certificates.crt`.
-    trusted: String,
-}
-
-impl Tls {
-    fn new(ca_bundles: &[PathBuf]) -> Result<Tls, String> {
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let mut trusted = vec!["the Mozilla root set".to_string()];
-        for path in ca_bundles {
-            if add_ca_bundle(&mut roots, path)? > 0 {
-                trusted.push(path.display().to_string());
+impl From<ureq::Error> for Failure {
+    fn from(e: ureq::Error) -> Failure {
+        match e {
+            ureq::Error::Io(e) => {
+                // rustls reports its own errors through `io::Error`s (of kind `InvalidData`).
+                if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    return Failure::Tls(tls.clone());
+                }
+                if let Some(Cut(kind)) = e.get_ref().and_then(|i| i.downcast_ref::<Cut>()) {
+                    return Failure::Io(io::Error::from(*kind));
+                }
+                Failure::Io(e)
             }
+            ureq::Error::Timeout(_) => Failure::Io(io::ErrorKind::TimedOut.into()),
+            ureq::Error::HostNotFound => Failure::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the host has no address",
+            )),
+            ureq::Error::ConnectionFailed => Failure::Io(io::Error::other("connection failed")),
+            ureq::Error::BodyExceedsLimit(max) => {
+                Failure::Protocol(format!("response body larger than {max} bytes"))
+            }
+            ureq::Error::LargeResponseHeader(..) => {
+                Failure::Protocol(format!("response head larger than {MAX_HEAD} bytes"))
+            }
+            ureq::Error::Protocol(e) => Failure::Protocol(format!("malformed response: {e}")),
+            other => Failure::Protocol(other.to_string()),
         }
-        // The provider is named: a build that also links another one (the workspace's other crates) must not
-        // make this client pick by chance.
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| format!("TLS setup: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Ok(Tls {
-            config: Arc::new(config),
-            trusted: trusted.join(" and "),
-        })
     }
 }
 
-/// Adds the certificates of a PEM bundle to `roots`; `Ok(0)` when nothing is at `path` (or the file is blank),
-/// else how many were added. Certificates that parse but cannot be trust anchors are skipped, as rustls's own
-/// loaders do; a bundle with none that can is an error.
-fn add_ca_bundle(roots: &mut RootCertStore, path: &Path) -> Result<usize, String> {
-    let fail = |what: String| format!("CA bundle {}: {what}", path.display());
-    // Checked before opening: opening a FIFO would block.
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) && fs::symlink_metadata(path).is_err() =>
-        {
-            return Ok(0);
-        }
-        Err(e) => return Err(fail(format!("cannot read: {e}"))),
+/// One attempt: connect (and the TLS handshake), send, read the whole response, all before one deadline.
+fn exchange(
+    method: Method,
+    url: &Url,
+    headers: &[(&str, &str)],
+    policy: &Policy,
+    tls: Option<&Tls>,
+) -> Result<Response, Failure> {
+    let deadline = Instant::now() + policy.timeout;
+    let tls = match tls {
+        None => None,
+        Some(tls) => Some(TlsTarget {
+            config: tls.config.clone(),
+            name: ServerName::try_from(url.host.clone()).map_err(|_| {
+                Failure::Protocol(format!("{:?} is not a valid TLS server name", url.host))
+            })?,
+        }),
     };
-    if !meta.is_file() {
-        return Err(fail("not a regular file".to_string()));
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .proxy(None)
+        .max_idle_connections(0)
+        .max_response_header_size(MAX_HEAD)
+        .timeout_global(Some(policy.timeout))
+        .build();
+    let connector = ().chain(TcpConnector::default()).chain(Connect { tls, deadline });
+    let resolver = Resolve {
+        host: url.host.clone(),
+        port: url.port,
+    };
+    let agent = ureq::Agent::with_parts(config, connector, resolver);
+
+    let host = url.host_header();
+    let uri = format!(
+        "{}://{host}{}",
+        url.scheme.as_str(),
+        encode_target(&url.target)
+    );
+    let mut all: Vec<(&str, &str)> = vec![
+        ("Host", &host),
+        ("User-Agent", USER_AGENT),
+        ("Accept", "*/*"),
+        ("Connection", "close"),
+    ];
+    all.extend_from_slice(headers);
+    if method == Method::Put {
+        all.push(("Content-Length", "0"));
     }
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_CA_BUNDLE + 1).read_to_end(&mut bytes))
-        .map_err(|e| fail(format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > MAX_CA_BUNDLE {
-        return Err(fail(format!("larger than {MAX_CA_BUNDLE} bytes")));
+    let mut response = match method {
+        Method::Get => with_headers(agent.get(&uri), &all).call(),
+        Method::Put => with_headers(agent.put(&uri), &all).send_empty(),
+    }?;
+
+    let status = response.status();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).trim().to_string(),
+            )
+        })
+        .collect();
+    let mut head = Response {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("").to_string(),
+        headers,
+        body: Vec::new(),
+    };
+    if head.status == 101 {
+        return Err(Failure::Protocol("the server switched protocols".into()));
     }
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            fail(format!(
-                "not a PEM certificate bundle: {}",
-                describe_pem(&e)
-            ))
-        })?;
-    if certs.is_empty() {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(0);
-        }
-        return Err(fail(
-            "not a PEM certificate bundle: no BEGIN CERTIFICATE section".to_string(),
-        ));
+    if let Some(coding) = head.header("content-encoding")
+        && !coding.eq_ignore_ascii_case("identity")
+    {
+        return Err(Failure::Protocol(format!(
+            "content-encoding {coding:?} is not supported"
+        )));
     }
-    let count = certs.len();
-    match roots.add_parsable_certificates(certs) {
-        (0, _) => Err(fail(format!(
-            "none of its {count} certificates can be a trust anchor"
-        ))),
-        (added, _) => Ok(added),
+    if let Some(te) = head.header("transfer-encoding")
+        && !te.eq_ignore_ascii_case("chunked")
+    {
+        return Err(Failure::Protocol(format!(
+            "transfer-encoding {te:?} is not supported"
+        )));
     }
+    if let Some(length) = response.body().content_length()
+        && length > policy.max_body as u64
+    {
+        return Err(Failure::Protocol(format!(
+            "response body of {length} bytes is larger than {} bytes",
+            policy.max_body
+        )));
+    }
+    head.body = response
+        .body_mut()
+        .with_config()
+        .limit(policy.max_body as u64)
+        .read_to_vec()?;
+    Ok(head)
 }
 
-fn describe_pem(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => {
-            format!("no END {} line", String::from_utf8_lossy(end_marker))
-        }
-        pem::Error::IllegalSectionStart { line } => {
-            format!("bad section start {:?}", String::from_utf8_lossy(line))
-        }
-        pem::Error::Base64Decode(why) => format!("bad base64 ({why})"),
-        other => other.to_string(),
+/// The request with `headers` as they are written: raw headers keep their case, as some servers (and the
+/// tests) read them case-sensitively.
+fn with_headers<B>(
+    mut request: ureq::RequestBuilder<B>,
+    headers: &[(&str, &str)],
+) -> ureq::RequestBuilder<B> {
+    for (name, value) in headers {
+        request = request.header_raw(name, value.as_bytes());
     }
-}
-
-fn protocol<T>(message: impl Into<String>) -> Result<T, Failure> {
-    Err(Failure::Protocol(message.into()))
+    request
 }
 
 fn is_token(name: &str) -> bool {
@@ -608,405 +551,10 @@ fn encode_target(target: &str) -> String {
     out
 }
 
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-    } else {
-        Ok(left)
-    }
-}
-
-fn addresses(url: &Url) -> io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = url.host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, url.port)]);
-    }
-    if url.host == "localhost" {
-        return Ok(vec![
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), url.port),
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), url.port),
-        ]);
-    }
-    let found: Vec<SocketAddr> = (url.host.as_str(), url.port).to_socket_addrs()?.collect();
-    if found.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{} has no address", url.host),
-        ));
-    }
-    Ok(found)
-}
-
-fn connect(url: &Url, deadline: Instant) -> io::Result<Socket> {
-    let mut last = None;
-    for addr in addresses(url)? {
-        match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
-            Ok(tcp) => return Ok(Socket { tcp, deadline }),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
-}
-
-/// The TCP connection of one attempt: every read and write is bounded by the attempt's deadline.
-struct Socket {
-    tcp: TcpStream,
-    deadline: Instant,
-}
-
-/// A socket timeout, as `TimedOut` (Linux says `WouldBlock`, which rustls would take for a non-blocking socket).
-fn timed_out(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::WouldBlock {
-        io::Error::new(io::ErrorKind::TimedOut, "timed out")
-    } else {
-        e
-    }
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.set_read_timeout(Some(remaining(self.deadline)?))?;
-        self.tcp.read(buf).map_err(timed_out)
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp
-            .set_write_timeout(Some(remaining(self.deadline)?))?;
-        self.tcp.write(buf).map_err(timed_out)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.tcp.flush()
-    }
-}
-
-/// A connection: plain, or TLS over the socket.
-enum Conn {
-    Plain(Socket),
-    Tls(Box<StreamOwned<ClientConnection, Socket>>),
-}
-
-impl Conn {
-    /// TLS over `socket`, the handshake done (so a refused certificate fails here, before anything is sent).
-    fn tls(tls: &Tls, url: &Url, mut socket: Socket) -> Result<Conn, Failure> {
-        let name = ServerName::try_from(url.host.clone()).map_err(|_| {
-            Failure::Protocol(format!("{:?} is not a valid TLS server name", url.host))
-        })?;
-        let mut conn =
-            ClientConnection::new(Arc::clone(&tls.config), name).map_err(Failure::Tls)?;
-        while conn.is_handshaking() {
-            conn.complete_io(&mut socket)?;
-        }
-        Ok(Conn::Tls(Box::new(StreamOwned::new(conn, socket))))
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// One attempt: connect (and the TLS handshake), send, read the whole response.
-fn exchange(
-    method: Method,
-    url: &Url,
-    headers: &[(&str, &str)],
-    policy: &Policy,
-    tls: Option<&Tls>,
-) -> Result<Response, Failure> {
-    let deadline = Instant::now() + policy.timeout;
-    let socket = connect(url, deadline)?;
-    let mut stream = match tls {
-        None => Conn::Plain(socket),
-        Some(tls) => Conn::tls(tls, url, socket)?,
-    };
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cairn-agent/{}\r\nAccept: */*\r\nConnection: close\r\n",
-        method.as_str(),
-        encode_target(&url.target),
-        url.host_header(),
-        env!("CARGO_PKG_VERSION"),
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if method == Method::Put {
-        head.push_str("Content-Length: 0\r\n");
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.flush()?;
-    let mut reader = Reader {
-        stream,
-        buf: Vec::new(),
-        pos: 0,
-    };
-    read_response(&mut reader, policy.max_body)
-}
-
-/// A buffered reader over the connection (whose socket enforces the attempt's deadline on every read).
-struct Reader {
-    stream: Conn,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Reader {
-    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
-    fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 8192 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn available(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-
-    /// One line without its CRLF (or bare LF), counted against `budget`.
-    fn line(&mut self, budget: &mut usize, what: &str) -> Result<String, Failure> {
-        loop {
-            if let Some(i) = self.available().iter().position(|&b| b == b'\n') {
-                if i + 1 > *budget {
-                    return protocol(format!("{what} too long"));
-                }
-                *budget -= i + 1;
-                let raw = &self.buf[self.pos..self.pos + i];
-                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                let line = String::from_utf8_lossy(raw).into_owned();
-                self.pos += i + 1;
-                return Ok(line);
-            }
-            if self.available().len() > *budget {
-                return protocol(format!("{what} too long"));
-            }
-            if self.fill()? == 0 {
-                return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
-    }
-
-    /// Exactly `n` bytes appended to `out`.
-    fn exact(&mut self, mut n: usize, out: &mut Vec<u8>) -> Result<(), Failure> {
-        while n > 0 {
-            if self.available().is_empty() && self.fill()? == 0 {
-                return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into()));
-            }
-            let take = n.min(self.available().len());
-            out.extend_from_slice(&self.buf[self.pos..self.pos + take]);
-            self.pos += take;
-            n -= take;
-        }
-        Ok(())
-    }
-
-    /// Everything up to the end of the stream, at most `max` bytes in `out`.
-    fn read_to_eof(&mut self, out: &mut Vec<u8>, max: usize) -> Result<(), Failure> {
-        loop {
-            let take = self.available().len();
-            if out.len() + take > max {
-                return protocol(format!("response body larger than {max} bytes"));
-            }
-            out.extend_from_slice(&self.buf[self.pos..]);
-            self.pos += take;
-            if self.fill()? == 0 {
-                return Ok(());
-            }
-        }
-    }
-}
-
-fn read_response(r: &mut Reader, max_body: usize) -> Result<Response, Failure> {
-    let mut budget = MAX_HEAD;
-    let (status, reason, headers) = loop {
-        let line = r.line(&mut budget, "response head")?;
-        let (status, reason) = parse_status_line(&line)?;
-        let headers = read_headers(r, &mut budget)?;
-        // Interim responses (100 Continue, 103 Early Hints) precede the real one.
-        if (100..200).contains(&status) && status != 101 {
-            continue;
-        }
-        break (status, reason, headers);
-    };
-    let mut response = Response {
-        status,
-        reason,
-        headers,
-        body: Vec::new(),
-    };
-    if let Some(coding) = response.header("content-encoding")
-        && !coding.trim().eq_ignore_ascii_case("identity")
-    {
-        return protocol(format!("content-encoding {coding:?} is not supported"));
-    }
-    if status == 101 {
-        return protocol("the server switched protocols");
-    }
-    if status == 204 || status == 304 {
-        return Ok(response);
-    }
-    let mut body = Vec::new();
-    if let Some(te) = response.header("transfer-encoding") {
-        if !te.trim().eq_ignore_ascii_case("chunked") {
-            return protocol(format!("transfer-encoding {te:?} is not supported"));
-        }
-        read_chunked(r, &mut body, max_body)?;
-    } else if let Some(length) = content_length(&response.headers)? {
-        if length > max_body as u64 {
-            return protocol(format!(
-                "response body of {length} bytes is larger than {max_body} bytes"
-            ));
-        }
-        // The bound above makes the cast lossless.
-        r.exact(length as usize, &mut body)?;
-    } else {
-        r.read_to_eof(&mut body, max_body)?;
-    }
-    response.body = body;
-    Ok(response)
-}
-
-fn parse_status_line(line: &str) -> Result<(u16, String), Failure> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let code = parts.next().unwrap_or("");
-    let reason = parts.next().unwrap_or("").trim();
-    if !version.starts_with("HTTP/1.")
-        || code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return protocol(format!("not an HTTP/1.x status line: {:?}", truncate(line)));
-    }
-    let status = code
-        .parse::<u16>()
-        .map_err(|_| Failure::Protocol(format!("bad status code {code:?}")))?;
-    if status < 100 {
-        return protocol(format!("bad status code {code:?}"));
-    }
-    Ok((status, reason.to_string()))
-}
-
-fn truncate(line: &str) -> String {
-    line.chars().take(80).collect()
-}
-
-fn read_headers(r: &mut Reader, budget: &mut usize) -> Result<Vec<(String, String)>, Failure> {
-    let mut headers = Vec::new();
-    loop {
-        let line = r.line(budget, "response head")?;
-        if line.is_empty() {
-            return Ok(headers);
-        }
-        if line.starts_with([' ', '\t']) {
-            return protocol("folded response header");
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return protocol(format!("malformed response header {:?}", truncate(&line)));
-        };
-        if !is_token(name) {
-            return protocol(format!("malformed response header {:?}", truncate(&line)));
-        }
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
-}
-
-fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, Failure> {
-    let mut found: Option<u64> = None;
-    for (_, value) in headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
-        // "Content-Length: 12, 12" is allowed when the values agree.
-        for part in value.split(',') {
-            let part = part.trim();
-            let n = if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
-                part.parse::<u64>().ok()
-            } else {
-                None
-            };
-            let Some(n) = n else {
-                return protocol(format!("bad content-length {value:?}"));
-            };
-            if found.is_some_and(|f| f != n) {
-                return protocol("conflicting content-length headers");
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found)
-}
-
-fn read_chunked(r: &mut Reader, body: &mut Vec<u8>, max: usize) -> Result<(), Failure> {
-    loop {
-        let mut budget = 1024;
-        let line = r.line(&mut budget, "chunk size line")?;
-        let hex = line.split(';').next().unwrap_or("").trim();
-        let size = if !hex.is_empty() && hex.len() <= 16 {
-            u64::from_str_radix(hex, 16).ok()
-        } else {
-            None
-        };
-        let Some(size) = size else {
-            return protocol(format!("bad chunk size {:?}", truncate(&line)));
-        };
-        if size == 0 {
-            // Trailers, then the empty line that ends the message.
-            let mut budget = MAX_HEAD;
-            while !r.line(&mut budget, "chunked trailer")?.is_empty() {}
-            return Ok(());
-        }
-        if size > (max - body.len()) as u64 {
-            return protocol(format!("response body larger than {max} bytes"));
-        }
-        r.exact(size as usize, body)?;
-        let mut budget = 2;
-        if !r.line(&mut budget, "chunk end")?.is_empty() {
-            return protocol("chunk not followed by CRLF");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
     use std::thread;
@@ -1101,53 +649,6 @@ mod tests {
     }
 
     #[test]
-    fn says_times_and_names_plainly() {
-        assert_eq!(
-            utc(UnixTime::since_unix_epoch(Duration::ZERO)),
-            "1970-01-01 00:00:00 UTC"
-        );
-        assert_eq!(
-            utc(UnixTime::since_unix_epoch(Duration::from_secs(
-                951_782_400 + 3661
-            ))),
-            "2000-02-29 01:01:01 UTC"
-        );
-        assert_eq!(
-            utc(UnixTime::since_unix_epoch(Duration::from_secs(
-                1_577_836_799
-            ))),
-            "2019-12-31 23:59:59 UTC"
-        );
-        assert_eq!(presented_name("DnsName(\"a.example\")"), "a.example");
-        assert_eq!(presented_name("IpAddress(192.0.2.1)"), "192.0.2.1");
-        assert_eq!(presented_name("DirectoryName"), "DirectoryName");
-    }
-
-    #[test]
-    fn ca_bundles_absent_blank_or_not_files() {
-        let tmp = super::super::test_support::TempDir::new();
-        let mut roots = RootCertStore::empty();
-        let missing = tmp.path().join("missing.crt");
-        assert_eq!(add_ca_bundle(&mut roots, &missing), Ok(0));
-        // A parent that is a file: nothing there either.
-        let blank = tmp.path().join("blank.crt");
-        std::fs::write(&blank, " \n\n").unwrap();
-        assert_eq!(add_ca_bundle(&mut roots, &blank.join("x")), Ok(0));
-        assert_eq!(add_ca_bundle(&mut roots, &blank), Ok(0));
-        assert!(roots.is_empty());
-        let dangling = tmp.path().join("dangling.crt");
-        std::os::unix::fs::symlink("/nonexistent/cairn.crt", &dangling).unwrap();
-        let e = add_ca_bundle(&mut roots, &dangling).unwrap_err();
-        assert!(
-            e.starts_with(&format!("CA bundle {}: cannot read: ", dangling.display())),
-            "{e}"
-        );
-        // Missing bundles leave the Mozilla roots.
-        let tls = Tls::new(&[missing]).unwrap();
-        assert_eq!(tls.trusted, "the Mozilla root set");
-    }
-
-    #[test]
     fn retry_waits_double_and_are_capped() {
         let d = Duration::from_millis(100);
         assert_eq!(retry_wait(d, 1), d);
@@ -1231,6 +732,7 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
             b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            b"HTTP/1.1 299 Custom\r\nContent-Length: 0\r\n\r\n".to_vec(),
         ]);
         assert_eq!(get(&url).unwrap().body, b"hello");
         assert_eq!(get(&url).unwrap().body, b"hello world");
@@ -1238,7 +740,13 @@ mod tests {
         assert_eq!(get(&url).unwrap().body, b"ok");
         assert_eq!(get(&url).unwrap().status, 204);
         let r = get(&url).unwrap();
-        assert_eq!((r.status, r.status_text()), (404, "404".to_string()));
+        // The reason is the code's standard one, whatever the server sent (ureq keeps none), or none at all.
+        assert_eq!(
+            (r.status, r.status_text()),
+            (404, "404 Not Found".to_string())
+        );
+        let r = get(&url).unwrap();
+        assert_eq!((r.status, r.status_text()), (299, "299".to_string()));
     }
 
     #[test]
@@ -1356,6 +864,57 @@ mod tests {
         assert_eq!(e.to_string(), "timed out after 2 attempts");
         assert!(start.elapsed() < Duration::from_secs(3));
         drop(listener);
+    }
+
+    #[test]
+    fn returns_redirects_without_following_them() {
+        let (url, seen) = canned(vec![
+            b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno".to_vec(),
+        ]);
+        let r = get(&url).unwrap();
+        assert_eq!((r.status, r.header("location")), (302, Some("/elsewhere")));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_body_cut_by_a_reset_is_not_accepted() {
+        // The body is framed by the end of the connection, which ends with a reset (RST) instead of a close.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = Arc::new(Mutex::new(0));
+        let count = Arc::clone(&served);
+        thread::spawn(move || {
+            while let Ok((stream, _)) = listener.accept() {
+                let mut reader = io::BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial");
+                thread::sleep(Duration::from_millis(50));
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid socket, and a `linger` of the size given.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&stream),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+                *count.lock().unwrap() += 1;
+            }
+        });
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let e = get(&url).unwrap_err();
+        assert_eq!(e.to_string(), "connection reset after 3 attempts");
+        assert_eq!(*served.lock().unwrap(), 3);
     }
 
     #[test]
