@@ -1,11 +1,13 @@
 //! cairn-agent: applies a node's profile and its instance data at first boot, once.
 //!
 //! [`datasources`] (where instance data comes from) → [`plan`] (the steps, from profile and instance) →
-//! [`apply`] (each step on a [`target::Target`], journaled in [`state`]) → [`report`] (status JSON and console
-//! lines); [`run`] drives the phases.
+//! [`apply`] (each step on a [`target::Target`]) → [`kubernetes`] (the distribution's phase) → [`report`] (status
+//! JSON and console lines). [`engine`] runs every phase's steps, journaled in [`state`]; [`run`] drives the
+//! phases; [`init`] is the initrd's /init.
 
 pub mod apply;
 pub mod datasources;
+pub mod engine;
 pub mod init;
 pub mod kubernetes;
 pub mod plan;

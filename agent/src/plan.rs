@@ -1,24 +1,24 @@
-//! Plan: the steps a phase applies, from the profile merged with the instance data. Pure: nothing is touched.
+//! Plan: the steps of the system and network phases, from the profile merged with the instance data, and how
+//! each applies itself. Planning is pure: nothing is touched until the engine applies a step.
+//!
+//! Only what depends on the machine is here: its id, its hostname, users and files (the instance data may add
+//! to both). The time zone, sysctl and module files, unit enablement and the network file are the same on every
+//! machine: the builder writes them into the image (builder/src/system.rs).
 
-use std::collections::BTreeMap;
-
-use cairn_profile::{FileEntry, Merged, Profile, User};
+use cairn_profile::{FileEntry, Merged, User};
 use sha2::{Digest, Sha256};
+
+use crate::apply;
+use crate::engine::{self, Done, Resume, StepError};
+use crate::state::State;
+use crate::target::Target;
 
 #[derive(Debug, Clone)]
 pub enum Action {
     MachineId,
     Hostname(String),
-    Timezone(String),
-    Sysctl(BTreeMap<String, String>),
-    Modules(Vec<String>),
     Users(Vec<User>),
     Files(Vec<FileEntry>),
-    Services {
-        enable: Vec<String>,
-        disable: Vec<String>,
-    },
-    Network,
 }
 
 #[derive(Debug, Clone)]
@@ -27,15 +27,60 @@ pub struct Step {
     pub action: Action,
 }
 
+/// What the system phase's steps share.
+pub struct SystemContext {
+    pub target: Target,
+    /// The node's machine id, once the `machine-id` step has read or made it (the hostname template uses it).
+    pub machine_id: String,
+}
+
+impl SystemContext {
+    pub fn new(target: &Target) -> SystemContext {
+        SystemContext {
+            target: target.clone(),
+            machine_id: String::new(),
+        }
+    }
+}
+
 impl Step {
     /// Identifies what the step applies: a step recorded with the same digest is done.
     pub fn digest(&self) -> String {
         let text = format!("{} {:?}", env!("CARGO_PKG_VERSION"), self.action);
         hex::encode(Sha256::digest(text.as_bytes()))
     }
+}
+
+impl engine::Step<SystemContext> for Step {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn resume(&self) -> Resume {
+        match self.action {
+            // Later steps need the id it reads: it runs every time (and changes nothing the second time).
+            Action::MachineId => Resume::Always(self.digest()),
+            _ => Resume::Digest(self.digest()),
+        }
+    }
+
+    fn apply(&self, cx: &mut SystemContext, _state: &mut State) -> Result<Done, StepError> {
+        let t = &cx.target;
+        let changed = match &self.action {
+            Action::MachineId => {
+                let (id, changed) = apply::system::machine_id(t)?;
+                cx.machine_id = id;
+                changed
+            }
+            Action::Hostname(template) => apply::system::hostname(t, template, &cx.machine_id)?,
+            Action::Users(u) => apply::users::apply(t, u)?,
+            Action::Files(f) => apply::files::apply(t, f)?,
+        };
+        Ok(Done::changed(changed))
+    }
 
     /// One line for `--dry-run`.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         match &self.action {
             Action::MachineId => {
                 "keep /etc/machine-id, or make one if it is empty (root folders only)".into()
@@ -43,15 +88,6 @@ impl Step {
             Action::Hostname(t) => {
                 format!("hostname from template `{t}`, /etc/hostname and /etc/hosts")
             }
-            Action::Timezone(z) => format!("time zone {z}: /etc/localtime and /etc/timezone"),
-            Action::Sysctl(m) => format!(
-                "/etc/sysctl.d/90-cairn.conf: {}",
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-            Action::Modules(m) => format!("/etc/modules-load.d/cairn.conf: {}", m.join(" ")),
             Action::Users(u) => format!(
                 "users: {}",
                 u.iter()
@@ -73,46 +109,20 @@ impl Step {
                         .join(", ")
                 )
             }
-            Action::Services { enable, disable } => {
-                format!("services: enable {enable:?}, disable {disable:?}")
-            }
-            Action::Network => {
-                "DHCP on every ethernet link; enable systemd-networkd and its wait-online service"
-                    .into()
-            }
         }
     }
 }
 
-pub fn plan(profile: &Profile, merged: &Merged) -> Vec<Step> {
+/// The system phase's steps (the network phase applies the same plan with what the network source adds).
+pub fn system(merged: &Merged) -> Vec<Step> {
     let mut steps = vec![Step {
         name: "machine-id",
         action: Action::MachineId,
     }];
-    let s = &profile.system;
     if let Some(h) = &merged.hostname {
         steps.push(Step {
             name: "hostname",
             action: Action::Hostname(h.clone()),
-        });
-    }
-    if let Some(z) = &s.timezone {
-        steps.push(Step {
-            name: "timezone",
-            action: Action::Timezone(z.clone()),
-        });
-    }
-    // Modules first: some settings exist only once their module is loaded (net.bridge.* needs br_netfilter).
-    if !s.modules.is_empty() {
-        steps.push(Step {
-            name: "modules",
-            action: Action::Modules(s.modules.clone()),
-        });
-    }
-    if !s.sysctl.is_empty() {
-        steps.push(Step {
-            name: "sysctl",
-            action: Action::Sysctl(s.sysctl.clone()),
         });
     }
     if !merged.users.is_empty() {
@@ -127,18 +137,5 @@ pub fn plan(profile: &Profile, merged: &Merged) -> Vec<Step> {
             action: Action::Files(merged.files.clone()),
         });
     }
-    if !s.services.enable.is_empty() || !s.services.disable.is_empty() {
-        steps.push(Step {
-            name: "services",
-            action: Action::Services {
-                enable: s.services.enable.clone(),
-                disable: s.services.disable.clone(),
-            },
-        });
-    }
-    steps.push(Step {
-        name: "network",
-        action: Action::Network,
-    });
     steps
 }

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Outcome, Phase};
 use crate::target::{Owner, Target, TargetError};
 
 pub const STATUS_FILE: &str = "/var/lib/cairn/status.json";
@@ -15,10 +16,9 @@ pub const RUN_STATUS_FILE: &str = "/run/cairn/status.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepReport {
-    pub phase: String,
+    pub phase: Phase,
     pub name: String,
-    /// `applied` (something changed), `unchanged`, `skipped` (done on an earlier run), `failed`, `not-run`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub ms: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -27,9 +27,9 @@ pub struct StepReport {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    pub phase: String,
+    pub phase: Phase,
     /// The instance data's source, or `none`.
     pub instance: String,
     pub steps: Vec<StepReport>,

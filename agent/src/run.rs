@@ -1,41 +1,27 @@
-//! Phases: what `cairn-agent run system|network` and `apply --root` do, once, journaled.
+//! Phases: what `cairn-agent run system|network|kubernetes` and `apply --root` do, once, journaled.
 //!
-//! The `system` phase reads the local instance sources and applies everything; when the instance data comes
-//! from a network source it applies the profile alone and leaves that source to the `network` phase, which
-//! fetches it and applies what it adds. A phase that completed on an earlier boot does nothing: instance data
-//! that changed since is reported (`instance changed since first boot, not applied`), never applied.
+//! Each phase reads the baked profile and its instance data, plans its steps and hands them to the
+//! [`engine`](crate::engine). The `system` phase reads the local instance sources and applies everything; when
+//! the instance data comes from a network source it applies the profile alone and leaves that source to the
+//! `network` phase, which fetches it and applies what it adds. A phase that completed on an earlier boot does
+//! nothing: instance data that changed since is reported (`instance changed since first boot, not applied`),
+//! never applied.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use cairn_profile::{Instance, Profile};
+use cairn_profile::{Instance, Merged, Profile};
 use sha2::{Digest, Sha256};
 
-use crate::apply::{self, StepError};
-use crate::datasources::{self, Detected, Found};
-use crate::plan::{self, Action, Step};
+use crate::datasources::{self, DatasourceError, Detected, Found};
+use crate::engine::{self, PhaseError, Step};
+use crate::plan::{self, SystemContext};
 use crate::report::{Console, Status, StepReport};
 use crate::state::{InstanceRecord, State};
-use crate::target::Target;
+use crate::target::{Target, TargetError};
 
+pub use crate::engine::Phase;
+/// Where the builder bakes the profile into the image.
 pub const BAKED_PROFILE: &str = "/usr/lib/cairn/profile.toml";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    System,
-    Network,
-    Kubernetes,
-}
-
-impl Phase {
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::System => "system",
-            Phase::Network => "network",
-            Phase::Kubernetes => "kubernetes",
-        }
-    }
-}
 
 pub struct Options {
     pub target: Target,
@@ -55,46 +41,58 @@ pub enum Exit {
     BadInput = 2,
 }
 
-/// The instance data a phase applies, and where it came from.
-struct Loaded {
-    record: InstanceRecord,
-    instance: Option<Instance>,
+/// Why a phase failed or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    BakedProfilePath(TargetError),
+    #[error(transparent)]
+    Profile(cairn_profile::Error),
+    #[error("{}: {source}", path.display())]
+    InstanceFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datasource(#[from] DatasourceError),
+    #[error(transparent)]
+    Instance(cairn_profile::Error),
+    #[error(transparent)]
+    State(TargetError),
+    #[error(transparent)]
+    Phase(#[from] PhaseError),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::StartError),
 }
 
-fn load_instance(found: Option<&Found>) -> Result<Loaded, String> {
-    match found {
-        None => Ok(Loaded {
-            record: InstanceRecord {
-                source: "none".into(),
-                sha256: String::new(),
-            },
-            instance: None,
-        }),
-        Some(f) => {
-            let instance = Instance::parse(&f.name, &f.text).map_err(|e| e.to_string())?;
-            Ok(Loaded {
-                record: InstanceRecord {
-                    source: f.source.as_str().into(),
-                    sha256: hex::encode(Sha256::digest(f.text.as_bytes())),
-                },
-                instance: Some(instance),
-            })
+impl RunError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            RunError::BakedProfilePath(_)
+            | RunError::Profile(_)
+            | RunError::InstanceFile { .. }
+            | RunError::Datasource(_)
+            | RunError::Instance(_) => Exit::BadInput,
+            RunError::State(_) | RunError::Phase(_) => Exit::StepFailed,
+            RunError::Kubernetes(e) => e.exit(),
         }
     }
 }
 
-pub(crate) struct Runner<'a> {
-    pub(crate) opts: &'a Options,
-    pub(crate) console: Console,
+/// The instance data a phase applies, and where it came from.
+pub(crate) struct Loaded {
+    pub(crate) record: InstanceRecord,
+    pub(crate) found: Option<Found>,
+    pub(crate) merged: Merged,
 }
 
-/// Runs one phase; `last` says whether it is the last phase this node needs (then the whole-node line follows).
+/// Runs one phase.
 pub fn run_phase(opts: &Options, phase: Phase) -> Exit {
-    let r = Runner {
+    Runner {
         opts,
         console: Console::new(opts.target.is_live()),
-    };
-    r.phase(phase)
+    }
+    .phase(phase)
 }
 
 /// `apply --root`: the system phase, then the network phase when the instance data comes from the network,
@@ -113,309 +111,254 @@ pub fn apply_root(opts: &Options, with_kubernetes: bool) -> Exit {
     Exit::Done
 }
 
-impl Runner<'_> {
-    /// Ends a phase that failed, with the steps reported so far.
-    pub(crate) fn fail_phase(
-        &self,
-        phase: &str,
-        instance: &str,
-        steps: Vec<StepReport>,
-        message: String,
-        exit: Exit,
-    ) -> Exit {
-        let status = Status {
-            phase: phase.into(),
-            instance: instance.into(),
-            steps,
-            note: Some(message),
-        };
-        self.finish(&status, false, true);
-        exit
-    }
+pub(crate) struct Runner<'a> {
+    pub(crate) opts: &'a Options,
+    pub(crate) console: Console,
+}
 
-    /// Ends the node's last phase, done.
-    pub(crate) fn finish_phase(
-        &self,
-        phase: &str,
-        instance: &str,
+/// What a phase's run came to, before it is reported.
+pub(crate) enum Ending {
+    /// Done; `last`: the node's last phase (the whole-node line follows).
+    Done {
         steps: Vec<StepReport>,
         note: Option<String>,
-    ) -> Exit {
+        last: bool,
+    },
+    Failed {
+        steps: Vec<StepReport>,
+        error: RunError,
+    },
+    /// A dry run, or a phase with nothing to do: nothing reported.
+    Quiet,
+}
+
+impl Runner<'_> {
+    fn phase(&self, phase: Phase) -> Exit {
+        let mut instance = "none".to_string();
+        let ending = self.phase_ending(phase, &mut instance);
+        self.report(phase, &instance, ending)
+    }
+
+    fn phase_ending(&self, phase: Phase, instance: &mut String) -> Ending {
+        let failed = |error: RunError| Ending::Failed {
+            steps: vec![],
+            error,
+        };
+        let profile = match self.profile() {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let (loaded, network_source) = match self.instance(phase, &profile, instance) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ending::Quiet,
+            Err(e) => return failed(e),
+        };
+        *instance = loaded.record.source.clone();
+        if phase == Phase::Kubernetes {
+            return crate::kubernetes::run(self, &profile, &loaded);
+        }
+        // With [kubernetes], the kubernetes phase is the node's last.
+        let last = profile.kubernetes.is_none() && (phase == Phase::Network || !network_source);
+        let steps = plan::system(&loaded.merged);
+        let mut cx = SystemContext::new(&self.opts.target);
+        let names = steps
+            .iter()
+            .map(|s| Step::<SystemContext>::name(s))
+            .collect();
+        self.steps(phase, &loaded.record, &steps, &mut cx, names, last)
+    }
+
+    fn profile(&self) -> Result<Profile, RunError> {
+        let path = self
+            .opts
+            .target
+            .resolve(BAKED_PROFILE, true)
+            .map_err(RunError::BakedProfilePath)?;
+        Profile::load_baked(&path).map_err(RunError::Profile)
+    }
+
+    /// The instance data this phase applies (`None`: the phase has nothing to do), and whether it comes from
+    /// the network. `instance` is set to the source's name as soon as it is known, for the report.
+    fn instance(
+        &self,
+        phase: Phase,
+        profile: &Profile,
+        instance: &mut String,
+    ) -> Result<Option<(Loaded, bool)>, RunError> {
+        let detected = match &self.opts.instance_file {
+            Some(path) => {
+                *instance = "file".into();
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| RunError::InstanceFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Detected::Local(Found {
+                    source: datasources::SourceKind::File,
+                    name: path.display().to_string(),
+                    text,
+                })
+            }
+            None => datasources::detect(&self.opts.sources)?,
+        };
+        let network_source = matches!(detected, Detected::Network(_));
+        let found = match (phase, detected) {
+            (Phase::System, Detected::Local(f)) => Some(f),
+            (Phase::System, _) => None,
+            (Phase::Kubernetes, Detected::Local(f)) => Some(f),
+            (Phase::Kubernetes, Detected::None) => None,
+            // The network phase has work only when the instance data is on the network.
+            (Phase::Network | Phase::Kubernetes, Detected::Network(src)) => {
+                if self.opts.dry_run {
+                    println!(
+                        "{phase} phase: would fetch instance data from {}",
+                        src.describe()
+                    );
+                    return Ok(None);
+                }
+                *instance = src.kind().as_str().into();
+                Some(datasources::fetch(&src, &self.opts.sources)?)
+            }
+            (Phase::Network, _) | (Phase::Init, _) => return Ok(None),
+        };
+        if let Some(f) = &found {
+            *instance = f.source.as_str().into();
+        }
+        let (record, parsed) = match &found {
+            None => (
+                InstanceRecord {
+                    source: "none".into(),
+                    sha256: String::new(),
+                },
+                None,
+            ),
+            Some(f) => (
+                InstanceRecord {
+                    source: f.source.as_str().into(),
+                    sha256: hex::encode(Sha256::digest(f.text.as_bytes())),
+                },
+                Some(Instance::parse(&f.name, &f.text).map_err(RunError::Instance)?),
+            ),
+        };
+        let merged = profile.merge(parsed.as_ref());
+        Ok(Some((
+            Loaded {
+                record,
+                found,
+                merged,
+            },
+            network_source,
+        )))
+    }
+
+    /// A phase's steps through the engine, once: nothing when the phase completed on an earlier boot (each of
+    /// `done_names` reported skipped), the plan on a dry run, else every step, journaled, then the phase marked
+    /// complete.
+    pub(crate) fn steps<C, S: Step<C>>(
+        &self,
+        phase: Phase,
+        record: &InstanceRecord,
+        steps: &[S],
+        cx: &mut C,
+        done_names: Vec<&str>,
+        last: bool,
+    ) -> Ending {
+        if self.opts.dry_run {
+            engine::print_plan(
+                &format!("{phase} phase, instance: {}", record.source),
+                steps,
+            );
+            return Ending::Quiet;
+        }
+        let target = &self.opts.target;
+        let mut state = match State::load(target) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ending::Failed {
+                    steps: vec![],
+                    error: RunError::State(e),
+                };
+            }
+        };
+        if let Some(ending) = already_done(&state, phase, record, done_names, last) {
+            return ending;
+        }
+        state.instance.insert(phase.name().into(), record.clone());
+        let ran = engine::run(phase, steps, cx, target, &mut state);
+        if let Some(e) = ran.error {
+            return Ending::Failed {
+                steps: ran.reports,
+                error: e.into(),
+            };
+        }
+        if let Err(e) = state.complete(target, phase.name()) {
+            return Ending::Failed {
+                steps: ran.reports,
+                error: PhaseError::Journal(e).into(),
+            };
+        }
+        Ending::Done {
+            steps: ran.reports,
+            note: None,
+            last,
+        }
+    }
+
+    /// Saves the status and prints the phase line, and the whole-node line when the phase failed or was the
+    /// node's last.
+    fn report(&self, phase: Phase, instance: &str, ending: Ending) -> Exit {
+        let (steps, note, ok, last, exit) = match ending {
+            Ending::Quiet => return Exit::Done,
+            Ending::Done { steps, note, last } => (steps, note, true, last, Exit::Done),
+            Ending::Failed { steps, error } => {
+                let exit = error.exit();
+                (steps, Some(error.to_string()), false, true, exit)
+            }
+        };
         let status = Status {
-            phase: phase.into(),
+            phase,
             instance: instance.into(),
             steps,
             note,
         };
-        self.finish(&status, true, true);
-        Exit::Done
-    }
-
-    fn fail(
-        &self,
-        phase: Phase,
-        instance: &str,
-        steps: Vec<StepReport>,
-        message: String,
-        exit: Exit,
-    ) -> Exit {
-        self.fail_phase(phase.name(), instance, steps, message, exit)
-    }
-
-    /// Saves the status and prints the phase line (and the whole-node line when `last`).
-    fn finish(&self, status: &Status, ok: bool, last: bool) {
-        let word = if ok { "ready" } else { "failed" };
         if self.opts.dry_run {
-            return;
+            return exit;
         }
+        let word = if ok { "ready" } else { "failed" };
         let node = status.merged_with_boot(&self.opts.target);
         if let Err(e) = node.save(&self.opts.target) {
             self.console
                 .line(&format!("warning: status not saved: {e}"));
         }
         self.console
-            .line(&format!("{} {word} {}", status.phase, status.json()));
+            .line(&format!("{phase} {word} {}", status.json()));
         if last || !ok {
             self.console.line(&format!("{word} {}", node.json()));
         }
+        exit
     }
+}
 
-    fn phase(&self, phase: Phase) -> Exit {
-        let target = &self.opts.target;
-        let profile_path = match target.resolve(BAKED_PROFILE, true) {
-            Ok(p) => p,
-            Err(e) => return self.fail(phase, "none", vec![], e.to_string(), Exit::BadInput),
-        };
-        let profile = match Profile::load_baked(&profile_path) {
-            Ok(p) => p,
-            Err(e) => return self.fail(phase, "none", vec![], e.to_string(), Exit::BadInput),
-        };
-
-        // Which instance data this phase applies.
-        let detected = match &self.opts.instance_file {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => Detected::Local(Found {
-                    source: datasources::SourceKind::File,
-                    name: path.display().to_string(),
-                    text,
-                }),
-                Err(e) => {
-                    return self.fail(
-                        phase,
-                        "file",
-                        vec![],
-                        format!("{}: {e}", path.display()),
-                        Exit::BadInput,
-                    );
-                }
-            },
-            None => match datasources::detect(&self.opts.sources) {
-                Ok(d) => d,
-                Err(e) => return self.fail(phase, "none", vec![], e.to_string(), Exit::BadInput),
-            },
-        };
-        let network_source = matches!(detected, Detected::Network(_));
-        let found = match (phase, detected) {
-            (Phase::System, Detected::Local(f)) => Some(f),
-            (Phase::System, _) => None,
-            // The network phase has work only when the instance data is on the network.
-            (Phase::Kubernetes, Detected::Local(f)) => Some(f),
-            (Phase::Kubernetes, Detected::None) => None,
-            (Phase::Network | Phase::Kubernetes, Detected::Network(src)) => {
-                if self.opts.dry_run {
-                    println!(
-                        "{} phase: would fetch instance data from {}",
-                        phase.name(),
-                        src.describe()
-                    );
-                    return Exit::Done;
-                }
-                match datasources::fetch(&src, &self.opts.sources) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        return self.fail(
-                            phase,
-                            src.kind().as_str(),
-                            vec![],
-                            e.to_string(),
-                            Exit::BadInput,
-                        );
-                    }
-                }
-            }
-            (Phase::Network, _) => return Exit::Done,
-        };
-        let loaded = match load_instance(found.as_ref()) {
-            Ok(l) => l,
-            Err(e) => {
-                let source = found.as_ref().map(|f| f.source.as_str()).unwrap_or("none");
-                return self.fail(phase, source, vec![], e, Exit::BadInput);
-            }
-        };
-        let merged = profile.merge(loaded.instance.as_ref());
-        if phase == Phase::Kubernetes {
-            return crate::kubernetes::run(self, &profile, &merged, loaded.record, found.as_ref());
-        }
-        // With [kubernetes], the kubernetes phase is the node's last.
-        let last = profile.kubernetes.is_none() && (phase == Phase::Network || !network_source);
-        let steps = plan::plan(&profile, &merged);
-
-        if self.opts.dry_run {
-            println!("{} phase, instance: {}", phase.name(), loaded.record.source);
-            for s in &steps {
-                println!("  {:<10} {}", s.name, s.describe());
-            }
-            return Exit::Done;
-        }
-
-        let mut state = match State::load(target) {
-            Ok(s) => s,
-            Err(e) => {
-                return self.fail(
-                    phase,
-                    &loaded.record.source,
-                    vec![],
-                    e.to_string(),
-                    Exit::StepFailed,
-                );
-            }
-        };
-        // A node is reprovisioned, not mutated: a phase done on an earlier boot applies nothing.
-        if state.is_done(phase.name()) {
-            let note = match state.instance.get(phase.name()) {
-                Some(first) if *first != loaded.record => {
-                    Some("instance changed since first boot, not applied".to_string())
-                }
-                _ => None,
-            };
-            let reports = steps
-                .iter()
-                .map(|s| StepReport {
-                    phase: phase.name().into(),
-                    name: s.name.into(),
-                    outcome: "skipped".into(),
-                    ms: 0,
-                    error: None,
-                    detail: None,
-                })
-                .collect();
-            let status = Status {
-                phase: phase.name().into(),
-                instance: loaded.record.source.clone(),
-                steps: reports,
-                note,
-            };
-            self.finish(&status, true, last);
-            return Exit::Done;
-        }
-        state
-            .instance
-            .insert(phase.name().into(), loaded.record.clone());
-
-        let mut reports = Vec::new();
-        let mut machine_id = String::new();
-        let mut failed = None;
-        for step in &steps {
-            let started = Instant::now();
-            let digest = step.digest();
-            // A step journaled with the same digest was completed by an earlier, interrupted run.
-            let done_before = state.step_digest(phase.name(), step.name) == Some(digest.as_str());
-            let result = if done_before && !matches!(step.action, Action::MachineId) {
-                Ok(None)
-            } else {
-                self.apply(step, &mut machine_id).map(Some)
-            };
-            let ms = started.elapsed().as_millis() as u64;
-            let (outcome, error) = match &result {
-                Ok(None) => ("skipped", None),
-                Ok(Some(true)) => ("applied", None),
-                Ok(Some(false)) => ("unchanged", None),
-                Err(e) => ("failed", Some(e.to_string())),
-            };
-            reports.push(StepReport {
-                phase: phase.name().into(),
-                name: step.name.into(),
-                outcome: outcome.into(),
-                ms,
-                error: error.clone(),
-                detail: None,
-            });
-            if let Some(e) = error {
-                failed = Some(format!("{}: {e}", step.name));
-                break;
-            }
-            if let Err(e) = state.journal_step(target, phase.name(), step.name, digest) {
-                failed = Some(e);
-                break;
-            }
-        }
-        for step in steps.iter().skip(reports.len()) {
-            reports.push(StepReport {
-                phase: phase.name().into(),
-                name: step.name.into(),
-                outcome: "not-run".into(),
-                ms: 0,
-                error: None,
-                detail: None,
-            });
-        }
-        if let Some(message) = failed {
-            let status = Status {
-                phase: phase.name().into(),
-                instance: loaded.record.source,
-                steps: reports,
-                note: Some(message),
-            };
-            self.finish(&status, false, true);
-            return Exit::StepFailed;
-        }
-        if let Err(e) = state.complete(target, phase.name()) {
-            return self.fail(phase, &loaded.record.source, reports, e, Exit::StepFailed);
-        }
-        let status = Status {
-            phase: phase.name().into(),
-            instance: loaded.record.source,
-            steps: reports,
-            note: None,
-        };
-        self.finish(&status, true, last);
-        Exit::Done
+/// A node is reprovisioned, not mutated: a phase done on an earlier boot applies nothing.
+pub(crate) fn already_done(
+    state: &State,
+    phase: Phase,
+    record: &InstanceRecord,
+    names: Vec<&str>,
+    last: bool,
+) -> Option<Ending> {
+    if !state.is_done(phase.name()) {
+        return None;
     }
-
-    /// Applies one step; true when something changed.
-    fn apply(&self, step: &Step, machine_id: &mut String) -> Result<bool, StepError> {
-        let t = &self.opts.target;
-        match &step.action {
-            Action::MachineId => {
-                let (id, changed) = apply::system::machine_id(t)?;
-                *machine_id = id;
-                Ok(changed)
-            }
-            Action::Hostname(template) => apply::system::hostname(t, template, machine_id),
-            Action::Timezone(z) => apply::system::timezone(t, z),
-            Action::Sysctl(m) => apply::system::sysctl(t, m),
-            Action::Modules(m) => apply::system::modules(t, m),
-            Action::Users(u) => apply::users::apply(t, u).map_err(|e| StepError(e.to_string())),
-            Action::Files(f) => apply::files::apply(t, f),
-            Action::Services { enable, disable } => {
-                let mut changed = apply::services::enable(t, enable)?;
-                changed |= apply::services::disable(t, disable)?;
-                if changed && t.is_live() {
-                    apply::services::reload_live(enable, disable)?;
-                }
-                Ok(changed)
-            }
-            Action::Network => {
-                let changed = apply::services::network(t)?;
-                if changed && t.is_live() {
-                    let units: Vec<String> = apply::services::NETWORK_UNITS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect();
-                    apply::services::reload_live(&units, &[])?;
-                }
-                Ok(changed)
-            }
+    let note = match state.instance.get(phase.name()) {
+        Some(first) if first != record => {
+            Some("instance changed since first boot, not applied".to_string())
         }
-    }
+        _ => None,
+    };
+    Some(Ending::Done {
+        steps: engine::skipped(phase, names),
+        note,
+        last,
+    })
 }

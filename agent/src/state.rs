@@ -81,13 +81,12 @@ impl State {
         phase: &str,
         step: &str,
         digest: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), TargetError> {
         self.steps
             .entry(phase.into())
             .or_default()
             .insert(step.into(), digest);
-        self.save(target)
-            .map_err(|e| format!("saving the agent state: {e}"))?;
+        self.save(target)?;
         if std::env::var("CAIRN_AGENT_CRASH_AFTER").is_ok_and(|s| s == step) {
             std::process::abort();
         }
@@ -95,10 +94,9 @@ impl State {
     }
 
     /// Records a phase as complete and saves.
-    pub fn complete(&mut self, target: &Target, phase: &str) -> Result<(), String> {
+    pub fn complete(&mut self, target: &Target, phase: &str) -> Result<(), TargetError> {
         self.done.push(phase.into());
         self.save(target)
-            .map_err(|e| format!("saving the agent state: {e}"))
     }
 
     pub fn is_done(&self, phase: &str) -> bool {

@@ -20,6 +20,7 @@ use crate::preload::{self, ResolvedPreload};
 use crate::registry::Registry;
 use crate::report::{LayerReport, Output, PreloadReport, ProfileRef, Report, RockReport};
 use crate::resolve::{self, Layer, LazyRegistry, ResolvedRock};
+use crate::system;
 use crate::{agent, disk, files, filesystem, pull};
 
 /// The epoch used when `SOURCE_DATE_EPOCH` is not set: never the wall clock.
@@ -203,6 +204,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     }
     let (mut tree, tars) = assemble::merge(merged).map_err(failed)?;
     files::add_profile_files(&mut tree, &profile).map_err(failed)?;
+    let baked = system::bake(&mut tree, &tars, &profile).map_err(failed)?;
     files::add_cairn_files(&mut tree, &profile, &agent).map_err(failed)?;
     // The archives live in the cache's temp folder until the outputs are written (removed on drop).
     let archives = add_preloads(&mut tree, &cache, &preloads, epoch)?;
@@ -325,6 +327,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
             })
             .collect(),
         outputs,
+        system: baked,
         disk: disk_report,
         kubernetes: profile
             .kubernetes

@@ -18,3 +18,4 @@ pub mod pull;
 pub mod registry;
 pub mod report;
 pub mod resolve;
+pub mod system;

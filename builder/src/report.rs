@@ -17,6 +17,8 @@ pub struct Report {
     /// The `[[preload]]` rocks, stored in the root as OCI archives (not merged into it).
     pub preloads: Vec<PreloadReport>,
     pub outputs: Vec<Output>,
+    /// The profile's machine-independent `[system]` settings, as written into the root.
+    pub system: crate::system::Baked,
     /// The disk formats' layout: root hash, partition table, what the root filesystem could not hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<crate::disk::DiskReport>,

@@ -811,3 +811,188 @@ fn bad_input_exits_2_and_writes_nothing() {
         stderr(&o)
     );
 }
+
+/// A rock with systemd's unit files and a time zone, for the `[system]` settings the builder bakes.
+fn systemd_rock() -> LayerBuilder {
+    let mut layer = LayerBuilder::new()
+        .file("usr/share/zoneinfo/Europe/Paris", 0o644, "TZif2")
+        .file("etc/localtime", 0o644, "TZif2 of the rock")
+        .symlink("lib", "usr/lib");
+    for (name, text) in [
+        (
+            "containerd.service",
+            "[Unit]\nDescription=containerd\n[Install]\nWantedBy=multi-user.target\n",
+        ),
+        (
+            "ssh.service",
+            "[Unit]\nDescription=ssh\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n",
+        ),
+        (
+            "systemd-networkd.service",
+            "[Unit]\nDescription=networkd\n[Install]\nWantedBy=multi-user.target\nAlso=systemd-networkd.socket systemd-networkd-wait-online.service\nAlias=dbus-org.freedesktop.network1.service\n",
+        ),
+        (
+            "systemd-networkd.socket",
+            "[Install]\nWantedBy=sockets.target\n",
+        ),
+        (
+            "systemd-networkd-wait-online.service",
+            "[Install]\nWantedBy=network-online.target\n",
+        ),
+        ("static.service", "[Service]\nExecStart=/bin/true\n"),
+    ] {
+        layer = layer.file(&format!("usr/lib/systemd/system/{name}"), 0o644, text);
+    }
+    // ssh is enabled by the rock itself (a vendor link) and by an /etc link: disabling removes one, masks it.
+    layer
+        .symlink(
+            "usr/lib/systemd/system/multi-user.target.wants/ssh.service",
+            "../ssh.service",
+        )
+        .symlink(
+            "etc/systemd/system/multi-user.target.wants/ssh.service",
+            "/lib/systemd/system/ssh.service",
+        )
+        .symlink(
+            "etc/systemd/system/sshd.service",
+            "/lib/systemd/system/ssh.service",
+        )
+}
+
+#[test]
+fn system_settings_are_baked_into_the_image() {
+    let registry = registry::shared();
+    let rock = push_image(
+        registry,
+        "e2e/systemd",
+        "v1",
+        &Image::builder()
+            .layer_from(&systemd_rock(), Compression::Gzip)
+            .build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "baked",
+        &rock.reference_by_digest,
+        &[],
+        "[system]\ntimezone = \"Europe/Paris\"\nsysctl = { \"net.ipv4.ip_forward\" = \"1\", \"vm.swappiness\" = \"10\" }\nmodules = [\"overlay\", \"br_netfilter\"]\nservices = { enable = [\"containerd\"], disable = [\"ssh\"] }\n",
+    );
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_ok(&b.output, "build");
+    let (_, items) = read_tar(&b.out.join("baked.tar"));
+    let link = |p: &str| {
+        let e = entry(&items, p);
+        assert_eq!(e.kind, 'l', "{p} is not a symlink");
+        e.link.clone()
+    };
+    let text = |p: &str| String::from_utf8(entry(&items, p).data.clone()).expect("utf-8");
+    assert_eq!(link("etc/localtime"), "/usr/share/zoneinfo/Europe/Paris");
+    assert_eq!(text("etc/timezone"), "Europe/Paris\n");
+    assert!(
+        text("etc/sysctl.d/90-cairn.conf")
+            .ends_with("net.ipv4.ip_forward = 1\nvm.swappiness = 10\n"),
+        "{}",
+        text("etc/sysctl.d/90-cairn.conf")
+    );
+    assert!(text("etc/modules-load.d/cairn.conf").ends_with("overlay\nbr_netfilter\n"));
+    for p in [
+        "etc/sysctl.d/90-cairn.conf",
+        "etc/modules-load.d/cairn.conf",
+        "etc/timezone",
+    ] {
+        let e = entry(&items, p);
+        assert_eq!((e.mode, e.uid, e.gid), (0o644, 0, 0), "{p}");
+    }
+    // Links as `systemctl enable` makes them, Also= and Alias= followed.
+    for (path, to) in [
+        (
+            "etc/systemd/system/multi-user.target.wants/containerd.service",
+            "/usr/lib/systemd/system/containerd.service",
+        ),
+        (
+            "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+            "/usr/lib/systemd/system/systemd-networkd.service",
+        ),
+        (
+            "etc/systemd/system/dbus-org.freedesktop.network1.service",
+            "/usr/lib/systemd/system/systemd-networkd.service",
+        ),
+        (
+            "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+            "/usr/lib/systemd/system/systemd-networkd.socket",
+        ),
+        (
+            "etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
+            "/usr/lib/systemd/system/systemd-networkd-wait-online.service",
+        ),
+        // Still wanted by the rock's own link: disabling masks it.
+        ("etc/systemd/system/ssh.service", "/dev/null"),
+    ] {
+        assert_eq!(link(path), to, "{path}");
+    }
+    assert!(!items.contains_key("etc/systemd/system/multi-user.target.wants/ssh.service"));
+    assert!(!items.contains_key("etc/systemd/system/sshd.service"));
+    assert!(text("etc/systemd/network/80-cairn-dhcp.network").contains("[Match]\nType=ether\n"));
+
+    // The report lists each baked path with what it is for.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.out.join("baked.manifest.json")).expect("report"))
+            .expect("json");
+    let baked: BTreeMap<String, String> = report["system"]["files"]
+        .as_array()
+        .expect("system.files")
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap_or("").to_string(),
+                f["what"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for (path, what) in [
+        ("/etc/localtime", "timezone"),
+        ("/etc/sysctl.d/90-cairn.conf", "sysctl"),
+        ("/etc/modules-load.d/cairn.conf", "modules"),
+        ("/etc/systemd/network/80-cairn-dhcp.network", "network"),
+        (
+            "/etc/systemd/system/multi-user.target.wants/containerd.service",
+            "enable",
+        ),
+        ("/etc/systemd/system/ssh.service", "mask"),
+        (
+            "/etc/systemd/system/multi-user.target.wants/ssh.service",
+            "disable",
+        ),
+    ] {
+        assert_eq!(
+            baked.get(path).map(String::as_str),
+            Some(what),
+            "{path}: {baked:?}"
+        );
+    }
+    assert!(report["system"].get("network_note").is_none());
+
+    // What the image cannot honour fails the build, naming the key, and writes nothing.
+    for (extra, message) in [
+        (
+            "[system]\ntimezone = \"Mars/Olympus\"\n",
+            "system.timezone Mars/Olympus: /usr/share/zoneinfo/Mars/Olympus does not exist in the image",
+        ),
+        (
+            "[system]\nservices = { enable = [\"nope\"] }\n",
+            "system.services: unit nope.service not found",
+        ),
+        (
+            "[system]\nservices = { enable = [\"static\"] }\n",
+            "system.services: static.service has no [Install] section",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = write_profile(dir.path(), "bad", &rock.reference_by_digest, &[], extra);
+        let b = build(&profile, dir.path(), "bad", &[]);
+        assert_eq!(b.output.status.code(), Some(1), "{}", stderr(&b.output));
+        assert!(stderr(&b.output).contains(message), "{}", stderr(&b.output));
+        assert!(!b.out.join("bad.tar").exists());
+    }
+}

@@ -277,7 +277,10 @@ fn the_agent_applies_to_a_root_cairn_built() {
         "{described}"
     );
     let size = std::fs::metadata(&agent).expect("agent").len();
-    assert!(size < 5 * 1024 * 1024, "the agent is {size} bytes");
+    assert!(
+        size < 8 * 1024 * 1024,
+        "the agent is {size} bytes, over its 8 MB budget"
+    );
 
     let instance = work.path().join("instance.toml");
     std::fs::write(

@@ -12,7 +12,7 @@ pub fn apply(target: &Target, files: &[FileEntry]) -> Result<bool, StepError> {
             FileContent::Inline(text) => text.as_bytes(),
             // Instance data has no folder: its files always carry their content (checked when it was parsed).
             FileContent::Source(p) => {
-                return Err(StepError(format!(
+                return Err(StepError::refused(format!(
                     "{}: instance files need content, not source {}",
                     f.path,
                     p.display()

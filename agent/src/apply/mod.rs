@@ -6,15 +6,4 @@ pub mod services;
 pub mod system;
 pub mod users;
 
-use crate::target::TargetError;
-
-/// Why a step failed, naming the file, unit, user or setting at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StepError(pub String);
-
-impl From<TargetError> for StepError {
-    fn from(e: TargetError) -> StepError {
-        StepError(e.to_string())
-    }
-}
+pub use crate::engine::StepError;

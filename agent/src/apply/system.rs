@@ -1,6 +1,5 @@
-//! System settings: machine id, hostname, time zone, sysctls, kernel modules.
+//! System settings that depend on the machine: its id and its hostname.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 
 use cairn_profile::system::render_hostname;
@@ -19,14 +18,14 @@ pub fn machine_id(target: &Target) -> Result<(String, bool), StepError> {
     }
     if target.is_live() {
         // On the running system /etc/machine-id may be systemd's own mount: never replace it.
-        return Err(StepError(format!(
+        return Err(StepError::refused(format!(
             "{MACHINE_ID} holds no machine id: systemd should have made one at boot"
         )));
     }
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| StepError(format!("reading /dev/urandom: {e}")))?;
+        .map_err(|e| StepError::io("reading /dev/urandom", e))?;
     // A version 4 UUID, as systemd makes them.
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
@@ -69,75 +68,8 @@ pub fn hostname(target: &Target, template: &str, machine_id: &str) -> Result<boo
         let current = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         if current.trim() != name {
             std::fs::write("/proc/sys/kernel/hostname", &name)
-                .map_err(|e| StepError(format!("setting the hostname to {name}: {e}")))?;
+                .map_err(|e| StepError::io(format!("setting the hostname to {name}"), e))?;
             changed = true;
-        }
-    }
-    Ok(changed)
-}
-
-pub fn timezone(target: &Target, zone: &str) -> Result<bool, StepError> {
-    let zoneinfo = format!("/usr/share/zoneinfo/{zone}");
-    let mut changed = target.write(
-        "/etc/timezone",
-        format!("{zone}\n").as_bytes(),
-        Owner::ROOT_0644,
-    )?;
-    if target.exists(&zoneinfo) {
-        changed |= target.symlink("/etc/localtime", &zoneinfo)?;
-    } else if zone == "UTC" || zone == "Etc/UTC" {
-        // Without tzdata, no /etc/localtime means UTC to the C library.
-        changed |= target.remove("/etc/localtime")?;
-    } else {
-        return Err(StepError(format!(
-            "time zone {zone}: {zoneinfo} does not exist in the image (is tzdata installed?)"
-        )));
-    }
-    Ok(changed)
-}
-
-pub fn sysctl(target: &Target, settings: &BTreeMap<String, String>) -> Result<bool, StepError> {
-    let mut text = String::from("# Written by cairn-agent from the node's profile.\n");
-    for (k, v) in settings {
-        text.push_str(&format!("{k} = {v}\n"));
-    }
-    let changed = target.write(
-        "/etc/sysctl.d/90-cairn.conf",
-        text.as_bytes(),
-        Owner::ROOT_0644,
-    )?;
-    if target.is_live() {
-        for (k, v) in settings {
-            let path = format!("/proc/sys/{}", k.replace('.', "/"));
-            std::fs::write(&path, v).map_err(|e| StepError(format!("sysctl {k} = {v}: {e}")))?;
-        }
-    }
-    Ok(changed)
-}
-
-pub fn modules(target: &Target, modules: &[String]) -> Result<bool, StepError> {
-    let mut text = String::from("# Written by cairn-agent from the node's profile.\n");
-    for m in modules {
-        text.push_str(m);
-        text.push('\n');
-    }
-    let changed = target.write(
-        "/etc/modules-load.d/cairn.conf",
-        text.as_bytes(),
-        Owner::ROOT_0644,
-    )?;
-    if target.is_live() {
-        for m in modules {
-            let out = std::process::Command::new("modprobe")
-                .args(["--", m])
-                .output()
-                .map_err(|e| StepError(format!("running modprobe {m}: {e}")))?;
-            if !out.status.success() {
-                return Err(StepError(format!(
-                    "modprobe {m}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
         }
     }
     Ok(changed)

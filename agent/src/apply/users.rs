@@ -46,7 +46,9 @@ pub fn apply(target: &Target, users: &[User]) -> Result<bool, StepError> {
     for user in users {
         let name = user.name.as_str();
         if !user_name_ok(name) {
-            return Err(StepError(format!("user {name:?}: not a valid user name")));
+            return Err(StepError::refused(format!(
+                "user {name:?}: not a valid user name"
+            )));
         }
         let account = match passwd.find(name) {
             Some(i) => existing_account(&passwd, i, name)?,
@@ -57,7 +59,7 @@ pub fn apply(target: &Target, users: &[User]) -> Result<bool, StepError> {
                     (&gshadow, "an entry for"),
                 ] {
                     if db.find(name).is_some() {
-                        return Err(StepError(format!(
+                        return Err(StepError::refused(format!(
                             "user {name}: {} already has {what} \"{name}\" but {PASSWD} has no such user: \
                              refusing to take it over",
                             db.path
@@ -65,11 +67,13 @@ pub fn apply(target: &Target, users: &[User]) -> Result<bool, StepError> {
                     }
                 }
                 let uid = lowest_free(&passwd, 2).ok_or_else(|| {
-                    StepError(format!("user {name}: no free uid in {FIRST_ID}..{LAST_ID}"))
+                    StepError::refused(format!("user {name}: no free uid in {FIRST_ID}..{LAST_ID}"))
                 })?;
                 let gid = if group.ids(2).contains(&uid) {
                     lowest_free(&group, 2).ok_or_else(|| {
-                        StepError(format!("user {name}: no free gid in {FIRST_ID}..{LAST_ID}"))
+                        StepError::refused(format!(
+                            "user {name}: no free gid in {FIRST_ID}..{LAST_ID}"
+                        ))
                     })?
                 } else {
                     uid
@@ -98,7 +102,7 @@ pub fn apply(target: &Target, users: &[User]) -> Result<bool, StepError> {
 
         for g in &user.groups {
             let Some(i) = group.find(g) else {
-                return Err(StepError(format!(
+                return Err(StepError::refused(format!(
                     "user {name}: group \"{g}\" does not exist in {GROUP}"
                 )));
             };
@@ -110,7 +114,7 @@ pub fn apply(target: &Target, users: &[User]) -> Result<bool, StepError> {
         }
 
         if NO_HOME.contains(&account.home.as_str()) && !user.ssh_keys.is_empty() {
-            return Err(StepError(format!(
+            return Err(StepError::refused(format!(
                 "user {name}: home is {:?} in {PASSWD}: nowhere to put SSH keys",
                 account.home
             )));
@@ -148,7 +152,7 @@ struct Account {
 
 fn existing_account(passwd: &Db, i: usize, name: &str) -> Result<Account, StepError> {
     let malformed = |what: &str| {
-        StepError(format!(
+        StepError::refused(format!(
             "user {name}: {PASSWD} entry has a malformed {what}"
         ))
     };
@@ -195,7 +199,7 @@ fn home_and_keys(target: &Target, user: &User, account: &Account) -> Result<bool
     for path in [&ssh, &keys_file] {
         let host = target.resolve(path, false)?;
         if fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(StepError(format!(
+            return Err(StepError::refused(format!(
                 "user {name}: {path} is a symbolic link: refusing to follow it"
             )));
         }
@@ -224,7 +228,7 @@ impl Db {
     fn load(target: &Target, path: &'static str, required: bool) -> Result<Db, StepError> {
         let original = target.read(path)?;
         if original.is_none() && required {
-            return Err(StepError(format!(
+            return Err(StepError::refused(format!(
                 "{path} is missing: the target is not a Linux root"
             )));
         }

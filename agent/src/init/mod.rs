@@ -17,7 +17,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::datasources::cmdline_value;
-use crate::report::{Status, StepReport};
+use crate::engine::{Done, Phase, Recorder, StepError};
+use crate::report::Status;
 
 pub const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 pub const ROOT_VERITY_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
@@ -41,37 +42,36 @@ fn console(line: &str) {
     }
 }
 
+/// The initrd's steps, through the engine's recorder: no journal exists before /var is mounted, and every step
+/// runs on every boot.
 struct Steps {
-    reports: Vec<StepReport>,
+    recorder: Recorder,
 }
 
 impl Steps {
-    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-        let started = Instant::now();
-        let result = f();
-        self.reports.push(StepReport {
-            phase: "init".into(),
-            name: name.into(),
-            outcome: if result.is_ok() { "applied" } else { "failed" }.into(),
-            ms: started.elapsed().as_millis() as u64,
-            error: result.as_ref().err().cloned(),
-            detail: None,
-        });
-        result.map_err(|e| format!("{name}: {e}"))
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
+        self.recorder
+            .run(name, || {
+                f().map(|v| (v, Done::changed(true)))
+                    .map_err(StepError::Refused)
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Adds what the last step found to its report.
     fn detail(&mut self, text: String) {
-        if let Some(last) = self.reports.last_mut() {
-            last.detail = Some(text);
-        }
+        self.recorder.detail(text);
     }
 
     fn status(&self, note: Option<String>) -> Status {
         Status {
-            phase: "init".into(),
+            phase: Phase::Init,
             instance: "none".into(),
-            steps: self.reports.clone(),
+            steps: self.recorder.reports().to_vec(),
             note,
         }
     }
@@ -80,7 +80,7 @@ impl Steps {
 /// Process 1 of the initrd. Never returns: it becomes the real init, or powers off.
 pub fn main() -> ! {
     let mut steps = Steps {
-        reports: Vec::new(),
+        recorder: Recorder::new(Phase::Init),
     };
     match boot(&mut steps) {
         Ok(()) => {
