@@ -89,7 +89,7 @@ struct Checked {
     cache: Arc<Cache>,
 }
 
-fn check(opts: &BuildOptions) -> Result<Checked, BuildError> {
+fn check_inputs(opts: &BuildOptions) -> Result<Checked, BuildError> {
     let mut profile = Profile::load(&opts.profile)?;
     if !opts.formats.is_empty() {
         profile.formats = opts.formats.clone();
@@ -113,7 +113,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         epoch,
         agent,
         cache,
-    } = check(opts)?;
+    } = check_inputs(opts)?;
     let rocks: Vec<_> = profile.rocks().cloned().collect();
     let mut registry = LazyRegistry::new(
         rocks
