@@ -11,12 +11,28 @@ use cairn_profile::Arch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("agent {}: {message}", path.display())]
-    Unusable { path: PathBuf, message: String },
+    #[error("agent {}: {source}", path.display())]
+    Unusable { path: PathBuf, source: Unusable },
     #[error(
         "no usable cairn-agent found; tried:\n{tried}\nbuild it with `cargo build --profile agent -p cairn-agent --target {triple}`, or pass --agent PATH (or set CAIRN_AGENT)"
     )]
     NotFound { tried: String, triple: &'static str },
+}
+
+/// Why a file cannot be the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("not a 64-bit little-endian ELF file")]
+    NotElf,
+    #[error("built for {found}, the profile needs {need}")]
+    OtherArch {
+        found: &'static str,
+        need: &'static str,
+    },
+    #[error("dynamically linked: the agent must be static (musl)")]
+    Dynamic,
 }
 
 fn triple(arch: Arch) -> &'static str {
@@ -34,9 +50,9 @@ pub fn locate(explicit: Option<&Path>, arch: Arch) -> Result<PathBuf, AgentError
             .map(PathBuf::from)
     });
     if let Some(path) = given {
-        check(&path, arch).map_err(|message| AgentError::Unusable {
+        check(&path, arch).map_err(|source| AgentError::Unusable {
             path: path.clone(),
-            message,
+            source,
         })?;
         return Ok(path);
     }
@@ -72,10 +88,10 @@ pub fn locate(explicit: Option<&Path>, arch: Arch) -> Result<PathBuf, AgentError
 }
 
 /// A static ELF executable for `arch`, or why not.
-pub fn check(path: &Path, arch: Arch) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let elf = Elf::parse(&bytes).ok_or("not a 64-bit little-endian ELF file")?;
-    let (want, name) = match arch {
+pub fn check(path: &Path, arch: Arch) -> Result<(), Unusable> {
+    let bytes = std::fs::read(path)?;
+    let elf = Elf::parse(&bytes).ok_or(Unusable::NotElf)?;
+    let (want, need) = match arch {
         Arch::Amd64 => (62, "amd64 (x86-64)"),
         Arch::Arm64 => (183, "arm64 (aarch64)"),
     };
@@ -85,10 +101,10 @@ pub fn check(path: &Path, arch: Arch) -> Result<(), String> {
             183 => "arm64",
             _ => "another architecture",
         };
-        return Err(format!("built for {found}, the profile needs {name}"));
+        return Err(Unusable::OtherArch { found, need });
     }
     if elf.interpreter {
-        return Err("dynamically linked: the agent must be static (musl)".into());
+        return Err(Unusable::Dynamic);
     }
     Ok(())
 }
@@ -132,9 +148,9 @@ mod tests {
     #[test]
     fn this_test_binary_is_dynamic_amd64() {
         let me = std::env::current_exe().unwrap();
-        let e = check(&me, Arch::Amd64).unwrap_err();
+        let e = check(&me, Arch::Amd64).unwrap_err().to_string();
         assert!(e.contains("dynamically linked"), "{e}");
-        let e = check(&me, Arch::Arm64).unwrap_err();
+        let e = check(&me, Arch::Arm64).unwrap_err().to_string();
         assert!(
             e.contains("built for amd64, the profile needs arm64"),
             "{e}"
@@ -147,11 +163,13 @@ mod tests {
         let p = dir.path().join("x");
         std::fs::write(&p, b"#!/bin/sh\n").unwrap();
         assert_eq!(
-            check(&p, Arch::Amd64).unwrap_err(),
+            check(&p, Arch::Amd64).unwrap_err().to_string(),
             "not a 64-bit little-endian ELF file"
         );
         match locate(Some(&p), Arch::Amd64) {
-            Err(AgentError::Unusable { message, .. }) => assert!(message.contains("not a 64-bit")),
+            Err(AgentError::Unusable { source, .. }) => {
+                assert!(source.to_string().contains("not a 64-bit"))
+            }
             other => panic!("{other:?}"),
         }
     }

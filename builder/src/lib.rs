@@ -2,8 +2,9 @@
 //!
 //! The stages follow the data: [`resolve`] (pinned references to manifests) → [`pull`] (verified blobs into the
 //! [`cache`]) → [`assemble`] (layers merged into a tree) → [`files`] (the profile's and cairn's own files) →
-//! [`filesystem`] (the tree written out) → [`report`]; [`preload`] stores workload rocks in the root as OCI
-//! archives. [`build`] runs them; [`pin`] rewrites a profile's digests.
+//! [`filesystem`] (the tree written out; [`output`] places it, [`disk`] makes the bootable image) → [`report`];
+//! [`preload`] stores workload rocks in the root as OCI archives. [`build`] runs them in turn, each stage with an
+//! error of its own that [`build::BuildError`] gathers; [`pin`] rewrites a profile's digests.
 
 pub mod agent;
 pub mod assemble;
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod disk;
 pub mod files;
 pub mod filesystem;
+pub mod output;
 pub mod pin;
 pub mod preload;
 pub mod pull;

@@ -4,8 +4,54 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn::build::{BuildError, BuildOptions};
+use cairn::pin::PinError;
 use cairn_profile::{Format, Profile};
 use clap::{Parser, Subcommand};
+
+/// What stops a command.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    /// `cairn validate`'s finding.
+    #[error(transparent)]
+    Profile(#[from] cairn_profile::Error),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+const BUILD_FAILED: u8 = 1;
+const BAD_INPUT: u8 = 2;
+
+/// 1 when the work failed, 2 when the input (profile, options, environment) was wrong; clap exits 2 for usage.
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Profile(_) => BAD_INPUT,
+        Error::Pin(e) => match e {
+            PinError::Read { .. } | PinError::Profile(_) | PinError::NotRewritable(_) => BAD_INPUT,
+            PinError::Registry { .. } | PinError::Write(_) => BUILD_FAILED,
+        },
+        Error::Build(e) => match e {
+            BuildError::Profile(_)
+            | BuildError::Epoch(_)
+            | BuildError::Agent(_)
+            | BuildError::CacheLocation(_) => BAD_INPUT,
+            BuildError::Cache(_)
+            | BuildError::Resolve(_)
+            | BuildError::Preload(_)
+            | BuildError::Pull(_)
+            | BuildError::Assemble(_)
+            | BuildError::Files(_)
+            | BuildError::System(_)
+            | BuildError::Output(_)
+            | BuildError::Disk(_)
+            | BuildError::Report(_) => BUILD_FAILED,
+        },
+        Error::Runtime(_) => BUILD_FAILED,
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -59,7 +105,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let result = match cli.command {
+    let result: Result<(), Error> = match cli.command {
         Command::Validate { profile } => match Profile::load(&profile) {
             Ok(p) => {
                 let count =
@@ -83,10 +129,10 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Err(e) => Err(BuildError::Input(e.to_string())),
+            Err(e) => Err(e.into()),
         },
         Command::Pin { profile } => runtime()
-            .and_then(|rt| rt.block_on(cairn::pin::pin(&profile)))
+            .and_then(|rt| Ok(rt.block_on(cairn::pin::pin(&profile))?))
             .map(|changes| {
                 for c in changes {
                     if c.old == c.new {
@@ -111,7 +157,7 @@ fn main() -> ExitCode {
                 agent,
             };
             runtime()
-                .and_then(|rt| rt.block_on(cairn::build::build(&opts)))
+                .and_then(|rt| Ok(rt.block_on(cairn::build::build(&opts))?))
                 .map(|built| {
                     for o in &built.report.outputs {
                         println!("{}  {}", o.sha256, opts.out.join(&o.file).display());
@@ -124,14 +170,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cairn: error: {e}");
-            ExitCode::from(e.exit_code())
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| BuildError::Failed(format!("starting the async runtime: {e}")))
+        .map_err(Error::Runtime)
 }

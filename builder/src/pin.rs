@@ -1,14 +1,31 @@
 //! `cairn pin`: resolve each rock's tag to the digest its registry serves now and rewrite the profile in place,
 //! comments and layout kept. The rewritten profile is checked before it replaces the old one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cairn_profile::{Profile, Reference};
 use toml_edit::{DocumentMut, Item, Value};
 
-use crate::build::{BuildError, write_atomically};
-use crate::registry::Registry;
+use crate::output::{OutputError, write_atomically};
+use crate::registry::{Registry, RegistryError};
 use crate::resolve::digest_for_tag;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("cannot read profile {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Profile(#[from] cairn_profile::Error),
+    #[error("{}: not a profile cairn pin can rewrite", .0.display())]
+    NotRewritable(PathBuf),
+    #[error("{key}: {source}")]
+    Registry { key: String, source: RegistryError },
+    #[error(transparent)]
+    Write(#[from] OutputError),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -49,16 +66,15 @@ fn rock_items(doc: &mut DocumentMut) -> Vec<(String, &mut Value)> {
     out
 }
 
-pub async fn pin(path: &Path) -> Result<Vec<Change>, BuildError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BuildError::Input(format!("cannot read profile {}: {e}", path.display())))?;
+pub async fn pin(path: &Path) -> Result<Vec<Change>, PinError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PinError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // Anything wrong besides missing or stale digests is reported the way `cairn validate` would.
     let positioned = |text: &str| match Profile::parse(path, text.to_string()) {
-        Err(e) => BuildError::Input(e.to_string()),
-        Ok(_) => BuildError::Input(format!(
-            "{}: not a profile cairn pin can rewrite",
-            path.display()
-        )),
+        Err(e) => PinError::Profile(e),
+        Ok(_) => PinError::NotRewritable(path.to_path_buf()),
     };
     let mut doc: DocumentMut = text.parse().map_err(|_| positioned(&text))?;
     let mut refs = Vec::new();
@@ -89,7 +105,10 @@ pub async fn pin(path: &Path) -> Result<Vec<Change>, BuildError> {
         }
         let digest = digest_for_tag(&registry, &r)
             .await
-            .map_err(|e| BuildError::Failed(format!("{key}: {e}")))?;
+            .map_err(|source| PinError::Registry {
+                key: key.clone(),
+                source,
+            })?;
         let new = r.with_digest(digest).to_string();
         changes.push(Change {
             key: key.clone(),
@@ -104,7 +123,7 @@ pub async fn pin(path: &Path) -> Result<Vec<Change>, BuildError> {
         *value.decor_mut() = decor;
     }
     let new_text = doc.to_string();
-    Profile::parse(path, new_text.clone()).map_err(|e| BuildError::Input(e.to_string()))?;
+    Profile::parse(path, new_text.clone())?;
     if new_text != text {
         write_atomically(path, new_text.as_bytes())?;
     }

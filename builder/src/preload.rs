@@ -9,12 +9,15 @@
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::time::Instant;
 
 use cairn_profile::{Arch, Digest, Preload, Reference};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
+use tracing::info;
 
+use crate::assemble::tree::{Data, Meta, New, Tree, TreeError};
 use crate::cache::{Cache, CacheError};
 use crate::filesystem::Hashing;
 use crate::registry::{OCI_INDEX, OCI_MANIFEST};
@@ -45,6 +48,29 @@ pub enum PreloadError {
         key: String,
         reference: String,
         message: String,
+    },
+    #[error("{key}: {reference}: {digest}: not a valid document: {source}")]
+    Document {
+        key: String,
+        reference: String,
+        digest: Digest,
+        source: serde_json::Error,
+    },
+    #[error("{key}: {reference}: blob {digest}: {}: {source}", path.display())]
+    Blob {
+        key: String,
+        reference: String,
+        digest: Digest,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("/{IMAGES_DIR}: {0}")]
+    ImagesDir(TreeError),
+    #[error("{key}: {path}: {source}")]
+    Place {
+        key: String,
+        path: String,
+        source: TreeError,
     },
     #[error("{key}: {reference}: writing the archive {}: {source}", path.display())]
     Write {
@@ -162,10 +188,11 @@ pub async fn resolve_all(
                 message: format!("{pinned_digest} is no longer in the cache"),
             })?;
         let doc: MediaTypeOnly =
-            serde_json::from_slice(&bytes).map_err(|e| PreloadError::Invalid {
+            serde_json::from_slice(&bytes).map_err(|source| PreloadError::Document {
                 key: p.rock.key.clone(),
                 reference: p.rock.reference.to_string(),
-                message: format!("{pinned_digest}: not a valid document: {e}"),
+                digest: pinned_digest.clone(),
+                source,
             })?;
         // The media type is optional in an OCI document; resolving already told an index from a manifest.
         let media_type = doc.media_type.unwrap_or_else(|| {
@@ -175,6 +202,7 @@ pub async fn resolve_all(
                 OCI_MANIFEST.to_string()
             }
         });
+        info!(rock = %p.rock.key, name = %p.name, pinned = %pinned_digest, "resolved preload");
         out.push(ResolvedPreload {
             name: p.name.clone(),
             tag: p.tag().to_string(),
@@ -318,12 +346,15 @@ pub fn write_archive(
     }
     for digest in p.blobs() {
         let blob = cache.blob_path(&digest);
-        let file = std::fs::File::open(&blob)
-            .map_err(|e| p.invalid(format!("blob {digest}: {}: {e}", blob.display())))?;
-        let size = file
-            .metadata()
-            .map_err(|e| p.invalid(format!("blob {digest}: {}: {e}", blob.display())))?
-            .len();
+        let blob_err = |source| PreloadError::Blob {
+            key: p.key().to_string(),
+            reference: p.reference().to_string(),
+            digest: digest.clone(),
+            path: blob.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&blob).map_err(blob_err)?;
+        let size = file.metadata().map_err(blob_err)?.len();
         let mut reader = Hashing {
             inner: io::BufReader::with_capacity(1 << 20, file).take(size),
             hash: Sha256::new(),
@@ -370,6 +401,47 @@ pub fn write_archive(
         size,
         sha256,
     })
+}
+
+/// Writes each preload's archive and places it, root-owned and 0644, in a 0755 `/usr/lib/cairn/images`. The
+/// archives live in the cache's temp folder until the outputs are written (removed on drop).
+pub fn add_archives(
+    tree: &mut Tree,
+    cache: &Cache,
+    preloads: &[ResolvedPreload],
+    epoch: u64,
+) -> Result<Vec<Archive>, PreloadError> {
+    let mut archives = Vec::with_capacity(preloads.len());
+    if preloads.is_empty() {
+        return Ok(archives);
+    }
+    let mut dir = Meta::new(0o755, 0, 0);
+    dir.mtime = epoch;
+    tree.put(IMAGES_DIR.as_bytes(), New::Dir(dir))
+        .map_err(PreloadError::ImagesDir)?;
+    for p in preloads {
+        let t = Instant::now();
+        let archive = write_archive(cache, p, epoch)?;
+        let mut meta = Meta::new(0o644, 0, 0);
+        meta.mtime = epoch;
+        let data = Data::Host {
+            path: archive.file.path().to_path_buf(),
+            size: archive.size,
+        };
+        let path = p.root_path();
+        tree.put(
+            path.trim_start_matches('/').as_bytes(),
+            New::File(meta, data),
+        )
+        .map_err(|source| PreloadError::Place {
+            key: p.key().to_string(),
+            path: path.clone(),
+            source,
+        })?;
+        info!(rock = %p.key(), path = %path, bytes = archive.size, ms = t.elapsed().as_millis() as u64, "preload archive");
+        archives.push(archive);
+    }
+    Ok(archives)
 }
 
 #[cfg(test)]

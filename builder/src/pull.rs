@@ -1,15 +1,23 @@
-//! Pull: layer blobs into the cache, streamed to disk and verified against their digest as they arrive.
+//! Pull: layer blobs into the cache, streamed to disk and verified against their digest as they arrive, and each
+//! distinct layer of the root unpacked once.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 use cairn_profile::{Digest, Reference};
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
+use tokio::task::JoinSet;
+use tracing::info;
 
+use crate::assemble::layer::{LayerError, Unpacked, unpack};
 use crate::cache::{Cache, CacheError};
+use crate::preload::ResolvedPreload;
 use crate::registry::{Registry, RegistryError, StreamError};
-use crate::resolve::Layer;
+use crate::resolve::{Layer, LazyRegistry, ResolvedRock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -37,6 +45,99 @@ pub enum PullError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Unpack(#[from] LayerError),
+    #[error("a pull task stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{key}: {reference}: {source}")]
+    Preload {
+        key: String,
+        reference: String,
+        source: Box<PullError>,
+    },
+}
+
+/// Pulls and unpacks every distinct layer of `rocks`, concurrently (decompression runs on blocking threads), then
+/// the blobs of the preloads' layers, which stay compressed. Returns the unpacked layers by digest. The registry
+/// client is made only if some blob is missing from the cache.
+pub async fn all(
+    registry: &mut LazyRegistry<'_>,
+    cache: &Arc<Cache>,
+    rocks: &[ResolvedRock],
+    preloads: &[ResolvedPreload],
+) -> Result<BTreeMap<Digest, Arc<Unpacked>>, PullError> {
+    let mut distinct: BTreeMap<Digest, (Layer, Reference)> = BTreeMap::new();
+    for r in rocks {
+        for l in &r.layers {
+            distinct
+                .entry(l.digest.clone())
+                .or_insert_with(|| (l.clone(), r.reference.clone()));
+        }
+    }
+    // A preload's layers stay compressed: only their blobs are needed, never an unpacked form.
+    let mut preload_layers: BTreeMap<Digest, (Layer, &ResolvedPreload)> = BTreeMap::new();
+    for p in preloads {
+        for l in &p.rock.layers {
+            preload_layers
+                .entry(l.digest.clone())
+                .or_insert_with(|| (l.clone(), p));
+        }
+    }
+    let need_network = distinct
+        .keys()
+        .any(|d| !cache.has_blob(d) && !cache.unpacked_dir(d).join("index.json").is_file())
+        || preload_layers.keys().any(|d| !cache.has_blob(d));
+    let client: Option<Arc<Registry>> = need_network.then(|| registry.get());
+    let mut tasks = JoinSet::new();
+    for (digest, (layer, reference)) in distinct {
+        let cache = Arc::clone(cache);
+        let client = client.clone();
+        tasks.spawn(async move {
+            let unpacked_index = cache.unpacked_dir(&layer.digest).join("index.json");
+            let blob = if unpacked_index.is_file() {
+                cache.blob_path(&layer.digest)
+            } else {
+                let t = Instant::now();
+                let path = ensure_layer(client.as_deref(), &cache, &reference, &layer).await?;
+                info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "pulled");
+                path
+            };
+            let t = Instant::now();
+            let unpacked =
+                tokio::task::spawn_blocking(move || unpack(&cache, &layer, &blob)).await??;
+            info!(layer = %digest, entries = unpacked.entries.len(), ms = t.elapsed().as_millis() as u64, "unpacked");
+            Ok::<_, PullError>((digest, Arc::new(unpacked)))
+        });
+    }
+    let mut unpacked = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (digest, u) = joined??;
+        unpacked.insert(digest, u);
+    }
+    // After the root's layers, so a blob shared with them is never fetched twice at once.
+    let mut tasks = JoinSet::new();
+    for (layer, p) in preload_layers.into_values() {
+        let cache = Arc::clone(cache);
+        let client = client.clone();
+        let reference = p.reference().clone();
+        let key = p.key().to_string();
+        tasks.spawn(async move {
+            let t = Instant::now();
+            ensure_layer(client.as_deref(), &cache, &reference, &layer)
+                .await
+                .map_err(|e| PullError::Preload {
+                    key,
+                    reference: reference.to_string(),
+                    source: Box::new(e),
+                })?;
+            info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "preload blob");
+            Ok::<_, PullError>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(unpacked)
 }
 
 /// Makes sure the layer's blob is in the cache; returns its path.

@@ -2,8 +2,24 @@
 //! the same report.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use cairn_profile::Profile;
 use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::disk::DiskReport;
+use crate::output::{self, OutputError};
+use crate::preload::{Archive, ResolvedPreload};
+use crate::resolve::ResolvedRock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the build report: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -21,10 +37,79 @@ pub struct Report {
     pub system: crate::system::Baked,
     /// The disk formats' layout: root hash, partition table, what the root filesystem could not hold.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk: Option<crate::disk::DiskReport>,
+    pub disk: Option<DiskReport>,
     /// What the agent will hand the distribution, per role: present when the profile has `[kubernetes]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesReport>,
+}
+
+/// What a build was made of and wrote.
+pub struct Made<'a> {
+    pub profile: &'a Profile,
+    /// The profile file as given.
+    pub profile_file: &'a Path,
+    pub epoch: u64,
+    pub rocks: &'a [ResolvedRock],
+    pub preloads: &'a [ResolvedPreload],
+    /// Each preload's archive, in the order of `preloads`.
+    pub archives: &'a [Archive],
+    pub outputs: Vec<Output>,
+    pub system: crate::system::Baked,
+    pub disk: Option<DiskReport>,
+}
+
+/// The sha256 of the profile's text, as the report and the disk's identifiers take it.
+pub fn profile_sha256(profile: &Profile) -> String {
+    hex::encode(Sha256::digest(profile.text.as_bytes()))
+}
+
+impl Report {
+    pub fn new(made: Made<'_>) -> Report {
+        let Made {
+            profile,
+            profile_file,
+            epoch,
+            rocks,
+            preloads,
+            archives,
+            outputs,
+            system,
+            disk,
+        } = made;
+        Report {
+            cairn_version: env!("CARGO_PKG_VERSION"),
+            name: profile.name.clone(),
+            version: profile.version.clone(),
+            arch: profile.arch.oci(),
+            profile: ProfileRef {
+                file: profile_file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: profile_sha256(profile),
+            },
+            source_date_epoch: epoch,
+            rocks: rocks.iter().map(RockReport::new).collect(),
+            preloads: preloads
+                .iter()
+                .zip(archives)
+                .map(|(p, a)| PreloadReport::new(p, a))
+                .collect(),
+            outputs,
+            system,
+            disk,
+            kubernetes: profile.kubernetes.as_ref().map(KubernetesReport::new),
+        }
+    }
+
+    /// Writes `NAME.manifest.json` in `out`; returns its path.
+    pub fn write(&self, out: &Path) -> Result<PathBuf, ReportError> {
+        let path = out.join(format!("{}.manifest.json", self.name));
+        let mut json = serde_json::to_vec_pretty(self)?;
+        json.push(b'\n');
+        output::write_atomically(&path, &json)?;
+        Ok(path)
+    }
 }
 
 /// The hardening preset and the effective component arguments (preset, then `extra-args`, then `remove-args`;
@@ -78,6 +163,28 @@ pub struct RockReport {
     pub layers: Vec<LayerReport>,
 }
 
+impl RockReport {
+    fn new(r: &ResolvedRock) -> RockReport {
+        RockReport {
+            key: r.key.clone(),
+            reference: r.reference.to_string(),
+            index_digest: r.index_digest.as_ref().map(ToString::to_string),
+            manifest_digest: r.manifest_digest.to_string(),
+            config_digest: r.config_digest.to_string(),
+            layers: r
+                .layers
+                .iter()
+                .map(|l| LayerReport {
+                    digest: l.digest.to_string(),
+                    diff_id: l.diff_id.to_string(),
+                    media_type: l.media_type.clone(),
+                    size: l.size,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PreloadReport {
     /// The pinned reference (`preload[i].rock`).
@@ -93,6 +200,20 @@ pub struct PreloadReport {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+}
+
+impl PreloadReport {
+    fn new(p: &ResolvedPreload, a: &Archive) -> PreloadReport {
+        PreloadReport {
+            rock: p.reference().to_string(),
+            name: p.name.clone(),
+            index_digest: p.rock.index_digest.as_ref().map(ToString::to_string),
+            manifest_digest: p.rock.manifest_digest.to_string(),
+            path: p.root_path(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use cairn_profile::{Arch, Digest, Reference, Rock};
+use cairn_profile::{Arch, Digest, Reference, ReferenceError, Rock};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
+use tracing::info;
 
 use crate::cache::{Cache, CacheError};
 use crate::registry::{DOCKER_LIST, OCI_INDEX, Registry, RegistryError};
@@ -22,6 +23,16 @@ pub enum ResolveError {
     DigestMismatch { what: String, actual: Digest },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+    #[error("{what}: not a valid document: {source}")]
+    Document {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("{what}: {source}")]
+    Digest {
+        what: String,
+        source: ReferenceError,
+    },
 }
 
 /// How a layer blob is compressed, from its media type.
@@ -189,17 +200,33 @@ async fn fetch_verified(
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ResolveError> {
-    serde_json::from_slice(bytes).map_err(|e| ResolveError::Invalid {
+    serde_json::from_slice(bytes).map_err(|source| ResolveError::Document {
         what: what.to_string(),
-        message: format!("not a valid document: {e}"),
+        source,
     })
 }
 
 fn digest_of(what: &str, text: &str) -> Result<Digest, ResolveError> {
-    Digest::parse(text).map_err(|e| ResolveError::Invalid {
+    Digest::parse(text).map_err(|source| ResolveError::Digest {
         what: what.to_string(),
-        message: e.to_string(),
+        source,
     })
+}
+
+/// Resolves the base and the layer rocks for `arch`, in order.
+pub async fn all(
+    registry: &mut LazyRegistry<'_>,
+    cache: &Cache,
+    rocks: &[Rock],
+    arch: Arch,
+) -> Result<Vec<ResolvedRock>, ResolveError> {
+    let mut resolved = Vec::with_capacity(rocks.len());
+    for rock in rocks {
+        let r = resolve(registry, cache, rock, arch).await?;
+        info!(rock = %rock.key, manifest = %r.manifest_digest, layers = r.layers.len(), "resolved");
+        resolved.push(r);
+    }
+    Ok(resolved)
 }
 
 /// Resolves one rock for `arch`.

@@ -320,6 +320,73 @@ fn source_date_epoch_clamps_mtimes() {
     );
 }
 
+/// The disk tools run with an environment of cairn's own: a `SOURCE_DATE_EPOCH` in the caller's (which mksquashfs
+/// refuses beside its own time options) only sets the build's epoch. `SOURCE_DATE_EPOCH=0` gives the bytes of a
+/// build without it (the default epoch), another value its own.
+#[test]
+fn a_raw_build_with_source_date_epoch_set_is_that_epochs_build() {
+    let registry = registry::shared();
+    // Enough of a bootable root for the disk format: a kernel, its module lists (the essential ones built in),
+    // systemd-boot, something for the factory /var. None of it has to run.
+    let layer = LayerBuilder::new()
+        .file("boot/vmlinuz-6.1.0-test", 0o644, "a kernel")
+        .file("usr/lib/modules/6.1.0-test/modules.dep", 0o644, "")
+        .file(
+            "usr/lib/modules/6.1.0-test/modules.builtin",
+            0o644,
+            "kernel/drivers/md/dm-verity.ko\nkernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\n",
+        )
+        .file(
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            0o644,
+            "a boot loader",
+        )
+        .file("var/lib/state", 0o644, "factory")
+        .mtime(2_000_000_000);
+    let pushed = push_image(
+        registry,
+        "e2e/disk-epoch",
+        "v1",
+        &Image::builder()
+            .layer_from(&layer, Compression::Gzip)
+            .build(),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "epochdisk",
+        &pushed.reference_by_digest,
+        &[],
+        "[image]\nformats = [\"raw\"]\n",
+    );
+    let raw = |tag: &str, epoch: &str| {
+        let b = build(&profile, work.path(), tag, &[("SOURCE_DATE_EPOCH", epoch)]);
+        assert_ok(
+            &b.output,
+            &format!("raw build with SOURCE_DATE_EPOCH={epoch:?}"),
+        );
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(b.out.join("epochdisk.manifest.json")).expect("report"),
+        )
+        .expect("json");
+        let sha256 = sha256_hex(&b.out.join("epochdisk.raw"));
+        assert_eq!(report["outputs"][0]["sha256"], sha256.as_str());
+        (report["source_date_epoch"].as_u64().expect("epoch"), sha256)
+    };
+    // Empty is unset to cairn: the default epoch, 0.
+    let (default_epoch, default_bytes) = raw("unset", "");
+    assert_eq!(default_epoch, 0);
+    let (zero_epoch, zero_bytes) = raw("zero", "0");
+    assert_eq!(zero_epoch, 0);
+    assert_eq!(
+        zero_bytes, default_bytes,
+        "SOURCE_DATE_EPOCH=0 is the default"
+    );
+    let (epoch, bytes) = raw("later", "1000000000");
+    assert_eq!(epoch, 1_000_000_000);
+    assert_ne!(bytes, default_bytes, "the epoch reaches the image");
+}
+
 #[test]
 fn layers_from_several_rocks_merge_in_order() {
     let registry = registry::shared();

@@ -2,8 +2,10 @@
 //!
 //! One TOML document describes a node. This crate turns it into a checked [`Profile`], or a [`Diagnostic`] that
 //! names the file, line, column and key at fault. It has no async and no network dependencies: the builder and
-//! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands.
+//! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands. Both run
+//! external tools through its [`command`] runner.
 
+pub mod command;
 mod diagnostic;
 pub mod hardening;
 mod instance;

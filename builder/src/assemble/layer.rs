@@ -19,14 +19,60 @@ use crate::resolve::{Compression, Layer};
 pub enum LayerError {
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("layer {digest}: {message}")]
-    Invalid { digest: Digest, message: String },
+    #[error(
+        "layer {digest}: the uncompressed layer has digest {actual}, the image config says {config}"
+    )]
+    DiffId {
+        digest: Digest,
+        actual: Digest,
+        config: Digest,
+    },
+    #[error("layer {digest}: {source}")]
+    Entry { digest: Digest, source: EntryError },
+    #[error("layer {digest}: {what}: {source}")]
+    Stream {
+        digest: Digest,
+        what: String,
+        source: io::Error,
+    },
     #[error("layer {digest}: {}: {source}", path.display())]
     Io {
         digest: Digest,
         path: PathBuf,
         source: io::Error,
     },
+}
+
+/// What is wrong with one tar entry of a layer; `path` is the entry's path as written.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("`{path}` has a .. component: it could escape the root, refused")]
+    Escapes { path: String },
+    #[error("`{path}`: unsupported tar entry type {kind}")]
+    Unsupported { path: String, kind: String },
+    #[error("`{path}`: bad {field}: {source}")]
+    Field {
+        path: String,
+        field: &'static str,
+        source: io::Error,
+    },
+    #[error("`{path}`: {kind} without a target")]
+    NoTarget { path: String, kind: &'static str },
+    #[error("hardlink `{path}` → {source}")]
+    HardlinkTarget {
+        path: String,
+        source: Box<EntryError>,
+    },
+    #[error("hardlink `{path}` points at the root")]
+    HardlinkToRoot { path: String },
+    #[error("`{path}`: bad PAX {what}: {source}")]
+    Pax {
+        path: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("`{path}`: xattr name not UTF-8")]
+    XattrName { path: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,10 +177,6 @@ fn decompress_and_index(
     blob: &Path,
     tar_path: &Path,
 ) -> Result<Vec<Entry>, LayerError> {
-    let invalid = |message: String| LayerError::Invalid {
-        digest: layer.digest.clone(),
-        message,
-    };
     let io_err = |path: &Path, source| LayerError::Io {
         digest: layer.digest.clone(),
         path: path.to_path_buf(),
@@ -159,29 +201,37 @@ fn decompress_and_index(
         hash: Sha256::new(),
         position: 0,
     };
+    let stream = |what: String| {
+        let digest = layer.digest.clone();
+        move |source| LayerError::Stream {
+            digest,
+            what,
+            source,
+        }
+    };
     let mut archive = tar::Archive::new(tee);
     let mut entries = Vec::new();
     let iter = archive
         .entries()
-        .map_err(|e| invalid(format!("not a tar stream: {e}")))?;
+        .map_err(stream("not a tar stream".into()))?;
     for entry in iter {
-        let mut entry = entry.map_err(|e| {
-            invalid(format!(
-                "bad tar entry after {} entries: {e}",
-                entries.len()
-            ))
-        })?;
-        entries.push(index_entry(&mut entry).map_err(invalid)?);
+        let mut entry = entry
+            .map_err(|e| stream(format!("bad tar entry after {} entries", entries.len()))(e))?;
+        entries.push(index_entry(&mut entry).map_err(|source| LayerError::Entry {
+            digest: layer.digest.clone(),
+            source,
+        })?);
     }
     // The diff_id covers every byte of the uncompressed stream, padding after the end marker included.
     let mut tee = archive.into_inner();
-    io::copy(&mut tee, &mut io::sink()).map_err(|e| invalid(format!("decompressing: {e}")))?;
+    io::copy(&mut tee, &mut io::sink()).map_err(stream("decompressing".into()))?;
     let diff_id = Digest::from_sha256(&tee.hash.finalize());
     if diff_id != layer.diff_id {
-        return Err(invalid(format!(
-            "the uncompressed layer has digest {diff_id}, the image config says {}",
-            layer.diff_id
-        )));
+        return Err(LayerError::DiffId {
+            digest: layer.digest.clone(),
+            actual: diff_id,
+            config: layer.diff_id.clone(),
+        });
     }
     tee.out.flush().map_err(|e| io_err(tar_path, e))?;
     tee.out
@@ -192,16 +242,15 @@ fn decompress_and_index(
 }
 
 /// Normalises a path from a layer, refusing any `..`: nothing may be placed outside the root.
-pub fn normalise(raw: &[u8]) -> Result<Vec<u8>, String> {
+pub fn normalise(raw: &[u8]) -> Result<Vec<u8>, EntryError> {
     let mut out = Vec::with_capacity(raw.len());
     for component in raw.split(|b| *b == b'/') {
         match component {
             b"" | b"." => continue,
             b".." => {
-                return Err(format!(
-                    "`{}` has a .. component: it could escape the root, refused",
-                    String::from_utf8_lossy(raw)
-                ));
+                return Err(EntryError::Escapes {
+                    path: String::from_utf8_lossy(raw).into_owned(),
+                });
             }
             c => {
                 if !out.is_empty() {
@@ -214,11 +263,11 @@ pub fn normalise(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, String> {
+fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryError> {
     let raw_path = entry.path_bytes().into_owned();
     let path = normalise(&raw_path)?;
     let header = entry.header();
-    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let shown = || String::from_utf8_lossy(&raw_path).into_owned();
     let kind = match header.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
         tar::EntryType::Directory => Kind::Dir,
@@ -227,10 +276,20 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, String> 
         tar::EntryType::Char => Kind::Char,
         tar::EntryType::Block => Kind::Block,
         tar::EntryType::Fifo => Kind::Fifo,
-        other => return Err(format!("`{shown}`: unsupported tar entry type {other:?}")),
+        other => {
+            return Err(EntryError::Unsupported {
+                path: shown(),
+                kind: format!("{other:?}"),
+            });
+        }
     };
-    let field =
-        |name: &str, r: io::Result<u64>| r.map_err(|e| format!("`{shown}`: bad {name}: {e}"));
+    let field = |field: &'static str, r: io::Result<u64>| {
+        r.map_err(|source| EntryError::Field {
+            path: shown(),
+            field,
+            source,
+        })
+    };
     let mode = field("mode", header.mode().map(u64::from))? as u32 & 0o7777;
     let uid = field("uid", header.uid())?;
     let gid = field("gid", header.gid())?;
@@ -242,35 +301,46 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, String> 
         ),
         _ => (0, 0),
     };
+    let no_target = |kind| EntryError::NoTarget {
+        path: shown(),
+        kind,
+    };
     let link = match kind {
         Kind::Symlink => Some(
             entry
                 .link_name_bytes()
-                .ok_or_else(|| format!("`{shown}`: symlink without a target"))?
+                .ok_or_else(|| no_target("symlink"))?
                 .into_owned(),
         ),
         Kind::Hardlink => {
             let target = entry
                 .link_name_bytes()
-                .ok_or_else(|| format!("`{shown}`: hardlink without a target"))?;
-            let normal = normalise(&target).map_err(|e| format!("hardlink `{shown}` → {e}"))?;
+                .ok_or_else(|| no_target("hardlink"))?;
+            let normal = normalise(&target).map_err(|e| EntryError::HardlinkTarget {
+                path: shown(),
+                source: Box::new(e),
+            })?;
             if normal.is_empty() {
-                return Err(format!("hardlink `{shown}` points at the root"));
+                return Err(EntryError::HardlinkToRoot { path: shown() });
             }
             Some(normal)
         }
         _ => None,
     };
+    let pax = |what: &'static str| {
+        move |source| EntryError::Pax {
+            path: shown(),
+            what,
+            source,
+        }
+    };
     let mut xattrs = Vec::new();
-    if let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|e| format!("`{shown}`: bad PAX header: {e}"))?
-    {
-        for ext in pax {
-            let ext = ext.map_err(|e| format!("`{shown}`: bad PAX record: {e}"))?;
+    if let Some(extensions) = entry.pax_extensions().map_err(pax("header"))? {
+        for ext in extensions {
+            let ext = ext.map_err(pax("record"))?;
             if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
                 let name = String::from_utf8(name.to_vec())
-                    .map_err(|_| format!("`{shown}`: xattr name not UTF-8"))?;
+                    .map_err(|_| EntryError::XattrName { path: shown() })?;
                 xattrs.push((name, ext.value_bytes().to_vec()));
             }
         }
@@ -301,7 +371,7 @@ mod tests {
         assert_eq!(normalise(b"./etc//passwd").unwrap(), b"etc/passwd");
         assert_eq!(normalise(b"/usr/bin/").unwrap(), b"usr/bin");
         assert_eq!(normalise(b"./").unwrap(), b"");
-        let e = normalise(b"etc/../../x").unwrap_err();
+        let e = normalise(b"etc/../../x").unwrap_err().to_string();
         assert!(e.contains("could escape the root"), "{e}");
     }
 }

@@ -3,11 +3,15 @@
 pub mod layer;
 pub mod tree;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cairn_profile::Digest;
 use layer::{LayerError, Unpacked};
 use tree::{Tree, TreeError};
+
+use crate::resolve::ResolvedRock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
@@ -19,6 +23,32 @@ pub enum AssembleError {
         digest: String,
         source: TreeError,
     },
+    #[error("{rock}: layer {digest} was not unpacked")]
+    NotUnpacked { rock: String, digest: Digest },
+}
+
+/// Merges every layer of `rocks`, in order, from their unpacked forms.
+pub fn rocks(
+    rocks: &[ResolvedRock],
+    unpacked: &BTreeMap<Digest, Arc<Unpacked>>,
+) -> Result<(Tree, Vec<PathBuf>), AssembleError> {
+    let mut layers = Vec::new();
+    for r in rocks {
+        for l in &r.layers {
+            let u = unpacked
+                .get(&l.digest)
+                .ok_or_else(|| AssembleError::NotUnpacked {
+                    rock: r.reference.to_string(),
+                    digest: l.digest.clone(),
+                })?;
+            layers.push(Merged {
+                rock: r.reference.to_string(),
+                digest: l.digest.to_string(),
+                unpacked: Arc::clone(u),
+            });
+        }
+    }
+    merge(layers)
 }
 
 /// One layer to merge, already unpacked.

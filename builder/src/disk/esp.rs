@@ -2,10 +2,22 @@
 //! Deterministic: the volume id comes from the inputs, file times from the build epoch (mtools reads
 //! SOURCE_DATE_EPOCH for what it creates itself).
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
-use super::{DiskError, tools};
+use cairn_profile::command::CommandError;
+
+use super::tools::Tool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EspError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] CommandError),
+}
 
 /// 1980-01-02, a day after FAT's first date, so no time zone can push it out of range.
 pub const FAT_EPOCH: u64 = 315_619_200;
@@ -23,22 +35,25 @@ pub fn make(
     files: &[EspFile],
     epoch: u64,
     staging: &Path,
-) -> Result<(), DiskError> {
-    let io = |p: &Path, e: std::io::Error| DiskError(format!("{}: {e}", p.display()));
+) -> Result<(), EspError> {
+    let io = |p: &Path, source| EspError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
     let file = std::fs::File::create(out).map_err(|e| io(out, e))?;
     file.set_len(size).map_err(|e| io(out, e))?;
     drop(file);
     // FAT dates start in 1980: an earlier epoch (the default 0) would wrap to 2098.
     let epoch = epoch.max(FAT_EPOCH);
     let epoch_s = epoch.to_string();
-    tools::run(
-        Command::new("mformat")
-            .args(["-i"])
-            .arg(out)
-            .args(["-F", "-N", &format!("{volume_id:08x}"), "-v", "ESP", "::"])
-            .env("SOURCE_DATE_EPOCH", &epoch_s)
-            .env("TZ", "UTC"),
-    )?;
+    Tool::Mformat
+        .command()
+        .args(["-i"])
+        .arg(out)
+        .args(["-F", "-N", &format!("{volume_id:08x}"), "-v", "ESP", "::"])
+        .env("SOURCE_DATE_EPOCH", &epoch_s)
+        .env("TZ", "UTC")
+        .run()?;
     // Stage the files with the epoch as their time, then copy the whole tree in one mcopy.
     for f in files {
         let dest = staging.join(&f.path);
@@ -74,13 +89,14 @@ pub fn make(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    let mut cmd = Command::new("mcopy");
-    cmd.args(["-s", "-m", "-i"])
+    Tool::Mcopy
+        .command()
+        .args(["-s", "-m", "-i"])
         .arg(out)
         .args(&entries)
         .arg("::/")
         .env("SOURCE_DATE_EPOCH", &epoch_s)
-        .env("TZ", "UTC");
-    tools::run(&mut cmd)?;
+        .env("TZ", "UTC")
+        .run()?;
     Ok(())
 }

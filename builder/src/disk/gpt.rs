@@ -2,13 +2,13 @@
 //! content copied in place.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use cairn_profile::command::CommandError;
 use serde::Serialize;
 
-use super::DiskError;
+use super::tools::Tool;
 
 pub const SECTOR: u64 = 512;
 /// Partitions start on 1 MiB boundaries.
@@ -41,13 +41,29 @@ pub struct Table {
     pub partitions: Vec<Partition>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] CommandError),
+    #[error("partition {name}: {len} bytes do not fit in {size}")]
+    TooBig { name: String, len: u64, size: u64 },
+}
+
 pub fn round_up(n: u64, to: u64) -> u64 {
     n.div_ceil(to) * to
 }
 
 /// Writes the disk: a sparse file of `table.size`, the GPT, each partition's content.
-pub fn write(disk: &Path, table: &Table) -> Result<(), DiskError> {
-    let io = |p: &Path, e: std::io::Error| DiskError(format!("{}: {e}", p.display()));
+pub fn write(disk: &Path, table: &Table) -> Result<(), GptError> {
+    let io = |p: &Path, source| GptError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
     let file = File::create(disk).map_err(|e| io(disk, e))?;
     file.set_len(table.size).map_err(|e| io(disk, e))?;
     drop(file);
@@ -65,7 +81,8 @@ pub fn write(disk: &Path, table: &Table) -> Result<(), DiskError> {
             p.name
         ));
     }
-    let mut child = Command::new("sfdisk")
+    Tool::Sfdisk
+        .command()
         .args([
             "--quiet",
             "--no-reread",
@@ -74,30 +91,8 @@ pub fn write(disk: &Path, table: &Table) -> Result<(), DiskError> {
             "never",
         ])
         .arg(disk)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            DiskError(format!(
-                "running sfdisk (rocks/setup-host installs fdisk): {e}"
-            ))
-        })?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| DiskError("sfdisk has no stdin".into()))?
-        .write_all(script.as_bytes())
-        .map_err(|e| DiskError(format!("sfdisk: {e}")))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| DiskError(format!("sfdisk: {e}")))?;
-    if !out.status.success() {
-        return Err(DiskError(format!(
-            "sfdisk failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+        .stdin_bytes(script)
+        .run()?;
     let mut f = File::options()
         .write(true)
         .open(disk)
@@ -106,10 +101,11 @@ pub fn write(disk: &Path, table: &Table) -> Result<(), DiskError> {
         let Some(src) = &p.content else { continue };
         let len = std::fs::metadata(src).map_err(|e| io(src, e))?.len();
         if len > p.size {
-            return Err(DiskError(format!(
-                "partition {}: {len} bytes do not fit in {}",
-                p.name, p.size
-            )));
+            return Err(GptError::TooBig {
+                name: p.name.clone(),
+                len,
+                size: p.size,
+            });
         }
         f.seek(SeekFrom::Start(p.offset)).map_err(|e| io(disk, e))?;
         let mut from = File::open(src).map_err(|e| io(src, e))?;

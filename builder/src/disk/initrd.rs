@@ -5,9 +5,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::DiskError;
 use crate::assemble::tree::{Node, Tree};
-use crate::filesystem::read_file;
+use crate::filesystem::{FilesystemError, read_file};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitrdError {
+    #[error("no kernel modules in the root (/usr/lib/modules)")]
+    NoModules,
+    #[error("no modules.dep for kernel {0}")]
+    NoModulesDep(String),
+    #[error(
+        "kernel module {0} is neither a module nor built in: the kernel cannot boot a verified root"
+    )]
+    Essential(String),
+    #[error("module {0} is listed in modules.dep but missing")]
+    Missing(String),
+    #[error(transparent)]
+    Read(#[from] FilesystemError),
+}
 
 /// What the initrd loads: block devices, device-mapper verity, the root and data filesystems, the ESP's FAT, the
 /// /etc overlay and QEMU's fw_cfg (instance data). Built-in ones are simply not found as modules.
@@ -56,7 +71,7 @@ pub fn resolve(
     modules_dep: &str,
     builtin: &str,
     wanted: &[&str],
-) -> Result<Vec<String>, DiskError> {
+) -> Result<Vec<String>, InitrdError> {
     let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in modules_dep.lines() {
         let Some((module, rest)) = line.split_once(':') else {
@@ -104,9 +119,7 @@ pub fn resolve(
             // Not every kernel has every module (erofs, virtio_scsi...): absent and not built in is fine only for
             // those the boot can do without; the essential ones must be somewhere.
             None if ["dm_verity", "squashfs", "overlay"].contains(w) => {
-                return Err(DiskError(format!(
-                    "kernel module {w} is neither a module nor built in: the kernel cannot boot a verified root"
-                )));
+                return Err(InitrdError::Essential(w.to_string()));
             }
             None => {}
         }
@@ -161,20 +174,15 @@ pub fn build(
     layer_tars: &[PathBuf],
     agent: &[u8],
     epoch: u64,
-) -> Result<(Vec<u8>, Vec<String>), DiskError> {
-    let version = kernel_version(tree)
-        .ok_or_else(|| DiskError("no kernel modules in the root (/usr/lib/modules)".into()))?;
+) -> Result<(Vec<u8>, Vec<String>), InitrdError> {
+    let version = kernel_version(tree).ok_or(InitrdError::NoModules)?;
     let base = if tree.lookup(b"usr/lib/modules").is_some() {
         "usr/lib/modules"
     } else {
         "lib/modules"
     };
-    let read = |rel: &str| -> Result<Option<Vec<u8>>, DiskError> {
-        read_file(tree, layer_tars, &format!("{base}/{version}/{rel}"))
-            .map_err(|e| DiskError(e.to_string()))
-    };
-    let dep = read("modules.dep")?
-        .ok_or_else(|| DiskError(format!("no modules.dep for kernel {version}")))?;
+    let read = |rel: &str| read_file(tree, layer_tars, &format!("{base}/{version}/{rel}"));
+    let dep = read("modules.dep")?.ok_or_else(|| InitrdError::NoModulesDep(version.clone()))?;
     let builtin = read("modules.builtin")?.unwrap_or_default();
     let order = resolve(
         &String::from_utf8_lossy(&dep),
@@ -187,8 +195,7 @@ pub fn build(
     files.insert("init".into(), (0o100755, agent.to_vec()));
     let mut list = String::new();
     for m in &order {
-        let bytes = read(m)?
-            .ok_or_else(|| DiskError(format!("module {m} is listed in modules.dep but missing")))?;
+        let bytes = read(m)?.ok_or_else(|| InitrdError::Missing(m.clone()))?;
         files.insert(format!("lib/modules/{version}/{m}"), (0o100644, bytes));
         list.push_str(&format!("/lib/modules/{version}/{m}\n"));
     }

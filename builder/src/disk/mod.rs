@@ -6,28 +6,69 @@
 //! for /var. Every GUID, the FAT volume id and the verity salt derive from the profile and its digests; every time
 //! from the build epoch: the same inputs give the same image.
 
+pub mod boot;
 pub mod data;
 pub mod esp;
 pub mod gpt;
 pub mod initrd;
+pub mod layout;
 pub mod root;
 pub mod squashfs;
 mod tools;
 pub mod verity;
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use cairn_profile::{Arch, Profile};
+use cairn_profile::command::CommandError;
+use cairn_profile::{Format, Profile};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tracing::info;
 
-use crate::assemble::tree::{Data, Meta, New, Tree};
-use crate::filesystem::{self, TarOptions, read_file};
-use gpt::{ALIGN, Partition, Table, round_up};
+use crate::assemble::tree::Tree;
+use crate::output::{self, OutputError};
+use crate::report::Output;
+use crate::resolve::ResolvedRock;
+use boot::{Boot, BootError};
+use data::DataError;
+use esp::EspError;
+use gpt::{GptError, Table};
+use initrd::InitrdError;
+use layout::Pieces;
+use root::RootError;
+use squashfs::SquashfsError;
+use tools::Tool;
+use verity::VerityError;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DiskError(pub String);
+pub enum DiskError {
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+    #[error(transparent)]
+    Root(#[from] RootError),
+    #[error(transparent)]
+    Squashfs(#[from] SquashfsError),
+    #[error("verity: {0}")]
+    Verity(#[from] VerityError),
+    #[error(transparent)]
+    Esp(#[from] EspError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Gpt(#[from] GptError),
+    #[error(transparent)]
+    Qcow2(#[from] CommandError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
 
 /// Identifiers derived from the build's inputs (UUIDv5-style: version and variant bits set).
 #[derive(Debug, Clone)]
@@ -36,6 +77,15 @@ pub struct Ids {
 }
 
 impl Ids {
+    /// A build's: from its profile and rocks.
+    pub fn of(profile: &Profile, rocks: &[ResolvedRock]) -> Ids {
+        let digests: Vec<String> = rocks
+            .iter()
+            .map(|r| r.manifest_digest.to_string())
+            .collect();
+        Ids::new(&crate::report::profile_sha256(profile), &digests)
+    }
+
     /// From the profile's sha256 and every rock's manifest digest.
     pub fn new(profile_sha256: &str, digests: &[String]) -> Ids {
         let mut h = Sha256::new();
@@ -108,8 +158,6 @@ pub struct DiskReport {
 pub const ESP_SIZE: u64 = 64 << 20;
 pub const DATA_SIZE: u64 = 256 << 20;
 
-/// Writes the raw disk image `out` from the assembled `tree` (rearranged here for a read-only root); temporary
-/// pieces go to `work`.
 /// What a disk is made of besides the tree.
 pub struct DiskInputs<'a> {
     pub profile: &'a Profile,
@@ -119,6 +167,51 @@ pub struct DiskInputs<'a> {
     pub epoch: u64,
 }
 
+/// Writes the disk formats among `formats` into `out_dir` (the raw image, and its qcow2 conversion) from the
+/// assembled `tree`, which is rearranged for a read-only root.
+pub fn write(
+    tree: &mut Tree,
+    tars: &[PathBuf],
+    inputs: &DiskInputs<'_>,
+    formats: &[Format],
+    out_dir: &Path,
+) -> Result<(DiskReport, Vec<Output>), DiskError> {
+    let t = Instant::now();
+    let work = output::work_folder(out_dir)?;
+    let raw = work.path().join("disk.raw");
+    let report = build_raw(tree, tars, inputs, work.path(), &raw)?;
+    info!(root_hash = %report.root_hash, ms = t.elapsed().as_millis() as u64, "disk");
+    let name = &inputs.profile.name;
+    let mut outputs = Vec::new();
+    if formats.contains(&Format::Qcow2) {
+        let qcow = work.path().join("disk.qcow2");
+        qcow2(&raw, &qcow)?;
+        outputs.push(output::place(
+            &qcow,
+            out_dir,
+            "qcow2",
+            format!("{name}.qcow2"),
+        )?);
+    }
+    if formats.contains(&Format::Raw) {
+        outputs.push(output::place(&raw, out_dir, "raw", format!("{name}.raw"))?);
+    }
+    Ok((report, outputs))
+}
+
+/// Converts the raw image to qcow2.
+pub fn qcow2(raw: &Path, qcow: &Path) -> Result<(), DiskError> {
+    Tool::QemuImg
+        .command()
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(qcow)
+        .run()?;
+    Ok(())
+}
+
+/// Writes the raw disk image `out` from the assembled `tree` (rearranged here for a read-only root); its pieces go
+/// to `work`.
 pub fn build_raw(
     tree: &mut Tree,
     tars: &[PathBuf],
@@ -132,196 +225,42 @@ pub fn build_raw(
         agent,
         epoch,
     } = *inputs;
-    let io = |p: &Path, e: std::io::Error| DiskError(format!("{}: {e}", p.display()));
-    let fs_err = |e: filesystem::FilesystemError| DiskError(e.to_string());
-
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskError::Io { path, source }
+    };
     // What the boot needs, read before the tree is rearranged.
-    let kernel_path = find_kernel(tree)
-        .ok_or_else(|| DiskError("no kernel in the root (/boot/vmlinuz-*)".into()))?;
-    let kernel = read_file(tree, tars, &kernel_path)
-        .map_err(fs_err)?
-        .unwrap_or_default();
-    let (boot_efi, removable_name) = match profile.arch {
-        Arch::Amd64 => (
-            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-            "BOOTX64.EFI",
-        ),
-        Arch::Arm64 => (
-            "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
-            "BOOTAA64.EFI",
-        ),
-    };
-    let boot_loader = read_file(tree, tars, boot_efi).map_err(fs_err)?.ok_or_else(|| {
-        DiskError(format!("/{boot_efi} is missing: the base rock must carry systemd-boot (Debian's systemd-boot-efi)"))
-    })?;
-    let agent_bytes = std::fs::read(agent).map_err(|e| io(agent, e))?;
+    let boot = Boot::read(tree, tars, profile.arch)?;
+    let kernel = format!("/{}", boot.kernel_path);
+    let agent_bytes = std::fs::read(agent).map_err(io(agent))?;
     let (initrd, initrd_modules) = initrd::build(tree, tars, &agent_bytes, epoch)?;
+    root::with_factory_var(tree, tars, epoch, &work.join("var.tar"))?;
 
-    // The factory /var, as a tar inside the root.
-    let factory = root::split_writable(tree).map_err(|e| DiskError(e.to_string()))?;
-    let var_tar = work.join("var.tar");
-    let file = std::fs::File::create(&var_tar).map_err(|e| io(&var_tar, e))?;
-    let opts = TarOptions {
-        epoch,
-        drop_xattrs: &[],
-    };
-    let (written, _) =
-        filesystem::write_tar(tree, factory, tars, opts, file, &var_tar).map_err(fs_err)?;
-    tree.put(
-        root::FACTORY_VAR.as_bytes(),
-        New::File(
-            Meta::new(0o644, 0, 0),
-            Data::Host {
-                path: var_tar.clone(),
-                size: written.size,
-            },
-        ),
-    )
-    .map_err(|e| DiskError(e.to_string()))?;
-
-    // Root and its hash tree.
-    let root_img = work.join("root.squashfs");
-    let written = squashfs::make(tree, tars, epoch, &root_img)?;
-    pad_to(&root_img, verity::BLOCK as u64)?;
-    let verity_img = work.join("root.verity");
-    let mut hash_out = std::io::BufWriter::new(
-        std::fs::File::create(&verity_img).map_err(|e| io(&verity_img, e))?,
-    );
-    let v = verity::format(
-        &root_img,
-        &mut hash_out,
+    let pieces = Pieces::in_folder(work);
+    let written = squashfs::make(tree, tars, epoch, &pieces.root)?;
+    let v = verity::write_file(
+        &pieces.root,
+        &pieces.verity,
         ids.salt(),
         ids.uuid("verity superblock"),
-    )
-    .map_err(|e| DiskError(format!("verity: {e}")))?;
-    std::io::Write::flush(&mut hash_out).map_err(|e| io(&verity_img, e))?;
-    drop(hash_out);
-
-    // The ESP.
-    let mut cmdline: Vec<String> = profile.system.kernel_cmdline.clone();
-    cmdline.push(format!("cairn.verity={}", v.root_hex()));
-    let cmdline = cmdline.join(" ");
-    let entry = format!(
-        "title {} {}\nlinux /cairn/vmlinuz\ninitrd /cairn/initrd.img\noptions {cmdline}\n",
-        profile.name, profile.version
-    );
-    let esp_files = vec![
-        esp::EspFile {
-            path: format!("EFI/BOOT/{removable_name}"),
-            bytes: boot_loader.clone(),
-        },
-        esp::EspFile {
-            path: format!(
-                "EFI/systemd/{}",
-                boot_efi.rsplit('/').next().unwrap_or(boot_efi)
-            ),
-            bytes: boot_loader,
-        },
-        esp::EspFile {
-            path: "loader/loader.conf".into(),
-            bytes: b"default cairn.conf\ntimeout 0\neditor no\n".to_vec(),
-        },
-        esp::EspFile {
-            path: "loader/entries/cairn.conf".into(),
-            bytes: entry.into_bytes(),
-        },
-        esp::EspFile {
-            path: "cairn/vmlinuz".into(),
-            bytes: kernel,
-        },
-        esp::EspFile {
-            path: "cairn/initrd.img".into(),
-            bytes: initrd,
-        },
-    ];
-    let esp_img = work.join("esp.fat");
+    )?;
+    let cmdline = boot::cmdline(profile, &v);
+    let esp_files = boot.esp_files(profile, &cmdline, initrd);
     let staging = work.join("esp");
     esp::make(
-        &esp_img,
+        &pieces.esp,
         ESP_SIZE,
         ids.volume_id(),
         &esp_files,
         epoch,
         &staging,
     )?;
+    data::make(&pieces.data, DATA_SIZE, ids, epoch)?;
 
-    // /var.
-    let data_img = work.join("var.ext4");
-    data::make(&data_img, DATA_SIZE, ids, epoch)?;
-
-    // The table. Root partition GUIDs follow the DPS convention: the root's is the first half of the root hash,
-    // the hash partition's the second half. Slot B is left as free space the size of slot A.
-    let (root_type, verity_type) = match profile.arch {
-        Arch::Amd64 => (gpt::ROOT_X86_64, gpt::ROOT_VERITY_X86_64),
-        Arch::Arm64 => (gpt::ROOT_ARM64, gpt::ROOT_VERITY_ARM64),
-    };
-    let root_len = std::fs::metadata(&root_img)
-        .map_err(|e| io(&root_img, e))?
+    let root_len = std::fs::metadata(&pieces.root)
+        .map_err(io(&pieces.root))?
         .len();
-    let root_slot = round_up(root_len + root_len / 4, 16 * ALIGN);
-    let verity_slot = round_up(v.hash_size + v.hash_size / 4, ALIGN);
-    let mut half = [0u8; 16];
-    half.copy_from_slice(&v.root_hash[..16]);
-    let root_uuid = format_uuid(&half);
-    half.copy_from_slice(&v.root_hash[16..]);
-    let verity_uuid = format_uuid(&half);
-    let mut offset = ALIGN;
-    let mut partitions = Vec::new();
-    let mut add = |name: &str,
-                   type_guid: &str,
-                   uuid: String,
-                   size: u64,
-                   content: Option<PathBuf>,
-                   offset: &mut u64| {
-        partitions.push(Partition {
-            name: name.into(),
-            type_guid: type_guid.into(),
-            uuid,
-            offset: *offset,
-            size,
-            content,
-        });
-        *offset += size;
-    };
-    add(
-        "esp",
-        gpt::ESP_TYPE,
-        ids.uuid_string("esp"),
-        ESP_SIZE,
-        Some(esp_img),
-        &mut offset,
-    );
-    add(
-        "root-a",
-        root_type,
-        root_uuid,
-        root_slot,
-        Some(root_img),
-        &mut offset,
-    );
-    add(
-        "root-a-verity",
-        verity_type,
-        verity_uuid,
-        verity_slot,
-        Some(verity_img),
-        &mut offset,
-    );
-    offset += root_slot + verity_slot;
-    add(
-        "var",
-        gpt::VAR_TYPE,
-        ids.uuid_string("var"),
-        DATA_SIZE,
-        Some(data_img),
-        &mut offset,
-    );
-    // The backup GPT takes the last 33 sectors: keep a whole MiB.
-    let table = Table {
-        disk_guid: ids.uuid_string("disk"),
-        size: offset + ALIGN,
-        partitions,
-    };
+    let table = layout::table(profile.arch, ids, &v, &pieces, root_len);
     gpt::write(out, &table)?;
 
     let mut dropped = written.dropped_xattrs;
@@ -330,36 +269,10 @@ pub fn build_raw(
         root_filesystem: "squashfs (zstd level 3)",
         root_hash: v.root_hex(),
         verity_salt: hex::encode(v.salt),
-        kernel: format!("/{kernel_path}"),
+        kernel,
         kernel_cmdline: cmdline,
         initrd_modules,
         partition_table: table,
         xattrs_not_in_root: dropped,
     })
-}
-
-/// `/boot/vmlinuz-VERSION`, the highest version if there are several.
-fn find_kernel(tree: &Tree) -> Option<String> {
-    let boot = tree.lookup(b"boot")?;
-    match tree.node(boot) {
-        crate::assemble::tree::Node::Dir { children, .. } => children
-            .keys()
-            .filter(|k| k.starts_with(b"vmlinuz-"))
-            .max()
-            .map(|k| format!("boot/{}", String::from_utf8_lossy(k))),
-        _ => None,
-    }
-}
-
-fn pad_to(path: &Path, block: u64) -> Result<(), DiskError> {
-    let f = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .map_err(|e| DiskError(format!("{}: {e}", path.display())))?;
-    let len = f
-        .metadata()
-        .map_err(|e| DiskError(format!("{}: {e}", path.display())))?
-        .len();
-    f.set_len(round_up(len, block))
-        .map_err(|e| DiskError(format!("{}: {e}", path.display())))
 }

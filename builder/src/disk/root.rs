@@ -6,7 +6,10 @@
 //! first boot. `/var` stays as an empty mount point, `/home`, `/root` and `/srv` become symlinks into it, and `/tmp`
 //! is emptied (a tmpfs at boot). `/efi` is made as the EFI system partition's mount point.
 
-use crate::assemble::tree::{Meta, New, Node, NodeId, Special, Tree};
+use std::path::{Path, PathBuf};
+
+use crate::assemble::tree::{Data, Meta, New, Node, NodeId, Special, Tree, TreeError};
+use crate::filesystem::{self, FilesystemError, TarOptions};
 
 /// Where the factory `/var` is kept in the root.
 pub const FACTORY_VAR: &str = "usr/lib/cairn/factory/var.tar";
@@ -15,8 +18,58 @@ pub const FACTORY_VAR: &str = "usr/lib/cairn/factory/var.tar";
 const UNDER_VAR: &[(&str, u32)] = &[("home", 0o755), ("root", 0o700), ("srv", 0o755)];
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RootError(pub String);
+pub enum RootError {
+    #[error("/var is not a directory in the assembled root")]
+    VarNotDir,
+    #[error("/var could not be made")]
+    NoVar,
+    #[error("both /{0} and /var/{0} exist: /{0} must live in /var")]
+    Both(&'static str),
+    #[error("/{0} vanished")]
+    Vanished(&'static str),
+    #[error("/{0} is not a directory: it cannot move to /var/{0}")]
+    NotDir(&'static str),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    FactoryVar(#[from] FilesystemError),
+}
+
+/// Rearranges `tree` for a read-only root and stores the factory `/var` in it as [`FACTORY_VAR`], written to
+/// `var_tar` on the host.
+pub fn with_factory_var(
+    tree: &mut Tree,
+    layer_tars: &[PathBuf],
+    epoch: u64,
+    var_tar: &Path,
+) -> Result<(), RootError> {
+    let factory = split_writable(tree)?;
+    let file = std::fs::File::create(var_tar).map_err(|source| RootError::Io {
+        path: var_tar.to_path_buf(),
+        source,
+    })?;
+    let opts = TarOptions {
+        epoch,
+        drop_xattrs: &[],
+    };
+    let (written, _) = filesystem::write_tar(tree, factory, layer_tars, opts, file, var_tar)?;
+    tree.put(
+        FACTORY_VAR.as_bytes(),
+        New::File(
+            Meta::new(0o644, 0, 0),
+            Data::Host {
+                path: var_tar.to_path_buf(),
+                size: written.size,
+            },
+        ),
+    )?;
+    Ok(())
+}
 
 fn dir_meta(tree: &Tree, id: NodeId) -> Option<Meta> {
     match tree.node(id) {
@@ -29,16 +82,10 @@ fn dir_meta(tree: &Tree, id: NodeId) -> Option<Meta> {
 pub fn split_writable(tree: &mut Tree) -> Result<NodeId, RootError> {
     let var = match tree.lookup(b"var") {
         Some(id) if dir_meta(tree, id).is_some() => id,
-        Some(_) => {
-            return Err(RootError(
-                "/var is not a directory in the assembled root".into(),
-            ));
-        }
+        Some(_) => return Err(RootError::VarNotDir),
         None => {
-            tree.put(b"var", New::Dir(Meta::new(0o755, 0, 0)))
-                .map_err(|e| RootError(e.to_string()))?;
-            tree.lookup(b"var")
-                .ok_or_else(|| RootError("/var could not be made".into()))?
+            tree.put(b"var", New::Dir(Meta::new(0o755, 0, 0)))?;
+            tree.lookup(b"var").ok_or(RootError::NoVar)?
         }
     };
     let factory = tree.new_dir(dir_meta(tree, var).unwrap_or_else(|| Meta::new(0o755, 0, 0)));
@@ -61,20 +108,14 @@ pub fn split_writable(tree: &mut Tree) -> Result<NodeId, RootError> {
             )) if t == target.as_bytes() => {}
             Some((_, Node::Dir { .. })) => {
                 if has_child(tree, factory, name) {
-                    return Err(RootError(format!(
-                        "both /{name} and /var/{name} exist: /{name} must live in /var"
-                    )));
+                    return Err(RootError::Both(name));
                 }
                 let id = tree
                     .detach(name.as_bytes())
-                    .ok_or_else(|| RootError(format!("/{name} vanished")))?;
+                    .ok_or(RootError::Vanished(name))?;
                 tree.attach(factory, name.as_bytes(), id);
             }
-            Some(_) => {
-                return Err(RootError(format!(
-                    "/{name} is not a directory: it cannot move to /var/{name}"
-                )));
-            }
+            Some(_) => return Err(RootError::NotDir(name)),
             None => {
                 if !has_child(tree, factory, name) {
                     let id = tree.new_dir(Meta::new(*mode, 0, 0));
@@ -88,16 +129,14 @@ pub fn split_writable(tree: &mut Tree) -> Result<NodeId, RootError> {
                 Meta::new(0o777, 0, 0),
                 Special::Symlink(target.into_bytes()),
             ),
-        )
-        .map_err(|e| RootError(e.to_string()))?;
+        )?;
     }
     if let Some(tmp) = tree.lookup(b"tmp") {
         tree.take_children(tmp);
     }
     // Where the initrd mounts the EFI system partition: the agent reads instance data from it.
     if tree.lookup(b"efi").is_none() {
-        tree.put(b"efi", New::Dir(Meta::new(0o700, 0, 0)))
-            .map_err(|e| RootError(e.to_string()))?;
+        tree.put(b"efi", New::Dir(Meta::new(0o700, 0, 0)))?;
     }
     Ok(factory)
 }

@@ -5,21 +5,35 @@
 //! in the build report instead of being dropped silently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use super::DiskError;
+use cairn_profile::command::CommandError;
+
+use super::tools::Tool;
 use crate::assemble::tree::Tree;
-use crate::filesystem::{self, TarOptions, Written};
+use crate::filesystem::{self, FilesystemError, TarOptions, Written};
 
 pub const UNSUPPORTED_XATTRS: &[&str] = &["system.posix_acl_"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SquashfsError {
+    #[error(transparent)]
+    Tool(#[from] CommandError),
+    #[error("streaming the root to mksquashfs: {0}")]
+    Stream(#[from] FilesystemError),
+}
 
 pub fn make(
     tree: &Tree,
     layer_tars: &[PathBuf],
     epoch: u64,
     out: &Path,
-) -> Result<Written, DiskError> {
-    let mut child = Command::new("mksquashfs")
+) -> Result<Written, SquashfsError> {
+    let opts = TarOptions {
+        epoch,
+        drop_xattrs: UNSUPPORTED_XATTRS,
+    };
+    let (written, _) = Tool::Mksquashfs
+        .command()
         .arg("-")
         .arg(out)
         .args([
@@ -34,7 +48,8 @@ pub fn make(
         ])
         // In tar mode (4.5) mksquashfs gives the root folder the current time and mode 0777, whatever the tar
         // says, and -root-time is not honoured: -all-time pins every time to the epoch (the tar's are clamped to
-        // it already), -root-mode the root's mode.
+        // it already), -root-mode the root's mode. (It refuses these options when SOURCE_DATE_EPOCH is set: the
+        // runner never passes the caller's environment on.)
         .args([
             "-mkfs-time",
             &epoch.to_string(),
@@ -43,38 +58,8 @@ pub fn make(
             "-root-mode",
             "0755",
         ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            DiskError(format!(
-                "running mksquashfs (rocks/setup-host installs squashfs-tools): {e}"
-            ))
+        .run_with_stdin(|stdin| {
+            filesystem::write_tar(tree, tree.root(), layer_tars, opts, stdin, out).map(|(w, _)| w)
         })?;
-    let stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| DiskError("mksquashfs has no stdin".into()))?;
-    let opts = TarOptions {
-        epoch,
-        drop_xattrs: UNSUPPORTED_XATTRS,
-    };
-    let written = filesystem::write_tar(tree, tree.root(), layer_tars, opts, stdin, out);
-    // Close stdin (end of the tar) before waiting, whatever happened.
-    let written = written.map(|(w, stdin)| {
-        drop(stdin);
-        w
-    });
-    let output = child
-        .wait_with_output()
-        .map_err(|e| DiskError(format!("mksquashfs: {e}")))?;
-    if !output.status.success() {
-        return Err(DiskError(format!(
-            "mksquashfs failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    written.map_err(|e| DiskError(format!("streaming the root to mksquashfs: {e}")))
+    Ok(written?)
 }

@@ -1,25 +1,42 @@
-//! Running the filesystem makers cairn relies on (squashfs-tools, e2fsprogs, mtools, sfdisk from Debian's
-//! packages; rocks/setup-host installs them), with their failures reported by name.
+//! The host tools the disk formats run, each with the Debian package that provides it (rocks/setup-host installs
+//! them all), run through the shared [`cairn_profile::command`] runner.
 
-use std::process::{Command, Output};
+use cairn_profile::command::Command;
 
-use super::DiskError;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Mksquashfs,
+    Mke2fs,
+    Mformat,
+    Mcopy,
+    Sfdisk,
+    QemuImg,
+}
 
-pub fn run(cmd: &mut Command) -> Result<Output, DiskError> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|e| {
-        DiskError(if e.kind() == std::io::ErrorKind::NotFound {
-            format!("{program} is not installed (rocks/setup-host installs it)")
-        } else {
-            format!("running {program}: {e}")
-        })
-    })?;
-    if !out.status.success() {
-        return Err(DiskError(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+impl Tool {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Mksquashfs => "mksquashfs",
+            Tool::Mke2fs => "mke2fs",
+            Tool::Mformat => "mformat",
+            Tool::Mcopy => "mcopy",
+            Tool::Sfdisk => "sfdisk",
+            Tool::QemuImg => "qemu-img",
+        }
     }
-    Ok(out)
+
+    pub fn package(self) -> &'static str {
+        match self {
+            Tool::Mksquashfs => "squashfs-tools",
+            Tool::Mke2fs => "e2fsprogs",
+            Tool::Mformat | Tool::Mcopy => "mtools",
+            Tool::Sfdisk => "fdisk",
+            Tool::QemuImg => "qemu-utils",
+        }
+    }
+
+    /// A command for the tool, naming its package should it be missing.
+    pub fn command(self) -> Command {
+        Command::new(self.name()).package(self.package())
+    }
 }

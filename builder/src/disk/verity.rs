@@ -3,14 +3,24 @@
 //! packed 128 to a block and zero-padded, and hashed again, until a single digest remains: the root hash.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
-use std::path::Path;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 pub const BLOCK: usize = 4096;
 const DIGEST: usize = 32;
 const PER_BLOCK: usize = BLOCK / DIGEST;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerityError {
+    #[error("verity data of {len} bytes: not whole {BLOCK}-byte blocks")]
+    PartialBlocks { len: u64 },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("writing the hash tree: {0}")]
+    Write(io::Error),
+}
 
 /// What the kernel and the loader entry need to know of a hash tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,26 +68,51 @@ fn pack(digests: &[[u8; 32]]) -> Vec<u8> {
     out
 }
 
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VerityError + '_ {
+    move |source| VerityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Pads `data` with zeros to whole blocks, then writes its hash device to the new file `hash`.
+pub fn write_file(
+    data: &Path,
+    hash: &Path,
+    salt: [u8; 32],
+    uuid: [u8; 16],
+) -> Result<Verity, VerityError> {
+    let f = File::options()
+        .write(true)
+        .open(data)
+        .map_err(io_err(data))?;
+    let len = f.metadata().map_err(io_err(data))?.len();
+    f.set_len(len.div_ceil(BLOCK as u64) * BLOCK as u64)
+        .map_err(io_err(data))?;
+    drop(f);
+    let mut out = BufWriter::new(File::create(hash).map_err(io_err(hash))?);
+    let v = format(data, &mut out, salt, uuid)?;
+    out.flush().map_err(io_err(hash))?;
+    Ok(v)
+}
+
 /// Hashes `data` (whose length must be a multiple of the block size) and writes the hash device to `hash_out`.
 pub fn format(
     data: &Path,
     hash_out: &mut impl Write,
     salt: [u8; 32],
     uuid: [u8; 16],
-) -> io::Result<Verity> {
-    let len = std::fs::metadata(data)?.len();
+) -> Result<Verity, VerityError> {
+    let len = std::fs::metadata(data).map_err(io_err(data))?.len();
     if len == 0 || len % BLOCK as u64 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("verity data of {len} bytes: not whole {BLOCK}-byte blocks"),
-        ));
+        return Err(VerityError::PartialBlocks { len });
     }
     let data_blocks = len / BLOCK as u64;
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(data)?);
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(data).map_err(io_err(data))?);
     let mut block = vec![0u8; BLOCK];
     let mut digests = Vec::with_capacity(data_blocks as usize);
     for _ in 0..data_blocks {
-        reader.read_exact(&mut block)?;
+        reader.read_exact(&mut block).map_err(io_err(data))?;
         digests.push(hash_block(&salt, &block));
     }
     // Level 0 first; each next level hashes the blocks of the one below, until one digest is left: the root. (A
@@ -101,10 +136,10 @@ pub fn format(
     sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
     sb[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
     sb[88..88 + salt.len()].copy_from_slice(&salt);
-    hash_out.write_all(&sb)?;
+    hash_out.write_all(&sb).map_err(VerityError::Write)?;
     let mut hash_size = BLOCK as u64;
     for level in levels.iter().rev() {
-        hash_out.write_all(level)?;
+        hash_out.write_all(level).map_err(VerityError::Write)?;
         hash_size += level.len() as u64;
     }
     Ok(Verity {
@@ -120,16 +155,18 @@ pub fn format(
 mod tests {
     use super::*;
 
-    /// Byte-identical with `veritysetup format` when it is installed (rocks/setup-host installs cryptsetup-bin).
+    use cairn_profile::command::Command;
+
+    fn veritysetup() -> Command {
+        Command::new("veritysetup").package("cryptsetup-bin")
+    }
+
+    /// Byte-identical with `veritysetup format` (rocks/setup-host installs it).
     #[test]
     fn matches_veritysetup() {
-        let Ok(out) = std::process::Command::new("veritysetup")
-            .arg("--version")
-            .output()
-        else {
-            panic!("veritysetup is missing: run rocks/setup-host");
-        };
-        assert!(out.status.success());
+        if let Err(e) = veritysetup().arg("--version").run() {
+            panic!("{e}: run rocks/setup-host");
+        }
         let dir = tempfile::tempdir().unwrap();
         // One block (a single level) and 300 blocks (two levels, a partial hash block).
         for blocks in [1usize, 300, 128 * 128 + 5] {
@@ -141,7 +178,7 @@ mod tests {
             let mut ours = Vec::new();
             let v = format(&data, &mut ours, salt, uuid).unwrap();
             let theirs_path = dir.path().join(format!("hash-{blocks}"));
-            let out = std::process::Command::new("veritysetup")
+            let out = veritysetup()
                 .args([
                     "format",
                     "--hash=sha256",
@@ -152,13 +189,9 @@ mod tests {
                 .arg("--uuid=12345678-9abc-4def-8123-456789abcdef")
                 .arg(&data)
                 .arg(&theirs_path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+                .capture_stdout()
+                .run()
+                .unwrap_or_else(|e| panic!("{e}"));
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 stdout.contains(&format!("Root hash:      \t{}", v.root_hex())),
