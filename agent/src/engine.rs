@@ -66,6 +66,8 @@ pub enum StepError {
     Containerd(#[from] crate::kubernetes::containerd::ContainerdError),
     #[error("saving the agent state: {0}")]
     State(#[source] TargetError),
+    #[error(transparent)]
+    Command(#[from] cairn_profile::command::CommandError),
     #[error("{what}: {source}")]
     Io {
         what: String,

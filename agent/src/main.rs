@@ -108,18 +108,12 @@ fn main() -> ExitCode {
 }
 
 fn modprobe(module: &str) -> Result<(), String> {
-    let out = std::process::Command::new("modprobe")
+    cairn_profile::command::Command::new("modprobe")
         .args(["--", module])
-        .output()
-        .map_err(|e| format!("running modprobe {module}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "modprobe {module}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+        .package("kmod")
+        .run()
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn apply_options(args: &[String]) -> Result<(Options, bool), String> {

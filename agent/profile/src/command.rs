@@ -196,6 +196,13 @@ impl Command {
         self
     }
 
+    /// The caller's whole environment too, for a tool of the system the caller runs on: the agent's `k8s`, whose
+    /// unit environment is the node's own and which the distribution's command may read.
+    pub fn inherit_env(mut self) -> Command {
+        self.env.extend(std::env::vars_os());
+        self
+    }
+
     /// The package that provides the tool, named when it is not installed.
     pub fn package(mut self, package: impl Into<String>) -> Command {
         self.package = Some(package.into());

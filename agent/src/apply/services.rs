@@ -2,6 +2,7 @@
 //! systemd reloads and stops or starts what changed. Enabling and disabling a profile's units is the builder's
 //! work (builder/src/system.rs): it does not depend on the machine.
 
+use cairn_profile::command::Command;
 use cairn_profile::system::unit_file_name;
 
 use super::StepError;
@@ -9,21 +10,12 @@ use super::StepError;
 /// After links changed on the running system: reload, and start or stop what changed, without waiting.
 pub fn reload_live(enabled: &[String], disabled: &[String]) -> Result<(), StepError> {
     let run = |args: &[&str]| -> Result<(), StepError> {
-        let out = std::process::Command::new("systemctl")
+        Command::new("systemctl")
             .args(args)
-            .output()
-            .map_err(|e| {
-                StepError::refused(format!("running systemctl {}: {e}", args.join(" ")))
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(StepError::refused(format!(
-                "systemctl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+            .package("systemd")
+            .run()
+            .map(drop)
+            .map_err(StepError::from)
     };
     run(&["daemon-reload"])?;
     for u in enabled {

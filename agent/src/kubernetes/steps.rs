@@ -4,10 +4,10 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cairn_profile::Role;
+use cairn_profile::command::{Command, CommandError};
 use cairn_profile::hardening::{self, KUBERNETES_DIR};
 use cairn_profile::kubernetes::{Hardening, JoinToken};
 
@@ -202,21 +202,15 @@ impl Node<'_> {
         let k8s = self.settings.k8s()?;
         // An earlier boot may have been cut off after the distribution accepted the command but before the
         // sentinel was written: the distribution refuses a second bootstrap, and a token is single-use.
-        let already = Command::new(&k8s)
-            .arg("status")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let already = Command::new(&k8s).arg("status").inherit_env().run().is_ok();
         if !already {
             let file = t.resolve(self.kind.path(), true)?;
-            let mut cmd = Command::new(&k8s);
-            cmd.arg(verb);
+            let mut cmd = Command::new(&k8s).arg(verb);
             if let Some(token) = token {
-                cmd.arg(token.expose());
+                cmd = cmd.arg(token.expose());
             }
-            cmd.arg("--name")
+            let cmd = cmd
+                .arg("--name")
                 .arg(&self.name)
                 .arg("--address")
                 .arg(&self.address)
@@ -224,7 +218,7 @@ impl Node<'_> {
                 .arg(&file)
                 .arg("--timeout")
                 .arg(format!("{}s", self.settings.ready_timeout.as_secs()));
-            k8s_command(cmd, &k8s, verb, token)?;
+            k8s_command(cmd, verb, token)?;
         }
         let sentinel = Sentinel {
             role: self.role.name().into(),
@@ -300,10 +294,10 @@ impl Node<'_> {
 
     pub(super) fn ready(&self) -> Result<Done, StepError> {
         let k8s = self.settings.k8s()?;
-        let mut cmd = Command::new(&k8s);
-        cmd.args(["status", "--wait-ready", "--timeout"])
+        let cmd = Command::new(&k8s)
+            .args(["status", "--wait-ready", "--timeout"])
             .arg(format!("{}s", self.settings.ready_timeout.as_secs()));
-        let out = k8s_command(cmd, &k8s, "status --wait-ready", None)?;
+        let out = k8s_command(cmd, "status --wait-ready", None)?;
         let first = out.lines().next().unwrap_or("ready").trim().to_string();
         Ok(Done::with_detail(false, first))
     }
@@ -365,43 +359,41 @@ fn owner_only(
     Ok(())
 }
 
-/// Runs a distribution command; its output goes to the journal (the unit's stdout), the token masked.
-fn k8s_command(
-    mut cmd: Command,
-    k8s: &Path,
-    verb: &str,
-    token: Option<&JoinToken>,
-) -> Result<String, StepError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| StepError::refused(format!("{} {verb}: {e}", k8s.display())))?;
-    let mask = |s: &[u8]| {
-        let text = String::from_utf8_lossy(s).into_owned();
-        match token {
-            Some(t) if !t.expose().is_empty() => text.replace(t.expose(), "<join-token>"),
-            _ => text,
+/// Runs a distribution command through the one command runner, with the node's environment; its output goes to
+/// the journal (the unit's stdout) and into errors with the token masked. A failure never shows the command line:
+/// it holds the token.
+fn k8s_command(cmd: Command, verb: &str, token: Option<&JoinToken>) -> Result<String, StepError> {
+    let mask = |text: &str| match token {
+        Some(t) if !t.expose().is_empty() => text.replace(t.expose(), "<join-token>"),
+        _ => text.to_string(),
+    };
+    let print = |text: &str| {
+        for line in text.lines() {
+            println!("k8s {verb}: {line}");
         }
     };
-    let stdout = mask(&out.stdout);
-    let stderr = mask(&out.stderr);
-    for line in stdout.lines().chain(stderr.lines()) {
-        println!("k8s {verb}: {line}");
+    match cmd.inherit_env().capture_stdout().run() {
+        Ok(out) => {
+            let stdout = mask(&String::from_utf8_lossy(&out.stdout));
+            print(&stdout);
+            print(&mask(&out.stderr));
+            Ok(stdout)
+        }
+        Err(CommandError::Failed { status, stderr, .. }) => {
+            let stderr = mask(&stderr);
+            print(&stderr);
+            let why = stderr
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("no output")
+                .trim()
+                .to_string();
+            Err(StepError::refused(format!(
+                "`k8s {verb}` failed ({status}): {why}"
+            )))
+        }
+        Err(e) => Err(StepError::refused(mask(&e.to_string()))),
     }
-    if !out.status.success() {
-        let why = stderr
-            .lines()
-            .chain(stdout.lines())
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("no output")
-            .trim()
-            .to_string();
-        return Err(StepError::refused(format!(
-            "`k8s {verb}` failed ({}): {why}",
-            out.status
-        )));
-    }
-    Ok(stdout)
 }
 
 /// 32 random bytes from the kernel, base64: the secrets encryption key.
