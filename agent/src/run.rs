@@ -18,7 +18,7 @@ use crate::report::{Console, Status, StepReport};
 use crate::state::{InstanceRecord, State};
 use crate::target::Target;
 
-pub const BAKED_PROFILE: &str = "/usr/lib/cairn/profile.toml";
+pub use cairn_profile::contract::BAKED_PROFILE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

@@ -4,6 +4,7 @@
 //! names the file, line, column and key at fault. It has no async and no network dependencies: the builder and
 //! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands.
 
+pub mod contract;
 mod diagnostic;
 pub mod hardening;
 mod instance;

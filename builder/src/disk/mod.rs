@@ -17,7 +17,7 @@ pub mod verity;
 
 use std::path::{Path, PathBuf};
 
-use cairn_profile::{Arch, Profile};
+use cairn_profile::{Arch, Profile, contract};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -168,7 +168,7 @@ pub fn build_raw(
     let (written, _) =
         filesystem::write_tar(tree, factory, tars, opts, file, &var_tar).map_err(fs_err)?;
     tree.put(
-        root::FACTORY_VAR.as_bytes(),
+        contract::FACTORY_VAR_IN_ROOT.as_bytes(),
         New::File(
             Meta::new(0o644, 0, 0),
             Data::Host {
@@ -199,7 +199,7 @@ pub fn build_raw(
 
     // The ESP.
     let mut cmdline: Vec<String> = profile.system.kernel_cmdline.clone();
-    cmdline.push(format!("cairn.verity={}", v.root_hex()));
+    cmdline.push(format!("{}={}", contract::VERITY_KEY, v.root_hex()));
     let cmdline = cmdline.join(" ");
     let entry = format!(
         "title {} {}\nlinux /cairn/vmlinuz\ninitrd /cairn/initrd.img\noptions {cmdline}\n",
@@ -249,22 +249,15 @@ pub fn build_raw(
     let data_img = work.join("var.ext4");
     data::make(&data_img, DATA_SIZE, ids, epoch)?;
 
-    // The table. Root partition GUIDs follow the DPS convention: the root's is the first half of the root hash,
-    // the hash partition's the second half. Slot B is left as free space the size of slot A.
-    let (root_type, verity_type) = match profile.arch {
-        Arch::Amd64 => (gpt::ROOT_X86_64, gpt::ROOT_VERITY_X86_64),
-        Arch::Arm64 => (gpt::ROOT_ARM64, gpt::ROOT_VERITY_ARM64),
-    };
+    // The table. Root partition GUIDs derive from the root hash (the contract's DPS convention): the initrd finds
+    // the slot by them. Slot B is left as free space the size of slot A.
+    let types = contract::root_types(profile.arch);
     let root_len = std::fs::metadata(&root_img)
         .map_err(|e| io(&root_img, e))?
         .len();
     let root_slot = round_up(root_len + root_len / 4, 16 * ALIGN);
     let verity_slot = round_up(v.hash_size + v.hash_size / 4, ALIGN);
-    let mut half = [0u8; 16];
-    half.copy_from_slice(&v.root_hash[..16]);
-    let root_uuid = format_uuid(&half);
-    half.copy_from_slice(&v.root_hash[16..]);
-    let verity_uuid = format_uuid(&half);
+    let uuids = contract::root_uuids(&v.root_hash);
     let mut offset = ALIGN;
     let mut partitions = Vec::new();
     let mut add = |name: &str,
@@ -285,7 +278,7 @@ pub fn build_raw(
     };
     add(
         "esp",
-        gpt::ESP_TYPE,
+        contract::ESP_TYPE,
         ids.uuid_string("esp"),
         ESP_SIZE,
         Some(esp_img),
@@ -293,16 +286,16 @@ pub fn build_raw(
     );
     add(
         "root-a",
-        root_type,
-        root_uuid,
+        types.root,
+        uuids.root,
         root_slot,
         Some(root_img),
         &mut offset,
     );
     add(
         "root-a-verity",
-        verity_type,
-        verity_uuid,
+        types.verity,
+        uuids.verity,
         verity_slot,
         Some(verity_img),
         &mut offset,
@@ -310,7 +303,7 @@ pub fn build_raw(
     offset += root_slot + verity_slot;
     add(
         "var",
-        gpt::VAR_TYPE,
+        contract::VAR_TYPE,
         ids.uuid_string("var"),
         DATA_SIZE,
         Some(data_img),

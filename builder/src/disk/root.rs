@@ -6,10 +6,9 @@
 //! first boot. `/var` stays as an empty mount point, `/home`, `/root` and `/srv` become symlinks into it, and `/tmp`
 //! is emptied (a tmpfs at boot). `/efi` is made as the EFI system partition's mount point.
 
-use crate::assemble::tree::{Meta, New, Node, NodeId, Special, Tree};
+use cairn_profile::contract;
 
-/// Where the factory `/var` is kept in the root.
-pub const FACTORY_VAR: &str = "usr/lib/cairn/factory/var.tar";
+use crate::assemble::tree::{Meta, New, Node, NodeId, Special, Tree};
 
 /// Folders that live under `/var` on a node, with the mode they get when the rock has none.
 const UNDER_VAR: &[(&str, u32)] = &[("home", 0o755), ("root", 0o700), ("srv", 0o755)];
@@ -95,8 +94,9 @@ pub fn split_writable(tree: &mut Tree) -> Result<NodeId, RootError> {
         tree.take_children(tmp);
     }
     // Where the initrd mounts the EFI system partition: the agent reads instance data from it.
-    if tree.lookup(b"efi").is_none() {
-        tree.put(b"efi", New::Dir(Meta::new(0o700, 0, 0)))
+    let esp = contract::ESP_MOUNT_IN_ROOT.as_bytes();
+    if tree.lookup(esp).is_none() {
+        tree.put(esp, New::Dir(Meta::new(0o700, 0, 0)))
             .map_err(|e| RootError(e.to_string()))?;
     }
     Ok(factory)
