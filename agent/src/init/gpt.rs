@@ -163,7 +163,8 @@ impl Header {
             return Err(GptError::NotPrimary(header.current_lba));
         }
         let es = header.entry_size;
-        if es < 128 || es > ENTRY_SIZE_MAX || !(es / 128).is_power_of_two() || es % 128 != 0 {
+        // 128 times a power of two is a power of two from 128 on.
+        if !(128..=ENTRY_SIZE_MAX).contains(&es) || !es.is_power_of_two() {
             return Err(GptError::EntrySize(es));
         }
         if header.entry_count == 0 || header.entry_count > ENTRY_COUNT_MAX {
