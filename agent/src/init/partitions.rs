@@ -147,7 +147,17 @@ fn read_disk(disk: &str) -> Result<Vec<Part>, GptError> {
             }
         }
     }
-    Ok(table
+    Ok(parts_of(&table, disk, block, &names))
+}
+
+/// The table's partitions that the kernel shows (`names`: number → device name and `MAJ:MIN`).
+fn parts_of(
+    table: &Table,
+    disk: &str,
+    block: u64,
+    names: &BTreeMap<usize, (String, String)>,
+) -> Vec<Part> {
+    table
         .parts
         .iter()
         .filter_map(|e| {
@@ -163,7 +173,7 @@ fn read_disk(disk: &str) -> Result<Vec<Part>, GptError> {
                 block_size: block,
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Picks the root slot whose UUIDs are `uuids` (and whose types are `types`), and /var and the ESP on its disk.
@@ -374,6 +384,63 @@ mod tests {
                 other.root.to_ascii_uppercase()
             )
         );
+    }
+
+    /// The contract end to end: a table written by sfdisk from the contract's types and UUIDs, as the builder
+    /// writes it, is found again by the initrd's parser and selection. (sfdisk writes 512-byte sectors to a file
+    /// whatever its script says: 4096-byte blocks are covered by the GPT tests.)
+    #[test]
+    fn a_table_written_by_sfdisk_is_found_by_the_contract() {
+        use std::io::Write;
+        let wanted = contract::root_uuids(&hash(0x3c));
+        let other = contract::root_uuids(&hash(0x77));
+        let block = 512u64;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let mib = (1 << 20) / block;
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let mut script =
+            format!("label: gpt\nunit: sectors\nfirst-lba: {mib}\nsector-size: {block}\n\n");
+        for (i, (t, u)) in [
+            (contract::ESP_TYPE, "8f6c2a3e-0000-4000-8000-000000000001"),
+            (T.root, other.root.as_str()),
+            (T.verity, other.verity.as_str()),
+            (T.root, wanted.root.as_str()),
+            (T.verity, wanted.verity.as_str()),
+            (contract::VAR_TYPE, "8f6c2a3e-0000-4000-8000-000000000006"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let start = (i as u64 + 1) * mib;
+            script.push_str(&format!("start={start}, size={mib}, type={t}, uuid={u}\n"));
+        }
+        let mut child = std::process::Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sfdisk (rocks/setup-host installs fdisk)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let table = Table::read(&mut std::fs::File::open(&path).unwrap(), block).unwrap();
+        let names = (1..=6)
+            .map(|n| (n, (format!("vda{n}"), format!("254:{n}"))))
+            .collect();
+        let found = select(&parts_of(&table, "vda", block, &names), T, &wanted).unwrap();
+        assert_eq!(found.root.number, 4, "{block}");
+        assert_eq!(found.verity.number, 5, "{block}");
+        assert_eq!(found.var.number, 6, "{block}");
+        assert_eq!(found.esp.map(|p| p.number), Some(1), "{block}");
+        assert_eq!(found.root.block_size, block);
     }
 
     #[test]
