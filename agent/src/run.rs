@@ -20,8 +20,7 @@ use crate::state::{InstanceRecord, State};
 use crate::target::{Target, TargetError};
 
 pub use crate::engine::Phase;
-/// Where the builder bakes the profile into the image.
-pub const BAKED_PROFILE: &str = "/usr/lib/cairn/profile.toml";
+pub use cairn_profile::contract::BAKED_PROFILE;
 
 pub struct Options {
     pub target: Target,

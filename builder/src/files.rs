@@ -4,12 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn_profile::{FileContent, Profile};
+use cairn_profile::{FileContent, Profile, contract};
 
 use crate::assemble::tree::{Data, Meta, New, Special, Tree, TreeError};
-
-pub const AGENT_PATH: &str = "usr/lib/cairn/cairn-agent";
-pub const PROFILE_PATH: &str = "usr/lib/cairn/profile.toml";
 
 /// Unit files and the `.wants` folder that enables each.
 const UNITS: &[(&str, &str, &str)] = &[
@@ -81,14 +78,14 @@ pub fn add_profile_files(tree: &mut Tree, profile: &Profile) -> Result<(), Files
 pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Result<(), FilesError> {
     let agent_size = std::fs::metadata(agent)
         .map_err(|source| FilesError::Source {
-            path: AGENT_PATH.into(),
+            path: contract::AGENT_IN_ROOT.into(),
             from: agent.to_path_buf(),
             source,
         })?
         .len();
     put(
         tree,
-        AGENT_PATH,
+        contract::AGENT_IN_ROOT,
         New::File(
             Meta::new(0o755, 0, 0),
             Data::Host {
@@ -99,7 +96,7 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
     )?;
     put(
         tree,
-        PROFILE_PATH,
+        contract::BAKED_PROFILE_IN_ROOT,
         New::File(
             Meta::new(0o644, 0, 0),
             Data::Bytes(Arc::from(profile.text.as_bytes())),
@@ -134,4 +131,30 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit files are plain text: they must run the agent and wait for the profile where the contract puts them.
+    #[test]
+    fn units_name_the_contract_paths() {
+        for (name, text, _) in UNITS.iter().chain([&KUBERNETES_UNIT]) {
+            let line = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .unwrap_or_else(|| panic!("{name}: no {key}"))
+            };
+            assert!(
+                line("ExecStart=").starts_with(&format!("{} run ", contract::AGENT)),
+                "{name}"
+            );
+            assert_eq!(
+                line("ConditionPathExists="),
+                contract::BAKED_PROFILE,
+                "{name}"
+            );
+        }
+    }
 }

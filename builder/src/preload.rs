@@ -24,7 +24,7 @@ use crate::registry::{OCI_INDEX, OCI_MANIFEST};
 use crate::resolve::{self, LazyRegistry, ResolveError, ResolvedRock};
 
 /// Where the archives go in the root (relative, as the tree takes paths).
-pub const IMAGES_DIR: &str = "usr/lib/cairn/images";
+pub const IMAGES_DIR: &str = cairn_profile::contract::IMAGES_DIR_IN_ROOT;
 
 /// containerd names an imported image after this annotation of the layout's `index.json`.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";

@@ -6,6 +6,7 @@
 //! external tools through its [`command`] runner.
 
 pub mod command;
+pub mod contract;
 mod diagnostic;
 pub mod hardening;
 mod instance;

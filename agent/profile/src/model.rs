@@ -189,8 +189,8 @@ impl Profile {
 
 /// Paths the builder writes itself: a `[[file]]` may not claim them.
 pub fn reserved_path(path: &str) -> bool {
-    path == "/usr/lib/cairn"
-        || path.starts_with("/usr/lib/cairn/")
+    path.strip_prefix(crate::contract::LIB_DIR)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         || (path.starts_with("/usr/lib/systemd/system/cairn-") && !path[24..].contains('/'))
         || path.starts_with("/usr/lib/systemd/system/multi-user.target.wants/cairn-")
         || path.starts_with("/usr/lib/systemd/system/sysinit.target.wants/cairn-")

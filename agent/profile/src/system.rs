@@ -236,7 +236,9 @@ impl Checker<'_> {
                     "one argument per string, without spaces",
                 );
             }
-            if arg.get_ref().starts_with("cairn.") || arg.get_ref().starts_with("roothash=") {
+            if arg.get_ref().starts_with(crate::contract::CMDLINE_PREFIX)
+                || arg.get_ref().starts_with("roothash=")
+            {
                 return self.err(
                     arg.span(),
                     &format!("system.kernel-cmdline[{i}]"),

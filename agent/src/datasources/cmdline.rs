@@ -13,11 +13,10 @@
 //! be read or changed on the way). Only a `200` answer is instance data; any other status (after the client's
 //! retries for `5xx`) is an error naming the URL. Redirects are not followed.
 
+use cairn_profile::contract::INSTANCE_KEY as KEY;
+
 use super::http::{self, Method, Scheme, Url};
 use super::{Config, DatasourceError, Found, NetworkSource, SourceKind, to_text};
-
-/// The command line key of source 1.
-pub const KEY: &str = "cairn.instance";
 
 /// The value of `key` on a kernel command line (the last occurrence), without its quotes.
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {

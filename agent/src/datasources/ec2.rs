@@ -17,14 +17,14 @@
 use std::fs;
 use std::path::Path;
 
+use cairn_profile::contract::DATASOURCE_KEY;
+
 use super::cmdline::cmdline_value;
 use super::http::{self, Method, Scheme, Url};
 use super::{
     Config, DEFAULT_IMDS_ENDPOINT, DatasourceError, Found, NetworkSource, SourceKind, to_text,
 };
 
-/// The command line key that asks for a source explicitly.
-pub const DATASOURCE_KEY: &str = "cairn.datasource";
 const TOKEN_PATH: &str = "/latest/api/token";
 const USER_DATA_PATH: &str = "/latest/user-data";
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";

@@ -72,6 +72,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_profile::contract;
+
 pub use cmdline::cmdline_value;
 pub use ec2::on_ec2;
 
@@ -94,7 +96,7 @@ pub const MAX_SIZE: usize = http::MAX_BODY;
 /// The system's bundle of trusted CA certificates (PEM), trusted for HTTPS besides the Mozilla root set.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Where the live system's ESP may be mounted, in the order [`Config::live`] looks.
-pub const ESP_MOUNT_POINTS: [&str; 3] = ["/efi", "/boot/efi", "/boot"];
+pub const ESP_MOUNT_POINTS: [&str; 3] = [contract::ESP_MOUNT, "/boot/efi", "/boot"];
 
 pub const DEFAULT_RETRIES: u32 = 4;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -171,7 +173,7 @@ impl Config {
     /// none), no module is ever loaded, default network bounds, no metadata endpoint, the root's
     /// [`CA_BUNDLE`] (symlinks on its way resolved inside the root, as for every file the agent writes there).
     pub fn for_root(root: &Path) -> Config {
-        let esp_dir = ["efi", "boot/efi"]
+        let esp_dir = [contract::ESP_MOUNT_IN_ROOT, "boot/efi"]
             .iter()
             .map(|dir| root.join(dir))
             .find(|dir| dir.is_dir());

@@ -1,33 +1,29 @@
 //! The initrd's `/init`: the static agent, run as process 1 by the kernel from cairn's initrd.
 //!
-//! It mounts the kernel's file systems, loads the modules the builder put in the initrd, finds the partitions by
-//! their type GUID, sets up dm-verity with the root hash from `cairn.verity=` (never systemd's `roothash=`),
+//! It mounts the kernel's file systems, loads the modules the builder put in the initrd, finds the root slot whose
+//! partition UUIDs derive from the root hash on `cairn.verity=` (never systemd's `roothash=`), sets up dm-verity,
 //! mounts the verified root read-only, mounts /var (filling it from the factory /var at first boot), lays the
 //! writable /etc overlay and /tmp, and switches to the real init. It reports `cairn-init: ready {json}` or
 //! `cairn-init: failed {json}` on the console; on any failure it powers the machine off: it never boots a root
-//! that did not verify.
+//! that did not verify. A panic does the same (its hook reports and powers off): process 1 never just dies.
 
 mod dm;
 mod gpt;
 mod grow;
+mod partitions;
 mod sys;
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cairn_profile::contract;
+
 use crate::datasources::cmdline_value;
 use crate::engine::{Done, Phase, Recorder, StepError};
-use crate::report::Status;
+use crate::report::{RUN_STATUS_FILE, Status};
 
-pub const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-pub const ROOT_VERITY_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
-pub const ROOT_TYPE_ARM64: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
-pub const ROOT_VERITY_TYPE_ARM64: &str = "DF3300CE-D69F-4C92-978C-9BFB0F38D820";
-pub const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
-pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const SYSROOT: &str = "/sysroot";
-const FACTORY: &str = "/sysroot/usr/lib/cairn/factory/var.tar";
 const FACTORY_DONE: &str = "/sysroot/var/lib/cairn/factory-unpacked";
 
 fn console(line: &str) {
@@ -77,16 +73,35 @@ impl Steps {
     }
 }
 
+/// The console line of a failure before any step report could be kept: a panic's.
+fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let status = Status {
+        phase: Phase::Init,
+        instance: "none".into(),
+        steps: Vec::new(),
+        note: Some(format!("panic: {info}")),
+    };
+    format!("failed {}", status.json())
+}
+
 /// Process 1 of the initrd. Never returns: it becomes the real init, or powers off.
 pub fn main() -> ! {
+    // The agent is built with panic=abort: the hook is the last code that runs, so it reports and powers off
+    // itself (an aborted process 1 is a kernel panic, with nothing on the console saying why).
+    std::panic::set_hook(Box::new(|info| {
+        console(&panic_line(info));
+        sys::power_off()
+    }));
     let mut steps = Steps {
         recorder: Recorder::new(Phase::Init),
     };
     match boot(&mut steps) {
         Ok(()) => {
             let status = steps.status(None);
-            let _ = std::fs::create_dir_all("/run/cairn");
-            let _ = std::fs::write("/run/cairn/status.json", status.json());
+            if let Some(dir) = Path::new(RUN_STATUS_FILE).parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(RUN_STATUS_FILE, status.json());
             console(&format!("ready {}", status.json()));
             let e = switch_root();
             console(&format!(
@@ -137,8 +152,8 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         .map_err(io)
     })?;
     steps.run("modules", || {
-        let list = std::fs::read_to_string("/etc/cairn/modules")
-            .map_err(|e| format!("/etc/cairn/modules: {e}"))?;
+        let list = std::fs::read_to_string(contract::INITRD_MODULES)
+            .map_err(|e| format!("{}: {e}", contract::INITRD_MODULES))?;
         for m in list.lines().filter(|l| !l.is_empty()) {
             sys::load_module(Path::new(m)).map_err(io)?;
         }
@@ -146,42 +161,21 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
     })?;
     let root_hash = steps.run("cmdline", || {
         let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(io)?;
-        let hash = cmdline_value(&cmdline, "cairn.verity")
-            .ok_or("no cairn.verity= on the kernel command line")?;
+        let key = contract::VERITY_KEY;
+        let hash = cmdline_value(&cmdline, key)
+            .ok_or_else(|| format!("no {key}= on the kernel command line"))?;
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("cairn.verity={hash} is not a sha256 root hash"));
+            return Err(format!("{key}={hash} is not a sha256 root hash"));
         }
         Ok(hash.to_ascii_lowercase())
     })?;
-    let (root, verity, var, esp) = steps.run("partitions", || {
-        // Disks appear as their drivers probe them: wait, bounded.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let parts = gpt::scan();
-            let find = |types: &[&str]| {
-                parts
-                    .iter()
-                    .find(|p| types.contains(&p.type_guid.as_str()))
-                    .cloned()
-            };
-            if let (Some(r), Some(v), Some(d)) = (
-                find(&[ROOT_TYPE, ROOT_TYPE_ARM64]),
-                find(&[ROOT_VERITY_TYPE, ROOT_VERITY_TYPE_ARM64]),
-                find(&[VAR_TYPE]),
-            ) {
-                return Ok((r, v, d, find(&[ESP_TYPE])));
-            }
-            if Instant::now() > deadline {
-                let seen: Vec<String> = parts
-                    .iter()
-                    .map(|p| format!("{} {} {}", p.dev.display(), p.name, p.type_guid))
-                    .collect();
-                return Err(format!(
-                    "no root, root verity and var partitions found after 30 s (seen: {seen:?})"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let partitions::Found {
+        root,
+        verity,
+        var,
+        esp,
+    } = steps.run("partitions", || {
+        partitions::wait(&root_hash, Duration::from_secs(30)).map_err(|e| e.to_string())
     })?;
     let root_dev = steps.run("verity", || {
         let (blocks, salt) =
@@ -229,6 +223,7 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         )
         .map_err(io)?;
         let name = dev.trim_start_matches("/dev/");
+        // In 512-byte units whatever the disk's logical block size (the kernel's convention for sysfs sizes).
         let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -236,7 +231,8 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         let part_bytes = grown.unwrap_or(sectors * 512);
         grow::grow_ext4("/sysroot/var", part_bytes)?;
         if !Path::new(FACTORY_DONE).exists() {
-            let file = std::fs::File::open(FACTORY).map_err(|e| format!("{FACTORY}: {e}"))?;
+            let factory = format!("{SYSROOT}{}", contract::FACTORY_VAR);
+            let file = std::fs::File::open(&factory).map_err(|e| format!("{factory}: {e}"))?;
             let mut archive = tar::Archive::new(std::io::BufReader::new(file));
             archive.set_preserve_permissions(true);
             archive.set_preserve_ownerships(true);
@@ -273,7 +269,7 @@ fn boot(steps: &mut Steps) -> Result<(), String> {
         steps.run("esp", || {
             sys::mount(
                 &esp.dev.display().to_string(),
-                "/sysroot/efi",
+                &format!("{SYSROOT}{}", contract::ESP_MOUNT),
                 "vfat",
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 "umask=0077,shortname=mixed",
@@ -298,4 +294,36 @@ fn switch_root() -> std::io::Error {
         return e;
     }
     sys::chroot_and_exec("/sbin/init")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// The hook's line is one console line: `failed` and the status JSON, the panic's message as its note.
+    #[test]
+    fn a_panic_is_reported_as_a_failure() {
+        let seen = Arc::new(Mutex::new(None));
+        let me = std::thread::current().id();
+        let previous = Arc::new(std::panic::take_hook());
+        let (record, other) = (seen.clone(), previous.clone());
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() == me {
+                *record.lock().unwrap_or_else(|e| e.into_inner()) = Some(super::panic_line(info));
+            } else {
+                other(info);
+            }
+        }));
+        let _ = std::panic::catch_unwind(|| panic!("a GPT entry at {}", 7));
+        let _ = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| previous(info)));
+        let line = seen.lock().unwrap().clone().expect("the hook ran");
+        assert!(!line.contains('\n'), "{line}");
+        let json: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("failed ").expect("failed")).unwrap();
+        assert_eq!(json["phase"], "init");
+        let note = json["note"].as_str().unwrap();
+        assert!(note.starts_with("panic: panicked at "), "{note}");
+        assert!(note.ends_with("a GPT entry at 7"), "{note}");
+    }
 }

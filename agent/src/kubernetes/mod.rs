@@ -30,7 +30,7 @@ pub use config::FileKind;
 
 pub const PHASE: &str = "kubernetes";
 /// Where the builder stores the `[[preload]]` OCI archives, read-only.
-pub const IMAGES_DIR: &str = "/usr/lib/cairn/images";
+pub use cairn_profile::contract::IMAGES_DIR;
 /// The distribution's side-load folder: its containerd imports the archives it finds there when it starts.
 pub const SIDELOAD_DIR: &str = "/var/snap/k8s/common/images";
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use cairn_profile::contract;
 use cairn_profile::{Arch, Profile};
 
 use super::esp::EspFile;
@@ -102,7 +103,7 @@ impl Boot {
 /// The kernel command line: the profile's, then the root hash.
 pub fn cmdline(profile: &Profile, verity: &Verity) -> String {
     let mut cmdline: Vec<String> = profile.system.kernel_cmdline.clone();
-    cmdline.push(format!("cairn.verity={}", verity.root_hex()));
+    cmdline.push(format!("{}={}", contract::VERITY_KEY, verity.root_hex()));
     cmdline.join(" ")
 }
 

@@ -14,14 +14,6 @@ pub const SECTOR: u64 = 512;
 /// Partitions start on 1 MiB boundaries.
 pub const ALIGN: u64 = 1 << 20;
 
-/// Discoverable Partitions Specification type GUIDs.
-pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-pub const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-pub const ROOT_VERITY_X86_64: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
-pub const ROOT_ARM64: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
-pub const ROOT_VERITY_ARM64: &str = "DF3300CE-D69F-4C92-978C-9BFB0F38D820";
-pub const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Partition {
     pub name: String,

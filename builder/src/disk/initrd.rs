@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use cairn_profile::contract;
+
 use crate::assemble::tree::{Node, Tree};
 use crate::filesystem::{FilesystemError, read_file};
 
@@ -199,7 +201,10 @@ pub fn build(
         files.insert(format!("lib/modules/{version}/{m}"), (0o100644, bytes));
         list.push_str(&format!("/lib/modules/{version}/{m}\n"));
     }
-    files.insert("etc/cairn/modules".into(), (0o100644, list.into_bytes()));
+    files.insert(
+        contract::INITRD_MODULES_IN_ROOT.into(),
+        (0o100644, list.into_bytes()),
+    );
     let mut dirs = BTreeSet::new();
     for path in files.keys() {
         let mut p = path.as_str();

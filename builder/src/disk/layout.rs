@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use cairn_profile::Arch;
+use cairn_profile::{Arch, contract};
 
-use super::gpt::{self, ALIGN, Partition, Table, round_up};
+use super::gpt::{ALIGN, Partition, Table, round_up};
 use super::verity::Verity;
-use super::{DATA_SIZE, ESP_SIZE, Ids, format_uuid};
+use super::{DATA_SIZE, ESP_SIZE, Ids};
 
 /// The partitions' contents, made in a work folder.
 pub struct Pieces {
@@ -28,21 +28,14 @@ impl Pieces {
     }
 }
 
-/// The table. Root partition GUIDs follow the DPS convention: the root's is the first half of the root hash, the
-/// hash partition's the second half. Slot B is left as free space the size of slot A. `root_len` is the root
+/// The table. Root partition GUIDs derive from the root hash ([`contract::root_uuids`]): the initrd finds the slot
+/// by them. Slot B is left as free space the size of slot A. `root_len` is the root
 /// image's size.
 pub fn table(arch: Arch, ids: &Ids, v: &Verity, pieces: &Pieces, root_len: u64) -> Table {
-    let (root_type, verity_type) = match arch {
-        Arch::Amd64 => (gpt::ROOT_X86_64, gpt::ROOT_VERITY_X86_64),
-        Arch::Arm64 => (gpt::ROOT_ARM64, gpt::ROOT_VERITY_ARM64),
-    };
+    let types = contract::root_types(arch);
     let root_slot = round_up(root_len + root_len / 4, 16 * ALIGN);
     let verity_slot = round_up(v.hash_size + v.hash_size / 4, ALIGN);
-    let mut half = [0u8; 16];
-    half.copy_from_slice(&v.root_hash[..16]);
-    let root_uuid = format_uuid(&half);
-    half.copy_from_slice(&v.root_hash[16..]);
-    let verity_uuid = format_uuid(&half);
+    let uuids = contract::root_uuids(&v.root_hash);
     let mut offset = ALIGN;
     let mut partitions = Vec::new();
     let mut add = |name: &str,
@@ -63,7 +56,7 @@ pub fn table(arch: Arch, ids: &Ids, v: &Verity, pieces: &Pieces, root_len: u64) 
     };
     add(
         "esp",
-        gpt::ESP_TYPE,
+        contract::ESP_TYPE,
         ids.uuid_string("esp"),
         ESP_SIZE,
         Some(pieces.esp.clone()),
@@ -71,16 +64,16 @@ pub fn table(arch: Arch, ids: &Ids, v: &Verity, pieces: &Pieces, root_len: u64) 
     );
     add(
         "root-a",
-        root_type,
-        root_uuid,
+        types.root,
+        uuids.root,
         root_slot,
         Some(pieces.root.clone()),
         &mut offset,
     );
     add(
         "root-a-verity",
-        verity_type,
-        verity_uuid,
+        types.verity,
+        uuids.verity,
         verity_slot,
         Some(pieces.verity.clone()),
         &mut offset,
@@ -88,7 +81,7 @@ pub fn table(arch: Arch, ids: &Ids, v: &Verity, pieces: &Pieces, root_len: u64) 
     offset += root_slot + verity_slot;
     add(
         "var",
-        gpt::VAR_TYPE,
+        contract::VAR_TYPE,
         ids.uuid_string("var"),
         DATA_SIZE,
         Some(pieces.data.clone()),

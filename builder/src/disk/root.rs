@@ -8,11 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+use cairn_profile::contract;
+
 use crate::assemble::tree::{Data, Meta, New, Node, NodeId, Special, Tree, TreeError};
 use crate::filesystem::{self, FilesystemError, TarOptions};
 
 /// Where the factory `/var` is kept in the root.
-pub const FACTORY_VAR: &str = "usr/lib/cairn/factory/var.tar";
+pub const FACTORY_VAR: &str = contract::FACTORY_VAR_IN_ROOT;
 
 /// Folders that live under `/var` on a node, with the mode they get when the rock has none.
 const UNDER_VAR: &[(&str, u32)] = &[("home", 0o755), ("root", 0o700), ("srv", 0o755)];
@@ -135,8 +137,9 @@ pub fn split_writable(tree: &mut Tree) -> Result<NodeId, RootError> {
         tree.take_children(tmp);
     }
     // Where the initrd mounts the EFI system partition: the agent reads instance data from it.
-    if tree.lookup(b"efi").is_none() {
-        tree.put(b"efi", New::Dir(Meta::new(0o700, 0, 0)))?;
+    let esp = contract::ESP_MOUNT_IN_ROOT.as_bytes();
+    if tree.lookup(esp).is_none() {
+        tree.put(esp, New::Dir(Meta::new(0o700, 0, 0)))?;
     }
     Ok(factory)
 }
