@@ -38,43 +38,38 @@ pub(super) fn node_address(
         });
     };
     match cairn_profile::kubernetes::Cidr::parse(given) {
-        Some(cidr) if joining => {
-            let deadline = Instant::now()
-                + if target.is_live() {
-                    wait
-                } else {
-                    Duration::ZERO
-                };
-            loop {
-                if let Some((_, ip)) = ipv4_addresses()
-                    .into_iter()
-                    .find(|(_, ip)| cidr.contains(std::net::IpAddr::V4(*ip)))
-                {
-                    return Ok(ip.to_string());
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "[kubernetes] address {given}: no address of this node is in it, and a join takes the node's own address"
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
+        Some(cidr) if joining => poll(target, wait, || {
+            ipv4_addresses()
+                .into_iter()
+                .find(|(_, ip)| cidr.contains(std::net::IpAddr::V4(*ip)))
+                .map(|(_, ip)| ip.to_string())
+        })
+        .ok_or_else(|| {
+            format!(
+                "[kubernetes] address {given}: no address of this node is in it, and a join takes the node's own address"
+            )
+        }),
         _ => Ok(given.to_string()),
     }
 }
 
 /// [`default_address`], polled on a live node until `wait` has passed.
 fn wait_for_address(target: &Target, wait: Duration) -> Option<String> {
-    let deadline = Instant::now()
-        + if target.is_live() {
-            wait
-        } else {
-            Duration::ZERO
-        };
+    poll(target, wait, default_address)
+}
+
+/// `find`'s first answer, asked every 250 ms until `wait` has passed on a live node (the network may still be
+/// coming up), once on a root folder.
+fn poll<T>(target: &Target, wait: Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    let wait = if target.is_live() {
+        wait
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
     loop {
-        if let Some(a) = default_address() {
-            return Some(a);
+        if let Some(found) = find() {
+            return Some(found);
         }
         if Instant::now() >= deadline {
             return None;
