@@ -755,6 +755,10 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
     let ready = json(&ready, "cairn-agent: ready ");
     assert_eq!(ready["instance"], "fw_cfg", "{ready}");
     let steps = ready["steps"].as_array().expect("steps");
+    // The first-boot timeline (`--nocapture` shows it): what the README's figures come from.
+    for s in steps {
+        eprintln!("first boot: {} {} {} ms", s["phase"], s["name"], s["ms"]);
+    }
     assert!(
         steps.iter().any(|s| s["phase"] == "init"),
         "the node's line lacks the initrd's steps: {ready}"
