@@ -4,7 +4,7 @@
 //!
 //! Needs `CAIRN_NODE_BASE_LAYOUT`: the OCI layout `rocks/node-base/build` writes (tests/run.sh sets it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -169,9 +169,23 @@ fn describe_tar(path: &Path) -> BTreeMap<String, Desc> {
     out
 }
 
-/// What cairn adds or changes on purpose.
-fn cairn_own(path: &str) -> bool {
-    path == "usr/lib/cairn"
+/// The paths the build report's `system` section says the build wrote from the profile (or removed), relative.
+fn baked_paths(report: &Path) -> BTreeSet<String> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).expect("report")).expect("report JSON");
+    report["system"]["files"]
+        .as_array()
+        .expect("system.files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .map(|p| p.trim_start_matches('/').to_string())
+        .collect()
+}
+
+/// What cairn adds or changes on purpose: its own files, and what its report lists as baked from the profile.
+fn cairn_own(path: &str, baked: &BTreeSet<String>) -> bool {
+    baked.contains(path)
+        || path == "usr/lib/cairn"
         || path.starts_with("usr/lib/cairn/")
         || path.starts_with("usr/lib/systemd/system/cairn-")
         || (path.starts_with("usr/lib/systemd/system/") && path.contains(".target.wants/cairn-"))
@@ -198,6 +212,12 @@ fn node_base_equals_umoci_unpack_plus_cairn_files() {
         .arg(&bundle));
     let reference_tree = describe_dir(&bundle.join("rootfs"));
     let ours = describe_tar(&out.join("node.tar"));
+    let baked = baked_paths(&out.join("node.manifest.json"));
+    // The node base has systemd-networkd: even a profile with no [system] gets its DHCP file and links.
+    assert!(
+        baked.contains("etc/systemd/network/80-cairn-dhcp.network"),
+        "{baked:?}"
+    );
     assert!(
         reference_tree.len() > 10_000,
         "the node base looks too small: {} paths",
@@ -207,8 +227,11 @@ fn node_base_equals_umoci_unpack_plus_cairn_files() {
     let mut problems = Vec::new();
     for (path, theirs) in &reference_tree {
         match ours.get(path) {
-            None => problems.push(format!("missing from cairn's output: {path}")),
-            Some(mine) if mine != theirs && !cairn_own(path) => problems.push(format!(
+            None if !baked.contains(path) => {
+                problems.push(format!("missing from cairn's output: {path}"))
+            }
+            None => {}
+            Some(mine) if mine != theirs && !cairn_own(path, &baked) => problems.push(format!(
                 "{path} differs:\n  umoci: {theirs:?}\n  cairn: {mine:?}"
             )),
             Some(_) => {}
@@ -219,9 +242,9 @@ fn node_base_equals_umoci_unpack_plus_cairn_files() {
         let only_for_cairn = ours
             .keys()
             .filter(|p| p.starts_with(&format!("{path}/")))
-            .all(|p| cairn_own(p));
+            .all(|p| cairn_own(p, &baked));
         let cairn_folder = ours[path].kind == 'd' && only_for_cairn;
-        if !(cairn_own(path) || cairn_folder) {
+        if !(cairn_own(path, &baked) || cairn_folder) {
             problems.push(format!("only in cairn's output: {path}"));
         }
     }
