@@ -23,6 +23,17 @@ pub enum ResolveError {
     DigestMismatch { what: String, actual: Digest },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+    /// A config that does not say its platform cannot be checked against the profile's arch.
+    #[error(
+        "{key} ({what}): the image config {config} has no {missing}: the image must say it is linux/{arch}"
+    )]
+    PlatformMissing {
+        key: String,
+        what: String,
+        config: Digest,
+        missing: &'static str,
+        arch: &'static str,
+    },
     #[error("{what}: not a valid document: {source}")]
     Document {
         what: String,
@@ -295,21 +306,35 @@ pub async fn resolve(
     let config_digest = digest_of(&what, &config.digest)?;
     let config_bytes = fetch_verified(registry, cache, r, &config_digest, false).await?;
     let config: Config = parse(&format!("{what} config"), &config_bytes)?;
-    if config.os.as_deref().is_some_and(|os| os != "linux") {
+    // Empty counts as missing: neither says which platform the image is for.
+    let os = config.os.as_deref().filter(|s| !s.is_empty());
+    let architecture = config.architecture.as_deref().filter(|s| !s.is_empty());
+    let (Some(os), Some(architecture)) = (os, architecture) else {
+        return Err(ResolveError::PlatformMissing {
+            key: rock.key.clone(),
+            what,
+            config: config_digest.clone(),
+            missing: match (architecture, os) {
+                (None, None) => "architecture and no os",
+                (None, Some(_)) => "architecture",
+                _ => "os",
+            },
+            arch: arch.oci(),
+        });
+    };
+    if os != "linux" {
+        return Err(ResolveError::Invalid {
+            what,
+            message: format!("the image is for os {os}, not linux"),
+        });
+    }
+    if architecture != arch.oci() {
         return Err(ResolveError::Invalid {
             what,
             message: format!(
-                "the image is for os {}, not linux",
-                config.os.unwrap_or_default()
+                "the image is for {architecture}, the profile's arch is {}",
+                arch.oci()
             ),
-        });
-    }
-    if let Some(a) = config.architecture.as_deref()
-        && a != arch.oci()
-    {
-        return Err(ResolveError::Invalid {
-            what,
-            message: format!("the image is for {a}, the profile's arch is {}", arch.oci()),
         });
     }
     if config.rootfs.diff_ids.len() != layer_descs.len() {

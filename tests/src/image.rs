@@ -636,6 +636,7 @@ pub struct ImageBuilder {
     layers: Vec<Layer>,
     config_section: Value,
     extra: Map<String, Value>,
+    omitted: Vec<String>,
     annotations: Vec<(String, String)>,
     diff_ids: Option<Vec<String>>,
 }
@@ -678,6 +679,12 @@ impl ImageBuilder {
         self
     }
 
+    /// Leaves a top-level config field out (e.g. `"architecture"`, `"os"`).
+    pub fn omit_config_field(mut self, key: &str) -> Self {
+        self.omitted.push(key.to_string());
+        self
+    }
+
     /// A manifest annotation.
     pub fn annotation(mut self, key: &str, value: &str) -> Self {
         self.annotations.push((key.to_string(), value.to_string()));
@@ -710,6 +717,11 @@ impl ImageBuilder {
         }
         for (k, v) in self.extra {
             config[k.as_str()] = v;
+        }
+        if let Some(fields) = config.as_object_mut() {
+            for k in &self.omitted {
+                fields.remove(k);
+            }
         }
         let config = serde_json::to_vec(&config).expect("serialize the image config");
         let config_digest = sha256_digest(&config);
@@ -763,6 +775,7 @@ impl Image {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             }),
             extra: Map::new(),
+            omitted: Vec::new(),
             annotations: Vec::new(),
             diff_ids: None,
         }

@@ -561,6 +561,63 @@ fn an_index_without_the_arch_is_a_clear_error() {
 }
 
 #[test]
+fn a_config_without_architecture_or_os_is_refused() {
+    let registry = registry::shared();
+    let base = push_image(
+        registry,
+        "e2e/platform-base",
+        "v1",
+        &Image::simple("amd64", "base"),
+    );
+    for (name, omitted, missing) in [
+        ("noarch", &["architecture"][..], "has no architecture:"),
+        ("noos", &["os"][..], "has no os:"),
+        (
+            "neither",
+            &["architecture", "os"][..],
+            "has no architecture and no os:",
+        ),
+    ] {
+        let mut image = Image::builder().layer_from(
+            &LayerBuilder::new().file("f", 0o644, name),
+            Compression::Gzip,
+        );
+        for field in omitted {
+            image = image.omit_config_field(field);
+        }
+        let image = image.build();
+        let config: serde_json::Value = serde_json::from_slice(&image.config).expect("config");
+        for field in omitted {
+            assert!(
+                config.get(field).is_none(),
+                "{name}: {field} still in the config"
+            );
+        }
+        let pushed = push_image(registry, &format!("e2e/platform-{name}"), "v1", &image);
+        let work = tempfile::tempdir().expect("tempdir");
+        let profile = write_profile(
+            work.path(),
+            "platform",
+            &base.reference_by_digest,
+            &[&pushed.reference_by_digest],
+            "",
+        );
+        let b = build(&profile, work.path(), "a", &[]);
+        let err = stderr(&b.output);
+        assert_eq!(b.output.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("layer[0].rock"), "{name}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the image config {} {missing}",
+                image.config_digest
+            )),
+            "{name}: {err}"
+        );
+        assert!(!b.out.join("platform.tar").exists(), "{name}");
+    }
+}
+
+#[test]
 fn a_corrupted_blob_fails_and_leaves_the_cache_clean() {
     let mut registry = Registry::start(Auth::Anonymous);
     let layer = LayerBuilder::new().file("payload", 0o644, vec![7u8; 200_000]);
