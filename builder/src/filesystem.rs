@@ -281,8 +281,7 @@ impl<W: Write> Writer<'_, W> {
                 match special {
                     Special::Symlink(target) => {
                         let mut h = self.header(meta, tar::EntryType::Symlink, 0);
-                        self.builder
-                            .append_link(&mut h, as_path(&path), as_path(target))?;
+                        self.append_symlink(&mut h, &path, target)?;
                     }
                     Special::Char(major, minor) | Special::Block(major, minor) => {
                         let kind = if matches!(special, Special::Char(..)) {
@@ -305,6 +304,35 @@ impl<W: Write> Writer<'_, W> {
             }
         }
         Ok(())
+    }
+
+    /// Appends a symlink whose target is written byte for byte. `append_link` would rebuild the target from its
+    /// path components (`/` → `//`, `a/./b` → `a/b`); a symlink must say exactly what the layer said.
+    fn append_symlink(
+        &mut self,
+        h: &mut tar::Header,
+        path: &[u8],
+        target: &[u8],
+    ) -> io::Result<()> {
+        if target.len() > LINK_NAME_FIELD {
+            // GNU long link record: the target, NUL-terminated, as the data of a `K` entry before the symlink.
+            let mut long = tar::Header::new_gnu();
+            if let Some(gnu) = long.as_gnu_mut() {
+                gnu.name[..LONG_LINK_NAME.len()].copy_from_slice(LONG_LINK_NAME);
+            }
+            long.set_entry_type(tar::EntryType::GNULongLink);
+            long.set_mode(0o644);
+            long.set_uid(0);
+            long.set_gid(0);
+            long.set_mtime(0);
+            long.set_size(target.len() as u64 + 1);
+            long.set_cksum();
+            self.builder
+                .append(&long, [target, b"\0"].concat().as_slice())?;
+        } else {
+            h.set_link_name_literal(target)?;
+        }
+        self.builder.append_data(h, as_path(path), io::empty())
     }
 
     /// Appends file data read from `range`, telling a failing read (our input) from a failing write (the output).
@@ -345,6 +373,11 @@ impl Read for ReadTracker<'_, '_> {
             .inspect_err(|e| *self.failed = Some(io::Error::new(e.kind(), e.to_string())))
     }
 }
+
+/// The size of a tar header's link name field; longer targets go in a GNU long link record.
+const LINK_NAME_FIELD: usize = 100;
+/// The name GNU tar gives its long name and long link records.
+const LONG_LINK_NAME: &[u8] = b"././@LongLink";
 
 fn as_path(bytes: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;

@@ -618,6 +618,54 @@ fn a_config_without_architecture_or_os_is_refused() {
 }
 
 #[test]
+fn symlink_targets_are_written_as_the_layer_has_them() {
+    let registry = registry::shared();
+    let long = format!("a//{}/./b/", "t".repeat(120));
+    let targets = [
+        ("to-root", "/".to_string()),
+        ("double-slash", "a//b".to_string()),
+        ("dot", "a/./b".to_string()),
+        ("up", "../x".to_string()),
+        ("trailing", "usr/".to_string()),
+        ("long", long),
+        ("via", "phantom/../real".to_string()),
+    ];
+    let mut lower = LayerBuilder::new().dir("real", 0o755);
+    for (path, target) in &targets {
+        lower = lower.symlink(path, target);
+    }
+    // Its parent resolves through the symlink, and so through `phantom/..`: phantom is missing.
+    let upper = LayerBuilder::new().file("via/inside", 0o644, "inside");
+    let image = Image::builder()
+        .layer_from(&lower, Compression::Gzip)
+        .layer_from(&upper, Compression::Gzip)
+        .build();
+    let pushed = push_image(registry, "e2e/symlinks", "v1", &image);
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(
+        work.path(),
+        "symlinks",
+        &pushed.reference_by_digest,
+        &[],
+        "",
+    );
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_ok(&b.output, "build");
+    let (_, items) = read_tar(&b.out.join("symlinks.tar"));
+    for (path, target) in &targets {
+        let item = entry(&items, path);
+        assert_eq!(item.kind, 'l', "{path}");
+        assert_eq!(&item.link, target, "{path}");
+    }
+    assert_eq!(entry(&items, "real/inside").data, b"inside");
+    assert!(
+        !items.keys().any(|k| k.contains("phantom")),
+        "a phantom directory was made: {:?}",
+        items.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_corrupted_blob_fails_and_leaves_the_cache_clean() {
     let mut registry = Registry::start(Auth::Anonymous);
     let layer = LayerBuilder::new().file("payload", 0o644, vec![7u8; 200_000]);

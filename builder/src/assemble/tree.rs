@@ -426,15 +426,33 @@ impl Tree {
         if path.is_empty() {
             return Ok(Some(ROOT));
         }
-        if !self.walk_into(&mut stack, path, create, hops)? {
+        let mut missing = Vec::new();
+        if !self.walk_into(&mut stack, &mut missing, path, create, hops)? {
             return Ok(None);
+        }
+        // Only the missing directories the walk ends inside are made: one a later `..` left (`phantom/..`) is
+        // not, so no directory appears that neither a layer nor the path needs.
+        for name in missing {
+            let top = *stack.last().unwrap_or(&ROOT);
+            let id = self.nodes.len();
+            self.nodes.push(Node::Dir {
+                meta: Meta::new(0o755, 0, 0),
+                children: BTreeMap::new(),
+            });
+            if let Node::Dir { children, .. } = &mut self.nodes[top] {
+                children.insert(name, id);
+            }
+            stack.push(id);
         }
         Ok(stack.last().copied())
     }
 
+    /// One path's walk from the top of `stack`. With `create`, components that do not exist are gathered in
+    /// `missing` (everything below one is missing too) rather than made, so that a `..` can take them back.
     fn walk_into(
         &mut self,
         stack: &mut Vec<NodeId>,
+        missing: &mut Vec<Vec<u8>>,
         path: &[u8],
         create: bool,
         hops: &mut u32,
@@ -443,26 +461,20 @@ impl Tree {
             match c {
                 b"" | b"." => continue,
                 b".." => {
-                    if stack.len() > 1 {
+                    if missing.pop().is_none() && stack.len() > 1 {
                         stack.pop();
                     }
                     continue;
                 }
                 _ => {}
             }
+            if !missing.is_empty() {
+                missing.push(c.to_vec());
+                continue;
+            }
             let top = *stack.last().unwrap_or(&ROOT);
             match self.child(top, c) {
-                None if create => {
-                    let id = self.nodes.len();
-                    self.nodes.push(Node::Dir {
-                        meta: Meta::new(0o755, 0, 0),
-                        children: BTreeMap::new(),
-                    });
-                    if let Node::Dir { children, .. } = &mut self.nodes[top] {
-                        children.insert(c.to_vec(), id);
-                    }
-                    stack.push(id);
-                }
+                None if create => missing.push(c.to_vec()),
                 None => return Ok(false),
                 Some(id) => match &self.nodes[id] {
                     Node::Dir { .. } => stack.push(id),
@@ -478,7 +490,7 @@ impl Tree {
                         if target.starts_with(b"/") {
                             stack.truncate(1);
                         }
-                        if !self.walk_into(stack, &target, create, hops)? {
+                        if !self.walk_into(stack, missing, &target, create, hops)? {
                             return Ok(false);
                         }
                     }

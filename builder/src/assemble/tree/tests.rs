@@ -272,3 +272,31 @@ fn set_file_data_keeps_metadata() {
     assert_eq!(t.inode(i).data.size(), 0);
     assert!(!t.set_file_data(b"etc/nothing", Data::Bytes(Arc::from(&b""[..]))));
 }
+
+#[test]
+fn a_missing_directory_a_dotdot_leaves_is_not_made() {
+    let mut t = Tree::new();
+    t.apply_layer(
+        0,
+        &[
+            dir("real"),
+            link("via", Kind::Symlink, "phantom/../real"),
+            link("deep", Kind::Symlink, "/ghost/a/../../made"),
+        ],
+    )
+    .unwrap();
+    t.apply_layer(1, &[file("via/x", 1), file("deep/y", 2)])
+        .unwrap();
+    assert_eq!(
+        listing(&t),
+        [
+            "/ 755",
+            "/deep -> /ghost/a/../../made",
+            "/made/ 755",
+            "/made/y f1 L1@2",
+            "/real/ 755",
+            "/real/x f0 L1@1",
+            "/via -> phantom/../real"
+        ]
+    );
+}
