@@ -666,6 +666,34 @@ fn symlink_targets_are_written_as_the_layer_has_them() {
 }
 
 #[test]
+fn a_whiteout_below_a_file_is_ignored() {
+    let registry = registry::shared();
+    let lower = LayerBuilder::new()
+        .file("f", 0o644, "kept")
+        .file("x", 0o644, "x");
+    let upper = LayerBuilder::new().whiteout("f/x").opaque("f/g");
+    let image = Image::builder()
+        .layer_from(&lower, Compression::Gzip)
+        .layer_from(&upper, Compression::Gzip)
+        .build();
+    let pushed = push_image(registry, "e2e/whiteout-under-file", "v1", &image);
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "wfile", &pushed.reference_by_digest, &[], "");
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_ok(&b.output, "build");
+    let (order, items) = read_tar(&b.out.join("wfile.tar"));
+    assert_eq!(entry(&items, "f").kind, 'f');
+    assert_eq!(entry(&items, "f").data, b"kept");
+    assert_eq!(entry(&items, "x").data, b"x");
+    assert!(
+        order
+            .iter()
+            .all(|p| !p.contains(".wh.") && !p.starts_with("f/")),
+        "{order:?}"
+    );
+}
+
+#[test]
 fn a_corrupted_blob_fails_and_leaves_the_cache_clean() {
     let mut registry = Registry::start(Auth::Anonymous);
     let layer = LayerBuilder::new().file("payload", 0o644, vec![7u8; 200_000]);

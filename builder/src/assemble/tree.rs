@@ -226,7 +226,8 @@ impl Tree {
             } else {
                 continue;
             };
-            if let Some(dir) = self.walk(parent, false, &mut 0)?
+            // Read-only: a whiteout below a file (or below nothing) hides nothing, as the OCI runtimes ignore it.
+            if let Some(dir) = self.find_dir(parent)?
                 && let Node::Dir { children, .. } = &mut self.nodes[dir]
             {
                 match hidden {
@@ -343,6 +344,19 @@ impl Tree {
             stack = self.step(stack, c, &mut hops).ok()??;
         }
         self.child(*stack.last()?, name)
+    }
+
+    /// The directory at `path`, following symlinks; `None` when a component is missing or not a directory.
+    fn find_dir(&self, path: &[u8]) -> Result<Option<NodeId>, TreeError> {
+        let mut hops = 0;
+        let mut stack = vec![ROOT];
+        for c in path.split(|b| *b == b'/') {
+            match self.step(stack, c, &mut hops)? {
+                Some(next) => stack = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(stack.last().copied())
     }
 
     /// Replaces the data of the file at `path`, keeping its metadata; false when there is no such file.

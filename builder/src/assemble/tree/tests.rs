@@ -300,3 +300,12 @@ fn a_missing_directory_a_dotdot_leaves_is_not_made() {
         ]
     );
 }
+
+#[test]
+fn a_whiteout_below_a_file_is_ignored() {
+    let mut t = Tree::new();
+    t.apply_layer(0, &[file("f", 1)]).unwrap();
+    t.apply_layer(1, &[file("f/.wh.x", 0), file("f/g/.wh..wh..opq", 0)])
+        .unwrap();
+    assert_eq!(listing(&t), ["/ 755", "/f f0 L0@1"]);
+}
