@@ -25,14 +25,13 @@ pub enum ResolveError {
     Invalid { what: String, message: String },
     /// A config that does not say its platform cannot be checked against the profile's arch.
     #[error(
-        "{key} ({what}): the image config {config} has no {missing}: the image must say it is linux/{arch}"
+        "{rock}: the image config {config} has no {missing}: cannot check it is linux and the profile's arch"
     )]
     PlatformMissing {
-        key: String,
-        what: String,
+        /// The profile key and the reference, e.g. `layer[0].rock (registry/name@sha256:…)`.
+        rock: String,
         config: Digest,
         missing: &'static str,
-        arch: &'static str,
     },
     #[error("{what}: not a valid document: {source}")]
     Document {
@@ -311,15 +310,13 @@ pub async fn resolve(
     let architecture = config.architecture.as_deref().filter(|s| !s.is_empty());
     let (Some(os), Some(architecture)) = (os, architecture) else {
         return Err(ResolveError::PlatformMissing {
-            key: rock.key.clone(),
-            what,
+            rock: format!("{} ({what})", rock.key),
             config: config_digest.clone(),
             missing: match (architecture, os) {
                 (None, None) => "architecture and no os",
                 (None, Some(_)) => "architecture",
                 _ => "os",
             },
-            arch: arch.oci(),
         });
     };
     if os != "linux" {
