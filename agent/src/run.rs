@@ -187,14 +187,15 @@ impl Runner<'_> {
         let detected = match &self.opts.instance_file {
             Some(path) => {
                 *instance = "file".into();
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| RunError::InstanceFile {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let bytes = std::fs::read(path).map_err(|source| RunError::InstanceFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let name = path.display().to_string();
+                let text = datasources::utf8_text(bytes, &name, 0)?;
                 Detected::Local(Found {
                     source: datasources::SourceKind::File,
-                    name: path.display().to_string(),
+                    name,
                     text,
                 })
             }

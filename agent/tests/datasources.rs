@@ -456,7 +456,7 @@ fn cmdline_url_bad_bodies() {
     let e = fetch(&source, &cfg).unwrap_err();
     assert!(
         e.to_string()
-            .ends_with("/i.toml: not UTF-8 text (invalid byte at offset 5)"),
+            .ends_with("/i.toml: not UTF-8 text (invalid byte at offset 5, line 1, column 6)"),
         "{e}"
     );
 
@@ -642,6 +642,6 @@ fn a_broken_source_never_falls_through() {
     .unwrap();
     assert_eq!(
         detect(&cfg).unwrap_err().to_string(),
-        "fw_cfg opt/cairn/instance.toml: not UTF-8 text (invalid byte at offset 0)"
+        "fw_cfg opt/cairn/instance.toml: not UTF-8 text (invalid byte at offset 0, line 1, column 1)"
     );
 }

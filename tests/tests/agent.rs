@@ -418,6 +418,64 @@ fn local_sources_in_order_and_their_bad_input() {
     assert_eq!(read(&root4, "/etc/hostname"), "edge-01234567\n");
 }
 
+#[test]
+fn instance_data_that_is_not_text_fails_naming_the_source_and_the_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fw = dir.path().join("fw_cfg");
+    let fw_file = fw.join("by_name/opt/cairn/instance.toml/raw");
+    let esp = dir.path().join("esp");
+    let esp_file = esp.join("cairn/instance.toml");
+    std::fs::create_dir_all(fw_file.parent().expect("parent")).expect("mkdir");
+    std::fs::create_dir_all(esp.join("cairn")).expect("mkdir");
+    let bad = b"[system]\nhostname = \"\xC3\x28\"\n";
+    let position = "not UTF-8 text (invalid byte at offset 21, line 2, column 13)";
+    let failed_note = |run: &str, args: &[&str]| {
+        let root = small_root(&dir.path().join(run), ID);
+        let o = apply(&root, args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        line_json(&o, "failed")["note"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    std::fs::write(&fw_file, bad).expect("write");
+    let note = failed_note("fw", &["--fw-cfg", fw.to_str().expect("utf-8")]);
+    assert!(
+        note.contains(&format!("fw_cfg opt/cairn/instance.toml: {position}")),
+        "{note}"
+    );
+
+    std::fs::write(&esp_file, bad).expect("write");
+    let note = failed_note("esp", &["--esp", esp.to_str().expect("utf-8")]);
+    assert!(
+        note.contains(&format!("{}: {position}", esp_file.display())),
+        "{note}"
+    );
+
+    let file = dir.path().join("instance.toml");
+    std::fs::write(&file, bad).expect("write");
+    let note = failed_note("file", &["--instance", file.to_str().expect("utf-8")]);
+    assert!(
+        note.contains(&format!("{}: {position}", file.display())),
+        "{note}"
+    );
+
+    // A control character in an ssh key never reaches authorized_keys: refused at the value.
+    std::fs::write(
+        &fw_file,
+        "[[user]]\nname = \"ops\"\nssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc x\\u001b[2J\"]\n",
+    )
+    .expect("write");
+    let note = failed_note("key", &["--fw-cfg", fw.to_str().expect("utf-8")]);
+    assert!(
+        note.contains(
+            "opt/cairn/instance.toml:3:13: `user[0].ssh-keys[0]`: control character U+001B"
+        ),
+        "{note}"
+    );
+}
+
 /// A loopback HTTP server with canned answers per "METHOD PATH"; records each request line and headers.
 struct Server {
     addr: String,

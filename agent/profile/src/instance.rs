@@ -81,6 +81,7 @@ impl Instance {
                     "instance data has no folder beside it: give content",
                 );
             }
+            c.path_line(&f.path, &format!("file[{i}].path"))?;
             let path = f.path.get_ref();
             if !INSTANCE_WRITABLE.iter().any(|w| path.starts_with(w)) {
                 return c.err(

@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod contract;
+mod control;
 mod diagnostic;
 pub mod hardening;
 mod instance;

@@ -546,6 +546,7 @@ impl Checker<'_> {
 
     pub(crate) fn file_entry(&self, f: RawFile, i: usize) -> Result<FileEntry, Error> {
         let key = |k: &str| format!("file[{i}].{k}");
+        self.path_line(&f.path, &key("path"))?;
         let path = f.path.get_ref();
         if let Err(why) = check_image_path(path) {
             return self.err(f.path.span(), &key("path"), format!("`{path}`: {why}"));
@@ -558,7 +559,10 @@ impl Checker<'_> {
             );
         }
         let content = match (f.content, f.source) {
-            (Some(c), None) => FileContent::Inline(c.into_inner()),
+            (Some(c), None) => {
+                self.content_text(&c, &key("content"))?;
+                FileContent::Inline(c.into_inner())
+            }
             (None, Some(s)) => FileContent::Source(self.source(&s, &key("source"))?),
             (Some(_), Some(s)) => {
                 return self.err(

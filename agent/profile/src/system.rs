@@ -165,6 +165,9 @@ fn ssh_key_problem(key: &str) -> Option<String> {
     if key.contains('\n') || key.contains('\r') {
         return Some("one key per string: no line breaks".into());
     }
+    if let Some(c) = crate::control::in_line(key) {
+        return Some(crate::control::line_message(c));
+    }
     let mut parts = key.split_whitespace();
     let kind = parts.next().unwrap_or("");
     if !SSH_KEY_TYPES.contains(&kind) {
@@ -196,6 +199,7 @@ pub fn user_name_ok(name: &str) -> bool {
 
 impl Checker<'_> {
     pub(crate) fn hostname(&self, h: Spanned<String>) -> Result<String, Error> {
+        self.one_line(&h, "system.hostname")?;
         if let Some(problem) = hostname_problem(h.get_ref()) {
             return self.err(h.span(), "system.hostname", problem);
         }
@@ -318,6 +322,7 @@ impl Checker<'_> {
         let mut seen = BTreeSet::new();
         let mut users = Vec::with_capacity(raw.len());
         for (i, u) in raw.into_iter().enumerate() {
+            self.one_line(&u.name, &format!("user[{i}].name"))?;
             let name = u.name.get_ref();
             if !user_name_ok(name) {
                 return self.err(u.name.span(), &format!("user[{i}].name"), format!("`{name}` is not a user name: a-z, 0-9, _ and -, starting with a letter or _, at most 32"));
@@ -331,6 +336,7 @@ impl Checker<'_> {
             }
             let mut groups = Vec::new();
             for (j, g) in u.groups.into_iter().enumerate() {
+                self.one_line(&g, &format!("user[{i}].groups[{j}]"))?;
                 if !user_name_ok(g.get_ref()) {
                     return self.err(
                         g.span(),

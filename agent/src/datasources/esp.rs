@@ -58,6 +58,18 @@ mod tests {
             }
         );
 
+        // Not UTF-8: the file's name and where the first invalid byte is.
+        fs::write(
+            esp.join("cairn/instance.toml"),
+            b"[system]\r\nhostname = \"\xFFedge\"\r\n",
+        )
+        .unwrap();
+        let err = detect(&cfg).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{path}: not UTF-8 text (invalid byte at offset 22, line 2, column 13)")
+        );
+
         fs::remove_file(esp.join("cairn/instance.toml")).unwrap();
         fs::create_dir(esp.join("cairn/instance.toml")).unwrap();
         let err = detect(&cfg).unwrap_err();

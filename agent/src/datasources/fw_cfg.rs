@@ -84,7 +84,7 @@ mod tests {
         let err = detect(&cfg).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "fw_cfg opt/cairn/instance.toml: not UTF-8 text (invalid byte at offset 5)"
+            "fw_cfg opt/cairn/instance.toml: not UTF-8 text (invalid byte at offset 5, line 1, column 6)"
         );
 
         // Unreadable: a directory where the file should be.

@@ -446,15 +446,33 @@ fn to_text(mut bytes: Vec<u8>, source: &str) -> Result<String, DatasourceError> 
             "gzip-compressed data: instance data must be plain TOML text",
         ));
     }
-    if bytes.starts_with(b"\xEF\xBB\xBF") {
+    let bom = if bytes.starts_with(b"\xEF\xBB\xBF") {
         bytes.drain(..3);
-    }
+        3
+    } else {
+        0
+    };
+    utf8_text(bytes, source, bom)
+}
+
+/// Bytes as UTF-8 text, or where the first invalid byte is: its offset in the file (`skipped` bytes were
+/// dropped before `bytes`), its line and column (in characters, as the profile's diagnostics count them).
+pub(crate) fn utf8_text(
+    bytes: Vec<u8>,
+    source: &str,
+    skipped: usize,
+) -> Result<String, DatasourceError> {
     String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
         DatasourceError::new(
             source,
             format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
+                "not UTF-8 text (invalid byte at offset {}, line {line}, column {column})",
+                valid + skipped
             ),
         )
     })
@@ -515,7 +533,15 @@ mod tests {
         assert_eq!(to_text(Vec::new(), "s").unwrap(), "");
         assert_eq!(
             err_text(to_text(b"ab\xFFcd".to_vec(), "src")),
-            "src: not UTF-8 text (invalid byte at offset 2)"
+            "src: not UTF-8 text (invalid byte at offset 2, line 1, column 3)"
+        );
+        // The offset counts a byte order mark, the column counts characters.
+        assert_eq!(
+            err_text(to_text(
+                b"\xEF\xBB\xBFa = 1\nb = \"\xC3\xA9\xC3\x28\"".to_vec(),
+                "src"
+            )),
+            "src: not UTF-8 text (invalid byte at offset 16, line 2, column 7)"
         );
         assert!(err_text(to_text(vec![0x1f, 0x8b, 8, 0], "src")).contains("gzip"));
     }

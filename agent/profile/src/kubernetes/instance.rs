@@ -111,6 +111,7 @@ impl Checker<'_> {
             k.join_token = Some(JoinToken(t.into_inner()));
         }
         if let Some(n) = raw.node_name {
+            self.one_line(&n, "kubernetes.node-name")?;
             if !dns_subdomain_ok(n.get_ref()) {
                 return self.err(
                     n.span(),
@@ -124,6 +125,7 @@ impl Checker<'_> {
             k.node_name = Some(n.into_inner());
         }
         if let Some(a) = raw.address {
+            self.one_line(&a, "kubernetes.address")?;
             let text = a.get_ref();
             if text.parse::<IpAddr>().is_err() && Cidr::parse(text).is_none() {
                 return self.err(
