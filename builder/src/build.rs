@@ -139,10 +139,11 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     info!(ms = t.elapsed().as_millis() as u64, "assembled");
 
     // The tar is the assembled root as it is; the disk formats rearrange the tree after it.
-    output::create_folder(&opts.out)?;
+    // Every output is staged, and all of them are committed together at the end.
+    let mut stage = output::Stage::new(&opts.out)?;
     let mut outputs = Vec::new();
     if profile.formats.contains(&Format::Tar) {
-        outputs.push(output::tar(&tree, &tars, epoch, &opts.out, &profile.name)?);
+        outputs.push(output::tar(&tree, &tars, epoch, &mut stage, &profile.name)?);
     }
     let mut disk_report = None;
     if profile.formats.contains(&Format::Raw) || profile.formats.contains(&Format::Qcow2) {
@@ -154,7 +155,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
             epoch,
         };
         let (report, written) =
-            disk::write(&mut tree, &tars, &inputs, &profile.formats, &opts.out)?;
+            disk::write(&mut tree, &tars, &inputs, &profile.formats, &mut stage)?;
         outputs.extend(written);
         disk_report = Some(report);
     }
@@ -170,7 +171,9 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         system: baked,
         disk: disk_report,
     });
-    let report_path = report.write(&opts.out)?;
+    report.stage(&mut stage)?;
+    stage.commit()?;
+    let report_path = opts.out.join(report.file_name());
     info!(ms = started.elapsed().as_millis() as u64, "built");
     Ok(Built {
         report,

@@ -1,5 +1,7 @@
-//! Outputs: files in the output folder, each written to a temp file (or a work folder) beside its destination,
-//! synced and renamed into place, so an interrupted build never leaves half an output under its final name.
+//! Outputs: the files of a build, committed as a set. Each output (tar, raw, qcow2, the report) is written into a
+//! staging folder inside the output folder and synced there; only once every one of them is complete are they
+//! renamed into place, the report last. A build that fails or is killed leaves every previous output and its
+//! report as they were, and no half file under a final name.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -68,27 +70,125 @@ pub fn work_folder(out: &Path) -> Result<TempDir, OutputError> {
     })
 }
 
-/// Writes the tree as `NAME.tar` in `out`.
+/// The outputs of one build, staged until [`Stage::commit`]; dropped without a commit, they are removed.
+pub struct Stage {
+    dir: TempDir,
+    out: PathBuf,
+    /// Final file names, in the order they are committed.
+    files: Vec<String>,
+}
+
+impl Stage {
+    /// A staging folder in `out` (created if needed): the same file system, so committing is a rename.
+    pub fn new(out: &Path) -> Result<Stage, OutputError> {
+        create_folder(out)?;
+        Ok(Stage {
+            dir: work_folder(out)?,
+            out: out.to_path_buf(),
+            files: Vec::new(),
+        })
+    }
+
+    /// Where staged files and an output's work pieces go.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stages a finished file (in this folder's file system) as `file`, and describes it.
+    pub fn add(
+        &mut self,
+        from: &Path,
+        format: &'static str,
+        file: String,
+    ) -> Result<Output, OutputError> {
+        let staged = self.dir.path().join(&file);
+        let (size, sha256) = hash_file(from)?;
+        sync_and_open_up(from)?;
+        std::fs::rename(from, &staged).map_err(|source| OutputError::Rename {
+            dest: staged.clone(),
+            source,
+        })?;
+        self.files.push(file.clone());
+        Ok(Output {
+            format,
+            file,
+            size,
+            sha256,
+        })
+    }
+
+    /// Stages a small file (the report).
+    pub fn add_bytes(&mut self, file: &str, bytes: &[u8]) -> Result<(), OutputError> {
+        let staged = self.dir.path().join(file);
+        let mut f = std::fs::File::create(&staged).map_err(io_err(&staged))?;
+        f.write_all(bytes).map_err(io_err(&staged))?;
+        drop(f);
+        sync_and_open_up(&staged)?;
+        self.files.push(file.to_string());
+        Ok(())
+    }
+
+    /// Renames every staged file into the output folder, in the order staged, and syncs the folder.
+    pub fn commit(self) -> Result<(), OutputError> {
+        for file in &self.files {
+            let dest = self.out.join(file);
+            std::fs::rename(self.dir.path().join(file), &dest)
+                .map_err(|source| OutputError::Rename { dest, source })?;
+        }
+        std::fs::File::open(&self.out)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.out))?;
+        Ok(())
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String), OutputError> {
+    let mut hash = Sha256::new();
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hash.finalize())))
+}
+
+/// Syncs a staged file and gives it an ordinary file's mode (temp files are 0600).
+fn sync_and_open_up(path: &Path) -> Result<(), OutputError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io_err(path))
+}
+
+/// Stages the tree as `NAME.tar`.
 pub fn tar(
     tree: &Tree,
     layer_tars: &[PathBuf],
     epoch: u64,
-    out: &Path,
+    stage: &mut Stage,
     name: &str,
 ) -> Result<Output, OutputError> {
     let t = Instant::now();
     let file = format!("{name}.tar");
-    let dest = out.join(&file);
-    let tmp = temp_in(out)?;
+    let staged = stage.path().join(&file);
+    let out = std::fs::File::create(&staged).map_err(io_err(&staged))?;
     let opts = TarOptions {
         epoch,
         drop_xattrs: &[],
     };
     let (written, handle) =
-        filesystem::write_tar(tree, tree.root(), layer_tars, opts, tmp.as_file(), &dest)?;
-    handle.sync_all().map_err(io_err(&dest))?;
-    persist(tmp, &dest)?;
-    info!(file = %dest.display(), bytes = written.size, entries = written.entries, ms = t.elapsed().as_millis() as u64, "wrote");
+        filesystem::write_tar(tree, tree.root(), layer_tars, opts, out, &staged)?;
+    handle.sync_all().map_err(io_err(&staged))?;
+    drop(handle);
+    sync_and_open_up(&staged)?;
+    stage.files.push(file.clone());
+    info!(file = %file, bytes = written.size, entries = written.entries, ms = t.elapsed().as_millis() as u64, "wrote");
     Ok(Output {
         format: "tar",
         file,
@@ -101,40 +201,6 @@ fn temp_in(dir: &Path) -> Result<NamedTempFile, OutputError> {
     NamedTempFile::new_in(dir).map_err(|source| OutputError::TempFile {
         dir: dir.to_path_buf(),
         source,
-    })
-}
-
-/// Moves a finished output from a work folder into `out` as `file` (same file system) and describes it.
-pub fn place(
-    from: &Path,
-    out: &Path,
-    format: &'static str,
-    file: String,
-) -> Result<Output, OutputError> {
-    let dest = out.join(&file);
-    let mut hash = Sha256::new();
-    let mut f = std::fs::File::open(from).map_err(io_err(from))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(from))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        size += n as u64;
-    }
-    f.sync_all().map_err(io_err(from))?;
-    std::fs::set_permissions(from, std::fs::Permissions::from_mode(0o644)).map_err(io_err(from))?;
-    std::fs::rename(from, &dest).map_err(|source| OutputError::Rename {
-        dest: dest.clone(),
-        source,
-    })?;
-    Ok(Output {
-        format,
-        file,
-        size,
-        sha256: hex::encode(hash.finalize()),
     })
 }
 

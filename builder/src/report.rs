@@ -2,7 +2,7 @@
 //! the same report.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cairn_profile::Profile;
 use serde::Serialize;
@@ -102,13 +102,17 @@ impl Report {
         }
     }
 
-    /// Writes `NAME.manifest.json` in `out`; returns its path.
-    pub fn write(&self, out: &Path) -> Result<PathBuf, ReportError> {
-        let path = out.join(format!("{}.manifest.json", self.name));
+    /// `NAME.manifest.json`.
+    pub fn file_name(&self) -> String {
+        format!("{}.manifest.json", self.name)
+    }
+
+    /// Stages the report with the outputs it describes: committed last, with them.
+    pub fn stage(&self, stage: &mut output::Stage) -> Result<(), ReportError> {
         let mut json = serde_json::to_vec_pretty(self)?;
         json.push(b'\n');
-        output::write_atomically(&path, &json)?;
-        Ok(path)
+        stage.add_bytes(&self.file_name(), &json)?;
+        Ok(())
     }
 }
 

@@ -1196,3 +1196,70 @@ fn system_settings_are_baked_into_the_image() {
         assert!(!b.out.join("bad.tar").exists());
     }
 }
+
+#[test]
+fn a_failed_build_leaves_every_previous_output_and_its_report() {
+    let registry = registry::shared();
+    let rock = |tag: &str, content: &str| {
+        push_image(
+            registry,
+            "e2e/outputs-as-a-set",
+            tag,
+            &Image::builder()
+                .layer_from(
+                    &LayerBuilder::new().file("etc/version", 0o644, content),
+                    Compression::Gzip,
+                )
+                .build(),
+        )
+    };
+    let first = rock("v1", "1\n");
+    // Another root, and no kernel: its tar can be written, its raw disk cannot.
+    let second = rock("v2", "2\n");
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("out");
+    let cache = work.path().join("cache");
+    let profile = write_profile(work.path(), "set", &first.reference_by_digest, &[], "");
+    assert_ok(
+        &build_with(&profile, &out, &cache, &[]).output,
+        "first build",
+    );
+    let listing = |dir: &Path| {
+        let mut names: Vec<(String, String)> = std::fs::read_dir(dir)
+            .expect("out")
+            .map(|e| {
+                let p = e.expect("entry").path();
+                let name = p.file_name().expect("name").to_string_lossy().into_owned();
+                (name, sha256_hex(&p))
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(&out);
+    assert_eq!(
+        before.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["set.manifest.json", "set.tar"]
+    );
+
+    let profile = write_profile(work.path(), "set", &second.reference_by_digest, &[], "");
+    let failed = run_cairn(
+        [
+            "build".as_ref(),
+            profile.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+            "--format".as_ref(),
+            "tar".as_ref(),
+            "--format".as_ref(),
+            "raw".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    // The new tar was written before the raw step failed: it must not have replaced the old one, nor the report,
+    // and nothing of the failed build is left in the folder.
+    assert_eq!(listing(&out), before, "{}", stderr(&failed));
+}

@@ -174,10 +174,10 @@ pub fn write(
     tars: &[PathBuf],
     inputs: &DiskInputs<'_>,
     formats: &[Format],
-    out_dir: &Path,
+    stage: &mut output::Stage,
 ) -> Result<(DiskReport, Vec<Output>), DiskError> {
     let t = Instant::now();
-    let work = output::work_folder(out_dir)?;
+    let work = output::work_folder(stage.path())?;
     let raw = work.path().join("disk.raw");
     let report = build_raw(tree, tars, inputs, work.path(), &raw)?;
     info!(root_hash = %report.root_hash, ms = t.elapsed().as_millis() as u64, "disk");
@@ -186,15 +186,10 @@ pub fn write(
     if formats.contains(&Format::Qcow2) {
         let qcow = work.path().join("disk.qcow2");
         qcow2(&raw, &qcow)?;
-        outputs.push(output::place(
-            &qcow,
-            out_dir,
-            "qcow2",
-            format!("{name}.qcow2"),
-        )?);
+        outputs.push(stage.add(&qcow, "qcow2", format!("{name}.qcow2"))?);
     }
     if formats.contains(&Format::Raw) {
-        outputs.push(output::place(&raw, out_dir, "raw", format!("{name}.raw"))?);
+        outputs.push(stage.add(&raw, "raw", format!("{name}.raw"))?);
     }
     Ok((report, outputs))
 }
