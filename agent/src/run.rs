@@ -131,6 +131,12 @@ pub(crate) enum Ending {
     Quiet,
 }
 
+/// A phase's journal, or why the phase has nothing to run.
+pub(crate) enum Journal {
+    Open(State),
+    Ended(Ending),
+}
+
 impl Runner<'_> {
     fn phase(&self, phase: Phase) -> Exit {
         let mut instance = "none".to_string();
@@ -160,11 +166,13 @@ impl Runner<'_> {
         let last = profile.kubernetes.is_none() && (phase == Phase::Network || !network_source);
         let steps = plan::system(&loaded.merged);
         let mut cx = SystemContext::new(&self.opts.target);
-        let names = steps
-            .iter()
-            .map(|s| Step::<SystemContext>::name(s))
-            .collect();
-        self.steps(phase, &loaded.record, &steps, &mut cx, names, last)
+        let journal = self.journal(phase, &loaded.record, last, |_| {
+            steps
+                .iter()
+                .map(|s| Step::<SystemContext>::name(s))
+                .collect()
+        });
+        self.steps(phase, &loaded.record, &steps, &mut cx, journal, last)
     }
 
     fn profile(&self) -> Result<Profile, RunError> {
@@ -251,16 +259,39 @@ impl Runner<'_> {
         )))
     }
 
-    /// A phase's steps through the engine, once: nothing when the phase completed on an earlier boot (each of
-    /// `done_names` reported skipped), the plan on a dry run, else every step, journaled, then the phase marked
-    /// complete.
+    /// The phase's journal; or, as the phase's ending, why there is nothing to run: it completed on an earlier
+    /// boot (each of `done_names` reported skipped), or the journal cannot be read.
+    pub(crate) fn journal(
+        &self,
+        phase: Phase,
+        record: &InstanceRecord,
+        last: bool,
+        done_names: impl FnOnce(&State) -> Vec<&'static str>,
+    ) -> Journal {
+        let state = match State::load(&self.opts.target) {
+            Ok(s) => s,
+            Err(e) => {
+                return Journal::Ended(Ending::Failed {
+                    steps: vec![],
+                    error: RunError::State(e),
+                });
+            }
+        };
+        match already_done(&state, phase, record, done_names(&state), last) {
+            Some(ending) => Journal::Ended(ending),
+            None => Journal::Open(state),
+        }
+    }
+
+    /// A phase's steps through the engine, once: the plan on a dry run (whatever the journal says), else every
+    /// step journaled in the phase's `journal` (see [`Runner::journal`]), then the phase marked complete.
     pub(crate) fn steps<C, S: Step<C>>(
         &self,
         phase: Phase,
         record: &InstanceRecord,
         steps: &[S],
         cx: &mut C,
-        done_names: Vec<&str>,
+        journal: Journal,
         last: bool,
     ) -> Ending {
         if self.opts.dry_run {
@@ -270,19 +301,11 @@ impl Runner<'_> {
             );
             return Ending::Quiet;
         }
-        let target = &self.opts.target;
-        let mut state = match State::load(target) {
-            Ok(s) => s,
-            Err(e) => {
-                return Ending::Failed {
-                    steps: vec![],
-                    error: RunError::State(e),
-                };
-            }
+        let mut state = match journal {
+            Journal::Open(s) => s,
+            Journal::Ended(ending) => return ending,
         };
-        if let Some(ending) = already_done(&state, phase, record, done_names, last) {
-            return ending;
-        }
+        let target = &self.opts.target;
         state.instance.insert(phase.name().into(), record.clone());
         let ran = engine::run(phase, steps, cx, target, &mut state);
         if let Some(e) = ran.error {
@@ -340,7 +363,7 @@ impl Runner<'_> {
 }
 
 /// A node is reprovisioned, not mutated: a phase done on an earlier boot applies nothing.
-pub(crate) fn already_done(
+fn already_done(
     state: &State,
     phase: Phase,
     record: &InstanceRecord,

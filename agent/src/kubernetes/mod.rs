@@ -22,7 +22,7 @@ use cairn_profile::{Profile, Role};
 
 use crate::datasources::Found;
 use crate::engine::{Done, Phase, Resume, Step, StepError};
-use crate::run::{Ending, Exit, Loaded, RunError, Runner};
+use crate::run::{Ending, Exit, Journal, Loaded, Runner};
 use crate::state::State;
 use crate::target::{Owner, Target, TargetError};
 
@@ -332,30 +332,18 @@ pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded) -> Ending
         return Ending::Quiet;
     };
     // A node is provisioned once: a phase done on an earlier boot reads nothing more (the join token, for one,
-    // may be gone from the instance data by then).
-    if !runner.opts.dry_run {
-        match State::load(target) {
-            Ok(state) => {
-                let recorded = state.steps.get(PHASE);
-                let names = StepName::ALL
-                    .iter()
-                    .filter(|s| recorded.is_some_and(|r| r.contains_key(s.name())))
-                    .map(|s| s.name())
-                    .collect();
-                if let Some(ending) =
-                    crate::run::already_done(&state, Phase::Kubernetes, &loaded.record, names, true)
-                {
-                    return ending;
-                }
-            }
-            Err(e) => {
-                return Ending::Failed {
-                    steps: vec![],
-                    error: RunError::State(e),
-                };
-            }
-        }
-    }
+    // may be gone from the instance data by then). A dry run plans whatever the journal says.
+    let journal = match runner.journal(Phase::Kubernetes, &loaded.record, true, |state| {
+        let recorded = state.steps.get(PHASE);
+        StepName::ALL
+            .iter()
+            .filter(|s| recorded.is_some_and(|r| r.contains_key(s.name())))
+            .map(|s| s.name())
+            .collect()
+    }) {
+        Journal::Ended(ending) if !runner.opts.dry_run => return ending,
+        journal => journal,
+    };
     let mut node = match Node::new(target, &runner.opts.kubernetes, profile, loaded, kubernetes) {
         Ok(n) => n,
         Err(e) => {
@@ -393,7 +381,7 @@ pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded) -> Ending
         &loaded.record,
         &steps,
         &mut node,
-        vec![],
+        journal,
         true,
     )
 }
