@@ -158,6 +158,16 @@ impl Baker<'_> {
         self.put(path, New::Other(Meta::new(0o777, 0, 0), link), what)
     }
 
+    /// Takes `path` out of the tree, and reports it when it was there.
+    fn remove(&mut self, path: &str) {
+        if self.tree.detach(path.as_bytes()).is_some() {
+            self.baked.files.push(BakedPath {
+                path: format!("/{path}"),
+                what: "disable",
+            });
+        }
+    }
+
     fn exists(&self, path: &str) -> bool {
         self.tree.lookup(path.as_bytes()).is_some()
     }
@@ -169,12 +179,7 @@ impl Baker<'_> {
             self.symlink("etc/localtime", &format!("/{zoneinfo}"), "timezone")
         } else if zone == "UTC" || zone == "Etc/UTC" {
             // Without tzdata, no /etc/localtime means UTC to the C library.
-            if self.tree.detach(b"etc/localtime").is_some() {
-                self.baked.files.push(BakedPath {
-                    path: "/etc/localtime".into(),
-                    what: "disable",
-                });
-            }
+            self.remove("etc/localtime");
             Ok(())
         } else {
             Err(SystemError::Timezone { zone: zone.into() })
@@ -279,23 +284,8 @@ impl Baker<'_> {
                     links.push(format!("{t}.{dir}/{name}"));
                 }
             }
-            for link in &links {
-                let path = format!("{ETC_UNITS}/{link}");
-                if self.tree.detach(path.as_bytes()).is_some() {
-                    self.baked.files.push(BakedPath {
-                        path: format!("/{path}"),
-                        what: "disable",
-                    });
-                }
-            }
-            for alias in &unit.alias {
-                let path = format!("{ETC_UNITS}/{alias}");
-                if self.tree.detach(path.as_bytes()).is_some() {
-                    self.baked.files.push(BakedPath {
-                        path: format!("/{path}"),
-                        what: "disable",
-                    });
-                }
+            for link in links.iter().chain(&unit.alias) {
+                self.remove(&format!("{ETC_UNITS}/{link}"));
             }
             let vendor_enabled = ["usr/lib/systemd/system", "lib/systemd/system"]
                 .iter()
