@@ -21,3 +21,4 @@ pub mod registry;
 pub mod report;
 pub mod resolve;
 pub mod system;
+pub mod workdir;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn::build::{BuildError, BuildOptions};
+use cairn::cache::maintain::{self, human};
+use cairn::cache::{Cache, CacheError};
 use cairn::pin::PinError;
 use cairn_profile::{Format, Profile};
 use clap::{Parser, Subcommand};
@@ -20,6 +22,10 @@ enum Error {
     Build(#[from] BuildError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 const BUILD_FAILED: u8 = 1;
@@ -50,6 +56,8 @@ fn exit_code(e: &Error) -> u8 {
             | BuildError::Report(_) => BUILD_FAILED,
         },
         Error::Runtime(_) => BUILD_FAILED,
+        Error::Cache(CacheError::NoHome) | Error::Usage(_) => BAD_INPUT,
+        Error::Cache(CacheError::Io { .. }) => BUILD_FAILED,
     }
 }
 
@@ -85,6 +93,35 @@ enum Command {
         /// The static cairn-agent to install [default: $CAIRN_AGENT, beside cairn, the workspace's musl build].
         #[arg(long)]
         agent: Option<PathBuf>,
+    },
+    /// Look after the cache of pulled and unpacked rocks.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Show what the cache holds and the disk it uses.
+    Du {
+        /// Cache folder [default: $CAIRN_CACHE, $XDG_CACHE_HOME/cairn, ~/.cache/cairn].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Remove everything the given profiles do not need, and what killed builds left. Waits for running builds.
+    Prune {
+        /// Profiles whose rocks stay cached.
+        profiles: Vec<PathBuf>,
+        /// Keep nothing: empty the cache (instead of naming profiles).
+        #[arg(long, conflicts_with = "profiles")]
+        all: bool,
+        /// Show what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Cache folder [default: $CAIRN_CACHE, $XDG_CACHE_HOME/cairn, ~/.cache/cairn].
+        #[arg(long)]
+        cache: Option<PathBuf>,
     },
 }
 
@@ -165,6 +202,7 @@ fn main() -> ExitCode {
                     println!("report: {}", built.report_path.display());
                 })
         }
+        Command::Cache { action } => cache(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,4 +218,55 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)
+}
+
+fn cache(action: CacheAction) -> Result<(), Error> {
+    let row = |what: &str, a: maintain::Amount| {
+        println!("{what:<22}{:>8}  {:>10}", a.count, human(a.bytes));
+    };
+    match action {
+        CacheAction::Du { cache } => {
+            let root = Cache::locate(cache.as_deref())?;
+            let du = maintain::du(&root)?;
+            println!("cache: {}", root.display());
+            row("blobs", du.blobs);
+            row("unpacked layers", du.unpacked);
+            if du.stale.count > 0 {
+                row("older-format layers", du.stale);
+            }
+            row("running builds", du.running);
+            row("left by killed builds", du.dead);
+            println!("{:<22}{:>8}  {:>10}", "total", "", human(du.total()));
+        }
+        CacheAction::Prune {
+            profiles,
+            all,
+            dry_run,
+            cache,
+        } => {
+            if profiles.is_empty() && !all {
+                return Err(Error::Usage(
+                    "name the profiles whose rocks to keep, or pass --all to empty the cache"
+                        .into(),
+                ));
+            }
+            let root = Cache::locate(cache.as_deref())?;
+            let loaded = profiles
+                .into_iter()
+                .map(|p| Profile::load(&p).map(|l| (p, l)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let needed = maintain::needed(&root, &loaded);
+            for key in &needed.unpinned {
+                eprintln!("cairn: warning: {key} has no digest: nothing cached is kept for it");
+            }
+            let pruned = maintain::prune(&root, &needed.blobs, dry_run)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!("cache: {}", root.display());
+            row(&format!("{verb} blobs"), pruned.blobs);
+            row(&format!("{verb} layers"), pruned.unpacked);
+            row(&format!("{verb} debris"), pruned.debris);
+            row("kept", pruned.kept);
+        }
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! Outputs: the files of a build, committed as a set. Each output (tar, raw, qcow2, the report) is written into a
 //! staging folder inside the output folder and synced there; only once every one of them is complete are they
 //! renamed into place, the report last. A build that fails or is killed leaves every previous output and its
-//! report as they were, and no half file under a final name.
+//! report as they were, and no half file under a final name. The staging folder is a locked work folder
+//! ([`crate::workdir`]): a build sweeps the staging folders that killed builds left in the same output folder.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +16,7 @@ use tracing::info;
 use crate::assemble::tree::Tree;
 use crate::filesystem::{self, FilesystemError, TarOptions};
 use crate::report::Output;
+use crate::workdir::{self, WorkDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -70,9 +72,12 @@ pub fn work_folder(out: &Path) -> Result<TempDir, OutputError> {
     })
 }
 
+/// The prefix of a staging folder in `--out`.
+pub const STAGE_PREFIX: &str = ".cairn-stage-";
+
 /// The outputs of one build, staged until [`Stage::commit`]; dropped without a commit, they are removed.
 pub struct Stage {
-    dir: TempDir,
+    dir: WorkDir,
     out: PathBuf,
     /// Final file names, in the order they are committed.
     files: Vec<String>,
@@ -82,8 +87,13 @@ impl Stage {
     /// A staging folder in `out` (created if needed): the same file system, so committing is a rename.
     pub fn new(out: &Path) -> Result<Stage, OutputError> {
         create_folder(out)?;
+        workdir::sweep(out, STAGE_PREFIX, false);
+        let dir = WorkDir::create(out, STAGE_PREFIX).map_err(|source| OutputError::WorkFolder {
+            dir: out.to_path_buf(),
+            source,
+        })?;
         Ok(Stage {
-            dir: work_folder(out)?,
+            dir,
             out: out.to_path_buf(),
             files: Vec::new(),
         })

@@ -2,16 +2,30 @@
 //!
 //! Everything enters by a temp file (or temp folder) in the cache's own `tmp/` and a rename, so a killed build
 //! never leaves a half blob. Only bytes whose digest was checked are ever renamed into place.
+//!
+//! Several builds may share a cache. Each keeps its temp files in a work folder of its own under `tmp/`, locked
+//! while it runs ([`crate::workdir`]), and sweeps the folders of dead builds when it opens the cache. Each build
+//! also holds a shared lock on the cache's `lock` file, which `cairn cache prune` takes exclusively: a prune waits
+//! for running builds, and a build for a running prune ([`maintain`]).
 
-use std::fs;
+pub mod maintain;
+
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use cairn_profile::Digest;
 use tempfile::{NamedTempFile, TempDir};
+use tracing::info;
+
+use crate::workdir::{self, WorkDir};
 
 /// Bumped whenever the unpacked-layer format changes, so old entries are simply not seen.
 const UNPACKED_FORMAT: &str = "v1";
+/// The prefix of a build's work folder in `tmp/`.
+pub const BUILD_PREFIX: &str = "build-";
+/// The file builds lock shared and a prune exclusively.
+const LOCK: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -28,9 +42,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     }
 }
 
-#[derive(Debug, Clone)]
+/// An open cache: this build's work folder and its shared hold on the cache, both released on drop.
+#[derive(Debug)]
 pub struct Cache {
     root: PathBuf,
+    work: WorkDir,
+    _hold: File,
 }
 
 impl Cache {
@@ -55,12 +72,19 @@ impl Cache {
             .ok_or(CacheError::NoHome)
     }
 
+    /// Opens (making it if needed) the cache for a build: waits for a running prune, sweeps what dead builds left
+    /// in `tmp/`, and makes this build's work folder there.
     pub fn open(root: PathBuf) -> Result<Cache, CacheError> {
-        for sub in ["blobs/sha256", "tmp", &format!("layers/{UNPACKED_FORMAT}")] {
-            let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err(&p))?;
-        }
-        Ok(Cache { root })
+        make_layout(&root)?;
+        let hold = hold(&root, Hold::Shared)?;
+        let tmp = root.join("tmp");
+        workdir::sweep(&tmp, BUILD_PREFIX, true);
+        let work = WorkDir::create(&tmp, BUILD_PREFIX).map_err(io_err(&tmp))?;
+        Ok(Cache {
+            root,
+            work,
+            _hold: hold,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -86,13 +110,13 @@ impl Cache {
 
     /// A temp file on the cache's file system, removed on drop unless committed.
     pub fn temp_file(&self) -> Result<NamedTempFile, CacheError> {
-        let dir = self.root.join("tmp");
-        NamedTempFile::new_in(&dir).map_err(io_err(&dir))
+        let dir = self.work.path();
+        NamedTempFile::new_in(dir).map_err(io_err(dir))
     }
 
     pub fn temp_dir(&self) -> Result<TempDir, CacheError> {
-        let dir = self.root.join("tmp");
-        TempDir::new_in(&dir).map_err(io_err(&dir))
+        let dir = self.work.path();
+        TempDir::new_in(dir).map_err(io_err(dir))
     }
 
     /// Moves a temp file whose content the caller has verified to be `digest` into the store.
@@ -141,4 +165,50 @@ impl Cache {
             }
         }
     }
+}
+
+fn make_layout(root: &Path) -> Result<(), CacheError> {
+    for sub in ["blobs/sha256", "tmp", &format!("layers/{UNPACKED_FORMAT}")] {
+        let p = root.join(sub);
+        fs::create_dir_all(&p).map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// A build: many at once.
+    Shared,
+    /// A prune: alone.
+    Exclusive,
+}
+
+/// Takes the cache's lock, saying so when it has to wait.
+fn hold(root: &Path, how: Hold) -> Result<File, CacheError> {
+    let path = root.join(LOCK);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let tried = match how {
+        Hold::Shared => file.try_lock_shared(),
+        Hold::Exclusive => file.try_lock(),
+    };
+    match tried {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        Err(fs::TryLockError::WouldBlock) => {}
+    }
+    match how {
+        Hold::Shared => info!(cache = %root.display(), "waiting for `cairn cache prune` to finish"),
+        Hold::Exclusive => info!(cache = %root.display(), "waiting for running builds to finish"),
+    }
+    match how {
+        Hold::Shared => file.lock_shared(),
+        Hold::Exclusive => file.lock(),
+    }
+    .map_err(io_err(&path))?;
+    Ok(file)
 }
