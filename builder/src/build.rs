@@ -20,6 +20,7 @@ use crate::preload::{self, PreloadError};
 use crate::pull::{self, PullError};
 use crate::report::{Made, Report, ReportError};
 use crate::resolve::{self, LazyRegistry, ResolveError};
+use crate::snaps::{self, SnapError};
 use crate::system::{self, SystemError};
 
 /// The epoch used when `SOURCE_DATE_EPOCH` is not set: never the wall clock.
@@ -49,6 +50,8 @@ pub enum BuildError {
     CacheLocation(CacheError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    Snaps(#[from] SnapError),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error(transparent)]
@@ -90,6 +93,8 @@ struct Checked {
     epoch: u64,
     agent: PathBuf,
     cache: Arc<Cache>,
+    /// The `[[snap]]`s, verified and copied into the cache's work folder, in install order.
+    snaps: Vec<snaps::Verified>,
 }
 
 fn check_inputs(opts: &BuildOptions) -> Result<Checked, BuildError> {
@@ -101,11 +106,14 @@ fn check_inputs(opts: &BuildOptions) -> Result<Checked, BuildError> {
     let agent = agent::locate(opts.agent.as_deref(), profile.arch)?;
     let cache_root = Cache::locate(opts.cache.as_deref()).map_err(BuildError::CacheLocation)?;
     let cache = Arc::new(Cache::open(cache_root)?);
+    // Local files, checked before any network work: a wrong pin is bad input.
+    let snaps = snaps::verify_all(&profile, &cache)?;
     Ok(Checked {
         profile,
         epoch,
         agent,
         cache,
+        snaps,
     })
 }
 
@@ -116,6 +124,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         epoch,
         agent,
         cache,
+        snaps,
     } = check_inputs(opts)?;
     let rocks: Vec<_> = profile.rocks().cloned().collect();
     let mut registry = LazyRegistry::new(
@@ -136,6 +145,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     let baked = system::bake(&mut tree, &tars, &profile)?;
     files::add_cairn_files(&mut tree, &profile, &agent)?;
     let archives = preload::add_archives(&mut tree, &cache, &preloads, epoch)?;
+    let snaps = snaps::add_to_tree(&mut tree, &snaps, epoch)?;
     info!(ms = t.elapsed().as_millis() as u64, "assembled");
 
     // The tar is the assembled root as it is; the disk formats rearrange the tree after it.
@@ -169,6 +179,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         archives: &archives,
         outputs,
         system: baked,
+        snaps,
         disk: disk_report,
     });
     report.stage(&mut stage)?;

@@ -20,5 +20,6 @@ pub mod pull;
 pub mod registry;
 pub mod report;
 pub mod resolve;
+pub mod snaps;
 pub mod system;
 pub mod workdir;

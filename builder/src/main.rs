@@ -44,7 +44,9 @@ fn exit_code(e: &Error) -> u8 {
             | BuildError::Epoch(_)
             | BuildError::Agent(_)
             | BuildError::CacheLocation(_) => BAD_INPUT,
+            BuildError::Snaps(e) if e.is_bad_input() => BAD_INPUT,
             BuildError::Cache(_)
+            | BuildError::Snaps(_)
             | BuildError::Resolve(_)
             | BuildError::Preload(_)
             | BuildError::Pull(_)
@@ -150,6 +152,9 @@ fn main() -> ExitCode {
                 let mut what = count(p.rocks().count(), "rock");
                 if !p.preloads.is_empty() {
                     what.push_str(&format!(", {}", count(p.preloads.len(), "preloaded rock")));
+                }
+                if !p.snaps.is_empty() {
+                    what.push_str(&format!(", {}", count(p.snaps.len(), "snap")));
                 }
                 if let Some(k) = &p.kubernetes {
                     what.push_str(&format!(

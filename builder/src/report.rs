@@ -35,6 +35,9 @@ pub struct Report {
     pub outputs: Vec<Output>,
     /// The profile's machine-independent `[system]` settings, as written into the root.
     pub system: crate::system::Baked,
+    /// The `[[snap]]` files stored in the image, in install order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snaps: Vec<crate::snaps::SnapReport>,
     /// The disk formats' layout: root hash, partition table, what the root filesystem could not hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskReport>,
@@ -55,6 +58,7 @@ pub struct Made<'a> {
     pub archives: &'a [Archive],
     pub outputs: Vec<Output>,
     pub system: crate::system::Baked,
+    pub snaps: Vec<crate::snaps::SnapReport>,
     pub disk: Option<DiskReport>,
 }
 
@@ -74,6 +78,7 @@ impl Report {
             archives,
             outputs,
             system,
+            snaps,
             disk,
         } = made;
         Report {
@@ -97,6 +102,7 @@ impl Report {
                 .collect(),
             outputs,
             system,
+            snaps,
             disk,
             kubernetes: profile.kubernetes.as_ref().map(KubernetesReport::new),
         }

@@ -11,6 +11,7 @@
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
 //! - [`output`]: reading cairn's tar outputs back.
 //! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
+//! - [`snap`]: real snap files (squashfs with meta/snap.yaml) and assertion files in snapd's layout.
 
 pub mod cairn;
 pub mod image;
@@ -20,6 +21,7 @@ pub mod push;
 pub mod qemu;
 pub mod registry;
 pub mod rocks;
+pub mod snap;
 pub mod token;
 
 pub use cairn::{

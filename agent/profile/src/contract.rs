@@ -107,6 +107,14 @@ node_path!(
     IMAGES_DIR, IMAGES_DIR_IN_ROOT = lib!("images")
 );
 node_path!(
+    /// The `[[snap]]` files, `NAME_REVISION.snap` and `.assert`, which the agent installs with the image's snapd.
+    SNAPS_DIR, SNAPS_DIR_IN_ROOT = lib!("snaps")
+);
+node_path!(
+    /// The snaps in the order they are installed: JSON, a list of [`crate::snap::StoredSnap`].
+    SNAPS_PLAN, SNAPS_PLAN_IN_ROOT = lib!("snaps/install.json")
+);
+node_path!(
     /// Where the initrd mounts the EFI system partition (the builder makes the mount point): the agent reads
     /// instance data from it.
     ESP_MOUNT, ESP_MOUNT_IN_ROOT = "efi"

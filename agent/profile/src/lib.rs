@@ -15,6 +15,7 @@ pub mod kubernetes;
 mod model;
 pub mod reference;
 mod secrets;
+pub mod snap;
 pub mod system;
 
 pub use diagnostic::{Diagnostic, Error};
@@ -25,4 +26,5 @@ pub use kubernetes::{
 };
 pub use model::{Arch, FileContent, FileEntry, Format, Profile, Rock, SCHEMA, reserved_path};
 pub use reference::{Digest, Reference, ReferenceError};
+pub use snap::{Snap, StoredSnap};
 pub use system::{Services, System, User};

@@ -10,6 +10,7 @@ use crate::diagnostic::{Diagnostic, Error};
 use crate::kubernetes::{Kubernetes, Preload, RawKubernetes, RawPreload};
 use crate::reference::Reference;
 use crate::secrets;
+use crate::snap::{RawSnap, Snap};
 use crate::system::{RawSystem, RawUser, System, User};
 
 /// The schema this crate reads.
@@ -115,6 +116,8 @@ pub struct Profile {
     pub kubernetes: Option<Kubernetes>,
     /// Workload rocks stored in the image for the distribution's containerd; not merged into the root.
     pub preloads: Vec<Preload>,
+    /// Snap files stored in the image and installed offline at first boot.
+    pub snaps: Vec<Snap>,
 }
 
 /// Whether `source` files are looked for on disk: on the build host they must exist inside the profile's folder;
@@ -216,6 +219,8 @@ struct RawProfile {
     kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     preload: Vec<RawPreload>,
+    #[serde(default)]
+    snap: Vec<RawSnap>,
 }
 
 #[derive(Deserialize)]
@@ -495,6 +500,7 @@ impl Checker<'_> {
             users,
             kubernetes,
             preloads: self.preloads(raw.preload)?,
+            snaps: self.snaps(raw.snap)?,
         })
     }
 
@@ -623,8 +629,29 @@ impl Checker<'_> {
         })
     }
 
-    /// A `source` is relative to the profile's folder and must stay inside it, symlinks resolved.
-    fn source(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, Error> {
+    /// A `source` is relative to the profile's folder and must stay inside it, symlinks resolved; a text file that
+    /// holds a PEM private key is refused.
+    pub(crate) fn source(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, Error> {
+        let real = self.binary_source(s, key)?;
+        if self.sources == Sources::Baked {
+            return Ok(real);
+        }
+        match secrets::pem_private_key_in_file(&real) {
+            Ok(None) => Ok(real),
+            Ok(Some((label, line))) => self.err(
+                s.span(),
+                key,
+                format!(
+                    "`{}` holds a PEM private key (`-----BEGIN {label}-----`, its line {line}), and a secret never goes into an image",
+                    s.get_ref()
+                ),
+            ),
+            Err(e) => self.err(s.span(), key, format!("cannot read `{}`: {e}", s.get_ref())),
+        }
+    }
+
+    /// [`Checker::source`] without the look for secrets: for compressed files (snaps), whose bytes show nothing.
+    pub(crate) fn binary_source(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, Error> {
         let rel = Path::new(s.get_ref());
         let lexical_ok = !rel.as_os_str().is_empty()
             && rel
@@ -673,22 +700,6 @@ impl Checker<'_> {
                 key,
                 format!("`{}` is not a regular file", s.get_ref()),
             );
-        }
-        match secrets::pem_private_key_in_file(&real) {
-            Ok(None) => {}
-            Ok(Some((label, line))) => {
-                return self.err(
-                    s.span(),
-                    key,
-                    format!(
-                        "`{}` holds a PEM private key (`-----BEGIN {label}-----`, its line {line}), and a secret never goes into an image",
-                        s.get_ref()
-                    ),
-                );
-            }
-            Err(e) => {
-                return self.err(s.span(), key, format!("cannot read `{}`: {e}", s.get_ref()));
-            }
         }
         Ok(real)
     }

@@ -429,3 +429,84 @@ fn instance_data_merges_and_is_restricted() {
         }
     }
 }
+
+#[test]
+fn snaps_are_pinned_files_beside_the_profile_with_their_assertions() {
+    let root = tempfile_dir("snaps");
+    std::fs::write(root.join("k8s.snap"), "squashfs").unwrap();
+    std::fs::write(root.join("k8s.assert"), "type: x\n").unwrap();
+    let file = root.join("p.toml");
+    let pin = "A".repeat(64);
+    let with = |table: &str| format!("{}\n{table}", good());
+    let p = Profile::parse(
+        &file,
+        with(&format!(
+            "[[snap]]\nfile = \"k8s.snap\"\nassert = \"k8s.assert\"\nsha3-384 = \"{pin}\"\n"
+        )),
+    )
+    .unwrap();
+    assert_eq!(p.snaps.len(), 1);
+    assert_eq!(p.snaps[0].key, "snap[0]");
+    assert_eq!(p.snaps[0].file, root.join("k8s.snap").canonicalize().unwrap());
+    assert!(!p.snaps[0].unasserted);
+    let p = Profile::parse(
+        &file,
+        with(&format!("[[snap]]\nfile = \"k8s.snap\"\nsha3-384 = \"{pin}\"\nunasserted = true\n")),
+    )
+    .unwrap();
+    assert!(p.snaps[0].unasserted && p.snaps[0].assert.is_none());
+
+    // The good profile has 19 lines and a blank one is added: [[snap]] is line 21, its first key line 22.
+    for (table, line, key, expect) in [
+        (
+            format!("[[snap]]\nfile = \"k8s.snap\"\nsha3-384 = \"{pin}\"\n"),
+            22,
+            "snap[0].assert",
+            "needs its .assert",
+        ),
+        (
+            "[[snap]]\nfile = \"k8s.snap\"\nassert = \"k8s.assert\"\nsha3-384 = \"sha256:00\"\n".into(),
+            24,
+            "snap[0].sha3-384",
+            "not a snap digest",
+        ),
+        (
+            format!(
+                "[[snap]]\nfile = \"k8s.snap\"\nassert = \"k8s.assert\"\nsha3-384 = \"{pin}\"\nunasserted = true\n"
+            ),
+            23,
+            "snap[0].assert",
+            "one or the other",
+        ),
+        (
+            format!("[[snap]]\nfile = \"gone.snap\"\nunasserted = true\nsha3-384 = \"{pin}\"\n"),
+            22,
+            "snap[0].file",
+            "not found beside the profile",
+        ),
+        (
+            format!(
+                "[[snap]]\nfile = \"k8s.snap\"\nunasserted = true\nsha3-384 = \"{pin}\"\n\n[[snap]]\nfile = \"k8s.snap\"\nunasserted = true\nsha3-384 = \"{pin}\"\n"
+            ),
+            29,
+            "snap[1].sha3-384",
+            "named twice",
+        ),
+    ] {
+        match Profile::parse(&file, with(&table)) {
+            Err(Error::Invalid(d)) => {
+                assert_eq!((d.line, d.key.as_str()), (line, key), "{table}: {}", d.message);
+                assert!(d.message.contains(expect), "{table}: {}", d.message);
+            }
+            other => panic!("{table}: {other:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cairn-profile-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
