@@ -22,6 +22,8 @@ pub enum Phase {
     Init,
     System,
     Network,
+    /// The image's `[[snap]]`s, installed by its snapd.
+    Snaps,
     Kubernetes,
 }
 
@@ -31,6 +33,7 @@ impl Phase {
             Phase::Init => "init",
             Phase::System => "system",
             Phase::Network => "network",
+            Phase::Snaps => "snaps",
             Phase::Kubernetes => "kubernetes",
         }
     }

@@ -13,5 +13,6 @@ pub mod kubernetes;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod snaps;
 pub mod state;
 pub mod target;

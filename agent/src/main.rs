@@ -63,8 +63,9 @@ fn main() -> ExitCode {
             let phase = match rest {
                 [p] if p == "system" => Phase::System,
                 [p] if p == "network" => Phase::Network,
+                [p] if p == "snaps" => Phase::Snaps,
                 [p] if p == "kubernetes" => Phase::Kubernetes,
-                _ => return usage("run takes one phase: system, network or kubernetes"),
+                _ => return usage("run takes one phase: system, network, snaps or kubernetes"),
             };
             let mut sources = datasources::Config::live();
             // fw_cfg's sysfs folder appears only once its module is loaded.

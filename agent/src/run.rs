@@ -62,6 +62,8 @@ pub enum RunError {
     Phase(#[from] PhaseError),
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::StartError),
+    #[error(transparent)]
+    SnapsPlan(#[from] crate::snaps::PlanError),
 }
 
 impl RunError {
@@ -72,7 +74,7 @@ impl RunError {
             | RunError::InstanceFile { .. }
             | RunError::Datasource(_)
             | RunError::Instance(_) => Exit::BadInput,
-            RunError::State(_) | RunError::Phase(_) => Exit::StepFailed,
+            RunError::State(_) | RunError::Phase(_) | RunError::SnapsPlan(_) => Exit::StepFailed,
             RunError::Kubernetes(e) => e.exit(),
         }
     }
@@ -159,11 +161,12 @@ impl Runner<'_> {
             Err(e) => return failed(e),
         };
         *instance = loaded.record.source.clone();
-        if phase == Phase::Kubernetes {
-            return crate::kubernetes::run(self, &profile, &loaded);
+        let last = phase == last_phase(&profile, network_source);
+        match phase {
+            Phase::Kubernetes => return crate::kubernetes::run(self, &profile, &loaded),
+            Phase::Snaps => return crate::snaps::run(self, &profile, &loaded, last),
+            _ => {}
         }
-        // With [kubernetes], the kubernetes phase is the node's last.
-        let last = profile.kubernetes.is_none() && (phase == Phase::Network || !network_source);
         let steps = plan::system(&loaded.merged);
         let mut cx = SystemContext::new(&self.opts.target);
         let journal = self.journal(phase, &loaded.record, last, |_| {
@@ -228,6 +231,8 @@ impl Runner<'_> {
                 Some(datasources::fetch(&src, &self.opts.sources)?)
             }
             (Phase::Network, _) | (Phase::Init, _) => return Ok(None),
+            // Snaps come with the image: no instance data is read for them.
+            (Phase::Snaps, _) => None,
         };
         if let Some(f) = &found {
             *instance = f.source.as_str().into();
@@ -359,6 +364,20 @@ impl Runner<'_> {
             self.console.line(&format!("{word} {}", node.json()));
         }
         exit
+    }
+}
+
+/// The node's last phase, after which the whole-node line is printed: kubernetes, else snaps, else network when
+/// the instance data is on the network, else system.
+fn last_phase(profile: &Profile, network_source: bool) -> Phase {
+    if profile.kubernetes.is_some() {
+        Phase::Kubernetes
+    } else if !profile.snaps.is_empty() {
+        Phase::Snaps
+    } else if network_source {
+        Phase::Network
+    } else {
+        Phase::System
     }
 }
 

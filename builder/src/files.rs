@@ -22,6 +22,13 @@ const UNITS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Only in images whose profile has `[[snap]]`s.
+const SNAPS_UNIT: (&str, &str, &str) = (
+    "cairn-agent-snaps.service",
+    include_str!("units/cairn-agent-snaps.service"),
+    "multi-user.target.wants",
+);
+
 /// Only in images whose profile has `[kubernetes]`.
 const KUBERNETES_UNIT: (&str, &str, &str) = (
     "cairn-kubernetes.service",
@@ -102,8 +109,9 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
             Data::Bytes(Arc::from(profile.text.as_bytes())),
         ),
     )?;
+    let snaps = (!profile.snaps.is_empty()).then_some(SNAPS_UNIT);
     let kubernetes = profile.kubernetes.is_some().then_some(KUBERNETES_UNIT);
-    for (name, text, wants) in UNITS.iter().chain(kubernetes.iter()) {
+    for (name, text, wants) in UNITS.iter().chain(snaps.iter()).chain(kubernetes.iter()) {
         let unit = format!("usr/lib/systemd/system/{name}");
         put(
             tree,

@@ -165,6 +165,22 @@ fn snaps_are_verified_stored_in_install_order_and_reported() {
     let wants = item("usr/lib/systemd/system/local-fs.target.wants/snap.mount");
     assert_eq!((wants.kind, wants.link.as_str()), ('l', "../snap.mount"));
     assert_eq!(item("var/lib/snapd/snap").kind, 'd');
+    // The agent's snaps phase runs before the kubernetes phase.
+    let unit = String::from_utf8(
+        item("usr/lib/systemd/system/cairn-agent-snaps.service")
+            .data
+            .clone(),
+    )
+    .expect("text");
+    assert!(
+        unit.contains("ExecStart=/usr/lib/cairn/cairn-agent run snaps"),
+        "{unit}"
+    );
+    assert!(unit.contains("Before=cairn-kubernetes.service"), "{unit}");
+    assert_eq!(
+        item("usr/lib/systemd/system/multi-user.target.wants/cairn-agent-snaps.service").link,
+        "../cairn-agent-snaps.service"
+    );
 
     let report: Value = serde_json::from_slice(
         &std::fs::read(work.path().join("out/snaps.manifest.json")).expect("report"),

@@ -447,11 +447,16 @@ fn snaps_are_pinned_files_beside_the_profile_with_their_assertions() {
     .unwrap();
     assert_eq!(p.snaps.len(), 1);
     assert_eq!(p.snaps[0].key, "snap[0]");
-    assert_eq!(p.snaps[0].file, root.join("k8s.snap").canonicalize().unwrap());
+    assert_eq!(
+        p.snaps[0].file,
+        root.join("k8s.snap").canonicalize().unwrap()
+    );
     assert!(!p.snaps[0].unasserted);
     let p = Profile::parse(
         &file,
-        with(&format!("[[snap]]\nfile = \"k8s.snap\"\nsha3-384 = \"{pin}\"\nunasserted = true\n")),
+        with(&format!(
+            "[[snap]]\nfile = \"k8s.snap\"\nsha3-384 = \"{pin}\"\nunasserted = true\n"
+        )),
     )
     .unwrap();
     assert!(p.snaps[0].unasserted && p.snaps[0].assert.is_none());
@@ -465,7 +470,8 @@ fn snaps_are_pinned_files_beside_the_profile_with_their_assertions() {
             "needs its .assert",
         ),
         (
-            "[[snap]]\nfile = \"k8s.snap\"\nassert = \"k8s.assert\"\nsha3-384 = \"sha256:00\"\n".into(),
+            "[[snap]]\nfile = \"k8s.snap\"\nassert = \"k8s.assert\"\nsha3-384 = \"sha256:00\"\n"
+                .into(),
             24,
             "snap[0].sha3-384",
             "not a snap digest",
@@ -495,7 +501,12 @@ fn snaps_are_pinned_files_beside_the_profile_with_their_assertions() {
     ] {
         match Profile::parse(&file, with(&table)) {
             Err(Error::Invalid(d)) => {
-                assert_eq!((d.line, d.key.as_str()), (line, key), "{table}: {}", d.message);
+                assert_eq!(
+                    (d.line, d.key.as_str()),
+                    (line, key),
+                    "{table}: {}",
+                    d.message
+                );
                 assert!(d.message.contains(expect), "{table}: {}", d.message);
             }
             other => panic!("{table}: {other:?}"),
