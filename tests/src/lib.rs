@@ -7,12 +7,15 @@
 //!   auth with [`token`]'s issuer), one shared per test binary, blob paths.
 //! - [`image`]: build real OCI/Docker images and indexes in memory (tar layers
 //!   with every entry kind cairn must handle, several compressions).
+//! - [`fault_proxy`]: a proxy in front of a registry that injects faults
+//!   (errors, resets, truncation, stalls) and records every request.
 //! - [`push`]: push them with the registry HTTP API v2 (and read back).
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
 //! - [`output`]: reading cairn's tar outputs back.
 //! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
 
 pub mod cairn;
+pub mod fault_proxy;
 pub mod image;
 pub mod k8s_double;
 pub mod output;
