@@ -43,6 +43,8 @@ pub enum Fault {
     CloseAfter(u64),
     /// Waits this long before forwarding (no response headers meanwhile).
     StallHeaders(Duration),
+    /// Forwards, then sends nothing more after this many body bytes (for a minute, then closes).
+    StallAfter(u64),
     /// Forwards without the `Range` header: the registry answers 200 with the whole blob.
     IgnoreRange,
 }
@@ -256,8 +258,9 @@ async fn handle(
     };
     let (parts, body) = resp.into_parts();
     let body = match fault {
-        Some(Fault::ResetAfter(n)) => Cut::new(body, n, true, fd).boxed(),
-        Some(Fault::CloseAfter(n)) => Cut::new(body, n, false, fd).boxed(),
+        Some(Fault::ResetAfter(n)) => Cut::new(body, n, End::Reset, fd).boxed(),
+        Some(Fault::CloseAfter(n)) => Cut::new(body, n, End::Close, fd).boxed(),
+        Some(Fault::StallAfter(n)) => Cut::new(body, n, End::Stall, fd).boxed(),
         _ => body.map_err(io::Error::other).boxed(),
     };
     Ok(Response::from_parts(parts, body))
@@ -303,23 +306,35 @@ fn error_response(code: u16, retry_after: Option<u64>) -> Response<ProxyBody> {
     resp
 }
 
-/// A response body cut after `left` bytes and [`CUT_DELAY`]: then either ended early (hyper closes the connection,
-/// as the `Content-Length` is not met) or, for a reset, failed with `SO_LINGER` 0 set on the connection, so its
-/// close is an RST.
+/// What a cut body does once its bytes are through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Ends early: hyper closes the connection, as the `Content-Length` is not met.
+    Close,
+    /// Fails with `SO_LINGER` 0 set on the connection, so its close is an RST.
+    Reset,
+    /// Sends nothing for [`STALL`], then ends early.
+    Stall,
+}
+
+/// How long a stalled body sends nothing.
+const STALL: Duration = Duration::from_secs(60);
+
+/// A response body cut after `left` bytes and [`CUT_DELAY`], ending as its [`End`] says.
 struct Cut {
     inner: Incoming,
     left: u64,
-    reset: bool,
+    end: End,
     fd: RawFd,
     delay: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Cut {
-    fn new(inner: Incoming, left: u64, reset: bool, fd: RawFd) -> Cut {
+    fn new(inner: Incoming, left: u64, end: End, fd: RawFd) -> Cut {
         Cut {
             inner,
             left,
-            reset,
+            end,
             fd,
             delay: None,
         }
@@ -336,11 +351,16 @@ impl Body for Cut {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         if this.left == 0 {
+            let wait = if this.end == End::Stall {
+                STALL
+            } else {
+                CUT_DELAY
+            };
             let delay = this
                 .delay
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_DELAY)));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
             ready!(delay.as_mut().poll(cx));
-            if !this.reset {
+            if this.end != End::Reset {
                 return Poll::Ready(None);
             }
             let linger = libc::linger {

@@ -178,6 +178,33 @@ fn a_blob_cut_midway_resumes_from_the_bytes_received() {
 }
 
 #[test]
+fn a_body_that_stops_is_resumed_after_the_stall_timeout() {
+    let s = setup("slow");
+    s.proxy.inject(s.layer(), Fault::StallAfter(CUT), 1);
+    let ms = SHORT_STALL_MS.to_string();
+    let started = Instant::now();
+    let (o, _, cache) = s.build("a", &[("CAIRN_REGISTRY_STALL_TIMEOUT_MS", &ms)]);
+    assert_ok(&o, "build with a body that stops");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&o).contains(&format!("no data for 0.3 s after {CUT} of ")),
+        "{}",
+        stderr(&o)
+    );
+    let seen = s.proxy.requests_to(s.layer());
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[1].range.as_deref(),
+        Some(format!("bytes={CUT}-").as_str())
+    );
+    assert_cached_blob_verified(&cache, s.layer());
+}
+
+#[test]
 fn a_registry_that_ignores_range_is_read_again_from_the_start() {
     let s = setup("norange");
     let clean = s.clean_tar_sha();

@@ -7,7 +7,6 @@
 //! connection reset or closed before or during the response. Never retried: any other 4xx (401, 403 and 404 fail
 //! at once), a failure to connect at all, a refused token request.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Attempts per request, the first included.
@@ -100,27 +99,38 @@ impl Failure {
         base + Duration::from_millis(fastrand::u64(0..=base_ms * JITTER_PERCENT / 100))
     }
 
+    /// What happened, in words.
     pub(crate) fn describe(&self) -> String {
+        let (what, detail) = self.parts();
+        what + &detail
+    }
+
+    /// What happened, and the registry's own words on it (` (CODE: message)`) or nothing.
+    fn parts(&self) -> (String, String) {
+        if let Failure::Status {
+            code,
+            reason,
+            detail,
+            ..
+        } = self
+        {
+            let what = if reason.is_empty() {
+                format!("the registry answered {code}")
+            } else {
+                format!("the registry answered {code} {reason}")
+            };
+            let detail = detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            return (what, detail);
+        }
         let bytes = |received: &u64, size: &Option<u64>| match size {
             Some(s) => format!("{received} of {s} bytes"),
             None => format!("{received} bytes"),
         };
-        match self {
-            Failure::Status {
-                code,
-                reason,
-                detail,
-                ..
-            } => {
-                let mut s = format!("the registry answered {code}");
-                if !reason.is_empty() {
-                    let _ = write!(s, " {reason}");
-                }
-                if let Some(d) = detail {
-                    let _ = write!(s, " ({d})");
-                }
-                s
-            }
+        let what = match self {
+            Failure::Status { .. } => String::new(),
             Failure::Connect(m) => format!("cannot connect: {m}"),
             Failure::Auth(m) => format!("authentication failed: {m}"),
             Failure::NoResponse(t) => format!("no response for {}", seconds(*t)),
@@ -142,7 +152,8 @@ impl Failure {
             Failure::BadRange(m) => format!("the registry answered a range request wrongly: {m}"),
             Failure::Transport(m) | Failure::Request(m) => format!("the request failed: {m}"),
             Failure::TooLarge { limit } => format!("larger than the {limit} bytes cairn accepts"),
-        }
+        };
+        (what, String::new())
     }
 
     fn hint(&self, target: Target) -> &'static str {
@@ -213,7 +224,10 @@ impl RegistryError {
         let told: Vec<String> = self.failures.iter().map(Failure::describe).collect();
         let what = match told.len() {
             1 => told[0].clone(),
-            n if told.iter().all(|t| *t == told[0]) => format!("{} {n} times", told[0]),
+            n if told.iter().all(|t| *t == told[0]) => {
+                let (what, detail) = last.parts();
+                format!("{what} {n} times{detail}")
+            }
             n => format!("{n} attempts failed: {}", told.join("; ")),
         };
         format!("{what}; {}", last.hint(self.target))
@@ -286,6 +300,25 @@ mod tests {
             e.to_string(),
             "blob sha256:ab of r/x: the registry answered 500 Internal Server Error 4 times; \
              check the registry is reachable and retry"
+        );
+        let e = RegistryError::new(
+            "b".into(),
+            Target::Blob,
+            vec![
+                Failure::Status {
+                    code: 503,
+                    reason: "Service Unavailable".into(),
+                    detail: Some("UNAVAILABLE: later".into()),
+                    retry_after: None,
+                };
+                2
+            ],
+        );
+        assert!(
+            e.to_string().starts_with(
+                "b: the registry answered 503 Service Unavailable 2 times (UNAVAILABLE: later); "
+            ),
+            "{e}"
         );
         let e = RegistryError::new(
             "r/x@sha256:ab".into(),
