@@ -2,13 +2,12 @@
 //! distinct layer of the root unpacked once.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_profile::{Digest, Reference};
-use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 use tracing::info;
@@ -16,7 +15,7 @@ use tracing::info;
 use crate::assemble::layer::{LayerError, Unpacked, unpack};
 use crate::cache::{Cache, CacheError};
 use crate::preload::ResolvedPreload;
-use crate::registry::{Registry, RegistryError, StreamError};
+use crate::registry::{DownloadError, Registry, RegistryError, Sink};
 use crate::resolve::{Layer, LazyRegistry, ResolvedRock};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +46,9 @@ pub enum PullError {
     },
     #[error(transparent)]
     Unpack(#[from] LayerError),
+    /// A failure of the base's or a layer's rock, with its profile key.
+    #[error("{key}: {source}")]
+    Rock { key: String, source: Box<PullError> },
     #[error("a pull task stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{key}: {reference}: {source}")]
@@ -66,12 +68,12 @@ pub async fn all(
     rocks: &[ResolvedRock],
     preloads: &[ResolvedPreload],
 ) -> Result<BTreeMap<Digest, Arc<Unpacked>>, PullError> {
-    let mut distinct: BTreeMap<Digest, (Layer, Reference)> = BTreeMap::new();
+    let mut distinct: BTreeMap<Digest, (Layer, Reference, String)> = BTreeMap::new();
     for r in rocks {
         for l in &r.layers {
             distinct
                 .entry(l.digest.clone())
-                .or_insert_with(|| (l.clone(), r.reference.clone()));
+                .or_insert_with(|| (l.clone(), r.reference.clone(), r.key.clone()));
         }
     }
     // A preload's layers stay compressed: only their blobs are needed, never an unpacked form.
@@ -89,7 +91,7 @@ pub async fn all(
         || preload_layers.keys().any(|d| !cache.has_blob(d));
     let client: Option<Arc<Registry>> = need_network.then(|| registry.get());
     let mut tasks = JoinSet::new();
-    for (digest, (layer, reference)) in distinct {
+    for (digest, (layer, reference, key)) in distinct {
         let cache = Arc::clone(cache);
         let client = client.clone();
         tasks.spawn(async move {
@@ -98,7 +100,12 @@ pub async fn all(
                 cache.blob_path(&layer.digest)
             } else {
                 let t = Instant::now();
-                let path = ensure_layer(client.as_deref(), &cache, &reference, &layer).await?;
+                let path = ensure_layer(client.as_deref(), &cache, &reference, &layer)
+                    .await
+                    .map_err(|e| PullError::Rock {
+                        key,
+                        source: Box::new(e),
+                    })?;
                 info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "pulled");
                 path
             };
@@ -153,29 +160,33 @@ pub async fn ensure_layer(
     }
     let registry = registry.expect("a registry client is made whenever a blob is missing");
     let mut tmp = cache.temp_file()?;
-    let write_err = |source, tmp: &tempfile::NamedTempFile| PullError::Write {
+    let tmp_path = tmp.path().to_path_buf();
+    let write_err = |source| PullError::Write {
         digest: layer.digest.clone(),
-        path: tmp.path().to_path_buf(),
+        path: tmp_path.clone(),
         source,
     };
-    let mut hasher = Sha256::new();
-    let mut received: u64 = 0;
-    let mut stream = registry.blob(reference, &layer.digest).await?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(StreamError::Mismatch { actual }) => {
-                return Err(PullError::DigestMismatch {
-                    reference: reference.to_string(),
-                    digest: layer.digest.clone(),
-                    actual,
-                });
-            }
-            Err(StreamError::Failed(e)) => return Err(e.into()),
+    let (pulled, flushed, hasher) = {
+        let mut sink = HashingFile {
+            hasher: Sha256::new(),
+            out: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()),
         };
-        received += chunk.len() as u64;
-        if received > layer.size {
+        let pulled = registry
+            .blob(
+                reference,
+                &layer.digest,
+                Some(layer.size),
+                layer.size,
+                &mut sink,
+            )
+            .await;
+        let flushed = sink.out.flush();
+        (pulled, flushed, sink.hasher)
+    };
+    let received = match pulled {
+        Ok(n) => n,
+        Err(DownloadError::Registry(e)) => return Err(e.into()),
+        Err(DownloadError::TooLarge { .. }) => {
             return Err(PullError::Size {
                 reference: reference.to_string(),
                 digest: layer.digest.clone(),
@@ -185,17 +196,11 @@ pub async fn ensure_layer(
                 ),
             });
         }
-        hasher.update(&chunk);
-        if let Err(e) = out.write_all(&chunk) {
-            drop(out);
-            return Err(write_err(e, &tmp));
-        }
+        Err(DownloadError::Sink(e)) => return Err(write_err(e)),
+    };
+    if let Err(e) = flushed {
+        return Err(write_err(e));
     }
-    if let Err(e) = out.flush() {
-        drop(out);
-        return Err(write_err(e, &tmp));
-    }
-    drop(out);
     let actual = Digest::from_sha256(&hasher.finalize());
     if actual != layer.digest {
         return Err(PullError::DigestMismatch {
@@ -215,4 +220,26 @@ pub async fn ensure_layer(
         });
     }
     Ok(cache.commit_blob(tmp, &layer.digest)?)
+}
+
+/// A blob on its way into a temp file, hashed as it is written: the digest covers exactly the bytes the file holds,
+/// across resumed transfers, and a restart empties both.
+struct HashingFile<'a> {
+    hasher: Sha256,
+    out: std::io::BufWriter<&'a mut std::fs::File>,
+}
+
+impl Sink for HashingFile<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)
+    }
+
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.hasher = Sha256::new();
+        self.out.flush()?;
+        let file = self.out.get_mut();
+        file.set_len(0)?;
+        file.rewind()
+    }
 }

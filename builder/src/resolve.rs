@@ -11,12 +11,15 @@ use sha2::{Digest as _, Sha256};
 use tracing::info;
 
 use crate::cache::{Cache, CacheError};
-use crate::registry::{DOCKER_LIST, OCI_INDEX, Registry, RegistryError};
+use crate::registry::{DOCKER_LIST, DownloadError, OCI_INDEX, Registry, RegistryError, Sink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A registry failure for the base's or a layer's rock, with its profile key.
+    #[error("{key}: {source}")]
+    Rock { key: String, source: RegistryError },
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("{what}: digest mismatch: the registry sent content with digest {actual}")]
@@ -161,6 +164,24 @@ impl<'a> LazyRegistry<'a> {
     }
 }
 
+/// A config is small; a registry that streams on and on is not serving one.
+const CONFIG_LIMIT: u64 = 64 << 20;
+
+/// A config on its way into memory.
+struct Bytes(Vec<u8>);
+
+impl Sink for Bytes {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.0.clear();
+        Ok(())
+    }
+}
+
 /// Bytes of a manifest or config, from the cache or fetched and verified.
 async fn fetch_verified(
     registry: &mut LazyRegistry<'_>,
@@ -176,30 +197,27 @@ async fn fetch_verified(
     let bytes = if manifest {
         registry.get().manifest(r, Some(digest)).await?
     } else {
-        use futures_util::StreamExt;
-        let mut stream = registry.get().blob(r, digest).await?;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(crate::registry::StreamError::Mismatch { actual }) => {
-                    return Err(ResolveError::Invalid {
-                        what,
-                        message: format!("digest mismatch: received content with digest {actual}"),
-                    });
-                }
-                Err(crate::registry::StreamError::Failed(e)) => return Err(e.into()),
-            };
-            bytes.extend_from_slice(&chunk);
-            // A config is small; a registry that streams on and on is not serving one.
-            if bytes.len() > 64 << 20 {
+        let mut bytes = Bytes(Vec::new());
+        match registry
+            .get()
+            .blob(r, digest, None, CONFIG_LIMIT, &mut bytes)
+            .await
+        {
+            Ok(_) => bytes.0,
+            Err(DownloadError::Registry(e)) => return Err(e.into()),
+            Err(DownloadError::TooLarge { .. }) => {
                 return Err(ResolveError::Invalid {
                     what,
                     message: "config blob larger than 64 MiB".into(),
                 });
             }
+            Err(DownloadError::Sink(e)) => {
+                return Err(ResolveError::Invalid {
+                    what,
+                    message: e.to_string(),
+                });
+            }
         }
-        bytes
     };
     let actual = Digest::from_sha256(&Sha256::digest(&bytes));
     if &actual != digest {
@@ -232,7 +250,15 @@ pub async fn all(
 ) -> Result<Vec<ResolvedRock>, ResolveError> {
     let mut resolved = Vec::with_capacity(rocks.len());
     for rock in rocks {
-        let r = resolve(registry, cache, rock, arch).await?;
+        let r = resolve(registry, cache, rock, arch)
+            .await
+            .map_err(|e| match e {
+                ResolveError::Registry(source) => ResolveError::Rock {
+                    key: rock.key.clone(),
+                    source,
+                },
+                e => e,
+            })?;
         info!(rock = %rock.key, manifest = %r.manifest_digest, layers = r.layers.len(), "resolved");
         resolved.push(r);
     }

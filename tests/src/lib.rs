@@ -7,6 +7,8 @@
 //!   auth with [`token`]'s issuer), one shared per test binary, blob paths.
 //! - [`image`]: build real OCI/Docker images and indexes in memory (tar layers
 //!   with every entry kind cairn must handle, several compressions).
+//! - [`fault_proxy`]: a proxy in front of a registry that injects faults
+//!   (errors, resets, truncation, stalls) and records every request.
 //! - [`push`]: push them with the registry HTTP API v2 (and read back).
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
 //! - [`output`]: reading cairn's tar outputs back.
@@ -14,6 +16,7 @@
 //! - [`snap`]: real snap files (squashfs with meta/snap.yaml) and assertion files in snapd's layout.
 
 pub mod cairn;
+pub mod fault_proxy;
 pub mod image;
 pub mod k8s_double;
 pub mod output;
