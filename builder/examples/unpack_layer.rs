@@ -49,7 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let result = layer::unpack(&cache, &layer, &blob);
     match &result {
-        Ok(u) => println!("unpacked: {} entries", u.entries.len()),
+        Ok(u) => {
+            let index = std::fs::File::open(cache.unpacked_dir(&layer.digest).join("index.json"))?;
+            let index = Digest::from_sha256(&hash(index)?);
+            println!("unpacked: {} entries, index {index}", u.entries.len());
+        }
         Err(e) => println!("refused: {e}"),
     }
     let status = std::fs::read_to_string("/proc/self/status")?;
