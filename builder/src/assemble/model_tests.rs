@@ -98,8 +98,10 @@ enum MNode {
 
 #[derive(Default)]
 struct Model {
-    /// Every path but the root, which is always a 0755 directory.
+    /// Every path but the root, which is always a directory.
     nodes: BTreeMap<Components, MNode>,
+    /// `None` until a layer sets it: 0755.
+    root_mode: Option<u32>,
     /// (mode, data) of each inode.
     inodes: Vec<(u32, Vec<u8>)>,
 }
@@ -220,6 +222,12 @@ impl Model {
             if name.starts_with(b".wh.") {
                 continue;
             }
+            if e.path() == b"./" {
+                if let Gen::Dir { mode, .. } = e {
+                    self.root_mode = Some(*mode);
+                }
+                continue;
+            }
             let Some(mut at) = self.dir_of(parent, Walk::Create)? else {
                 return Err(Refused);
             };
@@ -261,7 +269,12 @@ impl Model {
     }
 
     fn seen(&self) -> BTreeMap<Vec<u8>, Seen> {
-        let mut out = BTreeMap::from([(Vec::new(), Seen::Dir { mode: 0o755 })]);
+        let mut out = BTreeMap::from([(
+            Vec::new(),
+            Seen::Dir {
+                mode: self.root_mode.unwrap_or(0o755),
+            },
+        )]);
         for (path, node) in &self.nodes {
             let seen = match node {
                 MNode::Dir { mode } => Seen::Dir { mode: *mode },
@@ -426,12 +439,26 @@ fn under(parent: Vec<u8>, name: &[u8]) -> Vec<u8> {
 
 fn entry() -> impl Strategy<Value = Gen> {
     let targets: Vec<&[u8]> = vec![
-        b"a", b"b", b"a/b", b"/c", b"../a", b".", b"/", b"b/../c", b"x", b"a/b/c", b"//a/./b",
+        b"a",
+        b"b",
+        b"a/b",
+        b"/c",
+        b"../a",
+        b".",
+        b"/",
+        b"b/../c",
+        b"x",
+        b"a/b/c",
+        b"//a/./b",
+        b"../../b",
+        b"/../a/../c",
     ];
     let targets: Vec<Vec<u8>> = targets.into_iter().map(<[u8]>::to_vec).collect();
     prop_oneof![
         3 => (path(), prop::sample::select(vec![0o755u32, 0o700, 0o1777]))
             .prop_map(|(path, mode)| Gen::Dir { path, mode }),
+        // The root itself, as `./`.
+        1 => Just(Gen::Dir { path: b"./".to_vec(), mode: 0o700 }),
         4 => (
             path(),
             prop::sample::select(vec![0o644u32, 0o600, 0o4755]),
