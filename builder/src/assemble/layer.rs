@@ -2,7 +2,8 @@
 //! index of its entries with the offset of each file's data in that tar.
 //!
 //! Both live in the cache keyed by the blob digest, so a warm build reads the index and copies file data by
-//! offset, without decompressing anything. No layer is ever held in memory: data streams blob → tar file.
+//! offset, without decompressing anything. No layer is ever held in memory: data streams blob → tar file, and
+//! what the tar controls (records, names, entries) is bounded by [`limits`] before it is read or kept.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
