@@ -2,7 +2,8 @@
 //! index of its entries with the offset of each file's data in that tar.
 //!
 //! Both live in the cache keyed by the blob digest, so a warm build reads the index and copies file data by
-//! offset, without decompressing anything. No layer is ever held in memory: data streams blob → tar file.
+//! offset, without decompressing anything. No layer is ever held in memory: data streams blob → tar file, and
+//! what the tar controls (records, names, entries) is bounded by [`limits`] before it is read or kept.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -14,6 +15,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cache::{Cache, CacheError};
 use crate::resolve::{Compression, Layer};
+
+pub mod limits;
+mod members;
+
+use limits::{At, Exceeded, Limits};
+use members::{Member, MemberError, Members};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -29,6 +36,12 @@ pub enum LayerError {
     },
     #[error("layer {digest}: {source}")]
     Entry { digest: Digest, source: EntryError },
+    #[error("layer {digest}: {at}: {exceeded}")]
+    Limit {
+        digest: Digest,
+        at: At,
+        exceeded: Exceeded,
+    },
     #[error("layer {digest}: {what}: {source}")]
     Stream {
         digest: Digest,
@@ -108,6 +121,14 @@ pub struct Entry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+impl Entry {
+    /// Bytes of the entry's path, link target and xattrs: what [`limits::MAX_METADATA`] bounds for a layer.
+    fn metadata_len(&self) -> u64 {
+        let xattrs: usize = self.xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        (self.path.len() + self.link.as_ref().map_or(0, Vec::len) + xattrs) as u64
+    }
+}
+
 /// An unpacked layer: where its tar is and what it holds.
 #[derive(Debug)]
 pub struct Unpacked {
@@ -115,8 +136,19 @@ pub struct Unpacked {
     pub entries: Vec<Entry>,
 }
 
-/// Loads the unpacked form of `layer` from the cache, making it from the blob first if needed.
+/// Loads the unpacked form of `layer` from the cache, making it from the blob first if needed, within the
+/// [`limits`].
 pub fn unpack(cache: &Cache, layer: &Layer, blob: &Path) -> Result<Unpacked, LayerError> {
+    unpack_within(cache, layer, blob, &Limits::DEFAULT)
+}
+
+/// [`unpack`] with other bounds than the default ones.
+pub fn unpack_within(
+    cache: &Cache,
+    layer: &Layer,
+    blob: &Path,
+    limits: &Limits,
+) -> Result<Unpacked, LayerError> {
     let dir = cache.unpacked_dir(&layer.digest);
     let index_path = dir.join("index.json");
     let io_err = |path: &Path| {
@@ -130,7 +162,7 @@ pub fn unpack(cache: &Cache, layer: &Layer, blob: &Path) -> Result<Unpacked, Lay
     };
     if !index_path.is_file() {
         let tmp = cache.temp_dir()?;
-        let entries = decompress_and_index(layer, blob, &tmp.path().join("layer.tar"))?;
+        let entries = decompress_and_index(layer, blob, &tmp.path().join("layer.tar"), limits)?;
         let tmp_index = tmp.path().join("index.json");
         let file = File::create(&tmp_index).map_err(io_err(&tmp_index))?;
         let mut w = BufWriter::new(file);
@@ -159,7 +191,6 @@ struct Tee<R> {
     inner: R,
     out: BufWriter<File>,
     hash: Sha256,
-    position: u64,
 }
 
 impl<R: Read> Read for Tee<R> {
@@ -167,7 +198,6 @@ impl<R: Read> Read for Tee<R> {
         let n = self.inner.read(buf)?;
         self.out.write_all(&buf[..n])?;
         self.hash.update(&buf[..n]);
-        self.position += n as u64;
         Ok(n)
     }
 }
@@ -176,6 +206,7 @@ fn decompress_and_index(
     layer: &Layer,
     blob: &Path,
     tar_path: &Path,
+    limits: &Limits,
 ) -> Result<Vec<Entry>, LayerError> {
     let io_err = |path: &Path, source| LayerError::Io {
         digest: layer.digest.clone(),
@@ -199,7 +230,6 @@ fn decompress_and_index(
         inner: decoder,
         out,
         hash: Sha256::new(),
-        position: 0,
     };
     let stream = |what: String| {
         let digest = layer.digest.clone();
@@ -209,21 +239,60 @@ fn decompress_and_index(
             source,
         }
     };
-    let mut archive = tar::Archive::new(tee);
-    let mut entries = Vec::new();
-    let iter = archive
-        .entries()
-        .map_err(stream("not a tar stream".into()))?;
-    for entry in iter {
-        let mut entry = entry
-            .map_err(|e| stream(format!("bad tar entry after {} entries", entries.len()))(e))?;
-        entries.push(index_entry(&mut entry).map_err(|source| LayerError::Entry {
-            digest: layer.digest.clone(),
-            source,
-        })?);
+    let limit = |at, exceeded| LayerError::Limit {
+        digest: layer.digest.clone(),
+        at,
+        exceeded,
+    };
+    let mut members = Members::new(tee, *limits);
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut metadata = 0u64;
+    loop {
+        let member = match members.next_member() {
+            Ok(Some(member)) => member,
+            Ok(None) => break,
+            Err(MemberError::Io(e)) => {
+                return Err(stream(format!(
+                    "bad tar entry after {} entries",
+                    entries.len()
+                ))(e));
+            }
+            Err(MemberError::Limit { start, exceeded }) => {
+                return Err(limit(At::new(entries.len(), start, None), exceeded));
+            }
+        };
+        let at = || At::new(entries.len(), member.start, Some(&member.path_bytes()));
+        if entries.len() >= limits.entries {
+            return Err(limit(
+                at(),
+                Exceeded::Entries {
+                    limit: limits.entries,
+                },
+            ));
+        }
+        let entry = match index_entry(&member, limits) {
+            Ok(entry) => entry,
+            Err(Refused::Entry(source)) => {
+                return Err(LayerError::Entry {
+                    digest: layer.digest.clone(),
+                    source,
+                });
+            }
+            Err(Refused::Limit(exceeded)) => return Err(limit(at(), exceeded)),
+        };
+        metadata += entry.metadata_len();
+        if metadata > limits.metadata {
+            return Err(limit(
+                at(),
+                Exceeded::Metadata {
+                    limit: limits.metadata,
+                },
+            ));
+        }
+        entries.push(entry);
     }
     // The diff_id covers every byte of the uncompressed stream, padding after the end marker included.
-    let mut tee = archive.into_inner();
+    let mut tee = members.into_inner();
     io::copy(&mut tee, &mut io::sink()).map_err(stream("decompressing".into()))?;
     let diff_id = Digest::from_sha256(&tee.hash.finalize());
     if diff_id != layer.diff_id {
@@ -263,10 +332,40 @@ pub fn normalise(raw: &[u8]) -> Result<Vec<u8>, EntryError> {
     Ok(out)
 }
 
-fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryError> {
-    let raw_path = entry.path_bytes().into_owned();
+/// Why an entry is not indexed: it is wrong, or beyond a limit.
+enum Refused {
+    Entry(EntryError),
+    Limit(Exceeded),
+}
+
+impl From<EntryError> for Refused {
+    fn from(e: EntryError) -> Self {
+        Refused::Entry(e)
+    }
+}
+
+/// Refuses a normalised path longer than the limits allow, or with a longer component.
+fn check_path(path: &[u8], limits: &Limits) -> Result<(), Exceeded> {
+    if path.len() > limits.path {
+        return Err(Exceeded::Path {
+            len: path.len(),
+            limit: limits.path,
+        });
+    }
+    match path.split(|b| *b == b'/').map(<[u8]>::len).max() {
+        Some(len) if len > limits.component => Err(Exceeded::Component {
+            len,
+            limit: limits.component,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn index_entry(member: &Member, limits: &Limits) -> Result<Entry, Refused> {
+    let raw_path = member.path_bytes();
     let path = normalise(&raw_path)?;
-    let header = entry.header();
+    check_path(&path, limits).map_err(Refused::Limit)?;
+    let header = &member.header;
     let shown = || String::from_utf8_lossy(&raw_path).into_owned();
     let kind = match header.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
@@ -280,7 +379,8 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryErr
             return Err(EntryError::Unsupported {
                 path: shown(),
                 kind: format!("{other:?}"),
-            });
+            }
+            .into());
         }
     };
     let field = |field: &'static str, r: io::Result<u64>| {
@@ -305,15 +405,26 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryErr
         path: shown(),
         kind,
     };
+    let link_limit = |len: usize| {
+        if len > limits.link_target {
+            Err(Refused::Limit(Exceeded::LinkTarget {
+                len,
+                limit: limits.link_target,
+            }))
+        } else {
+            Ok(())
+        }
+    };
     let link = match kind {
-        Kind::Symlink => Some(
-            entry
+        Kind::Symlink => {
+            let target = member
                 .link_name_bytes()
-                .ok_or_else(|| no_target("symlink"))?
-                .into_owned(),
-        ),
+                .ok_or_else(|| no_target("symlink"))?;
+            link_limit(target.len())?;
+            Some(target.into_owned())
+        }
         Kind::Hardlink => {
-            let target = entry
+            let target = member
                 .link_name_bytes()
                 .ok_or_else(|| no_target("hardlink"))?;
             let normal = normalise(&target).map_err(|e| EntryError::HardlinkTarget {
@@ -321,31 +432,41 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryErr
                 source: Box::new(e),
             })?;
             if normal.is_empty() {
-                return Err(EntryError::HardlinkToRoot { path: shown() });
+                return Err(EntryError::HardlinkToRoot { path: shown() }.into());
             }
+            link_limit(normal.len())?;
             Some(normal)
         }
         _ => None,
     };
-    let pax = |what: &'static str| {
-        move |source| EntryError::Pax {
-            path: shown(),
-            what,
-            source,
-        }
-    };
     let mut xattrs = Vec::new();
-    if let Some(extensions) = entry.pax_extensions().map_err(pax("header"))? {
-        for ext in extensions {
-            let ext = ext.map_err(pax("record"))?;
-            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                let name = String::from_utf8(name.to_vec())
-                    .map_err(|_| EntryError::XattrName { path: shown() })?;
-                xattrs.push((name, ext.value_bytes().to_vec()));
+    for ext in member.pax_extensions().into_iter().flatten() {
+        let ext = ext.map_err(|source| EntryError::Pax {
+            path: shown(),
+            what: "record",
+            source,
+        })?;
+        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+            if name.len() > limits.xattr_name {
+                return Err(Refused::Limit(Exceeded::XattrName {
+                    len: name.len(),
+                    limit: limits.xattr_name,
+                }));
             }
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| EntryError::XattrName { path: shown() })?;
+            let value = ext.value_bytes();
+            if value.len() > limits.xattr_value {
+                return Err(Refused::Limit(Exceeded::XattrValue {
+                    name,
+                    len: value.len(),
+                    limit: limits.xattr_value,
+                }));
+            }
+            xattrs.push((name, value.to_vec()));
         }
     }
-    let size = if kind == Kind::File { entry.size() } else { 0 };
+    let size = if kind == Kind::File { member.size } else { 0 };
     Ok(Entry {
         path,
         kind,
@@ -354,7 +475,7 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryErr
         gid,
         mtime,
         size,
-        offset: entry.raw_file_position(),
+        offset: member.data,
         link,
         dev_major,
         dev_minor,
@@ -363,15 +484,4 @@ fn index_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, EntryErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::normalise;
-
-    #[test]
-    fn normalises_and_refuses_dotdot() {
-        assert_eq!(normalise(b"./etc//passwd").unwrap(), b"etc/passwd");
-        assert_eq!(normalise(b"/usr/bin/").unwrap(), b"usr/bin");
-        assert_eq!(normalise(b"./").unwrap(), b"");
-        let e = normalise(b"etc/../../x").unwrap_err().to_string();
-        assert!(e.contains("could escape the root"), "{e}");
-    }
-}
+mod tests;

@@ -73,3 +73,6 @@ pub fn merge(layers: Vec<Merged>) -> Result<(Tree, Vec<PathBuf>), AssembleError>
     }
     Ok((tree, tars))
 }
+
+#[cfg(test)]
+mod model_tests;
