@@ -11,6 +11,8 @@ pub mod engine;
 pub mod init;
 pub mod kubernetes;
 pub mod plan;
+#[cfg(test)]
+mod proptest_support;
 pub mod report;
 pub mod run;
 pub mod snaps;

@@ -123,3 +123,78 @@ impl Console {
         let _ = std::io::stdout().flush();
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::fs;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::datasources::test_support::TempDir;
+    use crate::proptest_support::config;
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        prop::sample::select(vec![
+            Phase::Init,
+            Phase::System,
+            Phase::Network,
+            Phase::Kubernetes,
+        ])
+    }
+
+    fn status() -> impl Strategy<Value = Status> {
+        let step = (
+            phase(),
+            "[a-z-]{1,8}",
+            any::<u64>(),
+            prop::option::of(any::<String>()),
+        )
+            .prop_map(|(phase, name, ms, error)| StepReport {
+                phase,
+                name,
+                outcome: Outcome::Applied,
+                ms,
+                error,
+                detail: None,
+            });
+        (phase(), "[a-z]{0,8}", prop::collection::vec(step, 0..4)).prop_map(
+            |(phase, instance, steps)| Status {
+                phase,
+                instance,
+                steps,
+                note: None,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(config(32))]
+
+        /// The boot's earlier status is read back from /run: a damaged one is ignored, a good one keeps the
+        /// other phases' steps before this phase's.
+        #[test]
+        fn an_earlier_status_is_merged_or_ignored(
+            now in status(),
+            earlier in status(),
+            damage in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        ) {
+            let mut bytes = serde_json::to_vec(&earlier).unwrap();
+            if let Some((at, byte)) = damage {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            let tmp = TempDir::new();
+            let file = tmp.path().join(RUN_STATUS_FILE.trim_start_matches('/'));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, &bytes).unwrap();
+            let merged = now.merged_with_boot(&Target::root_dir(tmp.path()));
+            let mut want: Vec<StepReport> = match serde_json::from_slice::<Status>(&bytes) {
+                Ok(read) => read.steps.into_iter().filter(|s| s.phase != now.phase).collect(),
+                Err(_) => Vec::new(),
+            };
+            want.extend(now.steps.iter().cloned());
+            prop_assert_eq!(merged, Status { steps: want, ..now });
+        }
+    }
+}

@@ -110,3 +110,104 @@ impl State {
             .map(String::as_str)
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::fs;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::datasources::test_support::TempDir;
+    use crate::proptest_support::config;
+
+    fn state() -> impl Strategy<Value = State> {
+        let name = "[a-z-]{1,8}";
+        (
+            any::<u32>(),
+            prop::collection::btree_map(
+                name,
+                (name, "[0-9a-f]{0,64}")
+                    .prop_map(|(source, sha256)| InstanceRecord { source, sha256 }),
+                0..3,
+            ),
+            prop::collection::btree_map(
+                name,
+                prop::collection::btree_map(name, any::<String>(), 0..3),
+                0..3,
+            ),
+            prop::collection::vec(name, 0..3),
+        )
+            .prop_map(|(version, instance, steps, done)| State {
+                version,
+                instance,
+                steps,
+                done,
+            })
+    }
+
+    /// A journal as it could be found after a crash, a bad disk or a hand edit: a real one cut short or with
+    /// a byte changed, or anything at all.
+    fn damaged() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (
+                state(),
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+                any::<bool>()
+            )
+                .prop_map(|(s, at, byte, cut)| {
+                    let mut json = serde_json::to_vec_pretty(&s).unwrap();
+                    let at = at.index(json.len());
+                    if cut {
+                        json.truncate(at);
+                    } else {
+                        json[at] = byte;
+                    }
+                    json
+                }),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    fn load(bytes: &[u8]) -> Result<State, TargetError> {
+        let tmp = TempDir::new();
+        let file = tmp.path().join(STATE_FILE.trim_start_matches('/'));
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, bytes).unwrap();
+        State::load(&Target::root_dir(tmp.path()))
+    }
+
+    // Each case writes files (a save fsyncs): few cases by default.
+    proptest! {
+        #![proptest_config(config(32))]
+
+        #[test]
+        fn a_damaged_journal_is_a_typed_error(bytes in damaged()) {
+            match load(&bytes) {
+                Ok(state) => {
+                    // Whatever was read is what the bytes say.
+                    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    prop_assert_eq!(serde_json::to_value(&state).unwrap(), value);
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.path.as_str(), STATE_FILE);
+                    prop_assert!(e.message.starts_with("unreadable agent state ("), "{e}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(16))]
+
+        #[test]
+        fn a_saved_journal_loads_back(s in state()) {
+            let tmp = TempDir::new();
+            let target = Target::root_dir(tmp.path());
+            s.save(&target).unwrap();
+            let loaded = State::load(&target).unwrap();
+            prop_assert_eq!(serde_json::to_value(&loaded).unwrap(), serde_json::to_value(&s).unwrap());
+        }
+    }
+}

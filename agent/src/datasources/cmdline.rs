@@ -227,3 +227,100 @@ mod tests {
         assert_eq!(err("cairn.instance="), "cairn.instance=: no URL given");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    /// One argument as written, its key, and its value once unquoted (`None`: no `=`).
+    fn arg() -> impl Strategy<Value = (String, String, Option<String>)> {
+        // Few keys, so that they repeat, with `-` and `_` both.
+        let key = "[ab]([-_.][ab])?";
+        prop_oneof![
+            key.prop_map(|k| (k.clone(), k, None)),
+            (key, "[^\\s\"]{0,8}").prop_map(|(k, v)| (format!("{k}={v}"), k, Some(v))),
+            (key, "[^\"]{0,12}").prop_map(|(k, v)| (format!("{k}=\"{v}\""), k, Some(v))),
+            (key, "[^\"]{0,12}").prop_map(|(k, v)| (format!("\"{k}={v}\""), k, Some(v))),
+            key.prop_map(|k| (format!("\"{k}\""), k, None)),
+        ]
+    }
+
+    fn space() -> impl Strategy<Value = String> {
+        "[ \t\n\x0c\r]{1,3}"
+    }
+
+    /// A command line of generated arguments, and the arguments as the kernel reads them.
+    fn line() -> impl Strategy<Value = (String, Vec<(String, Option<String>)>)> {
+        (
+            "[ \t\n]{0,2}",
+            prop::collection::vec((arg(), space()), 0..8),
+            "[ \t\n]{0,2}",
+        )
+            .prop_map(|(lead, args, end)| {
+                let mut text = lead;
+                let mut parsed = Vec::new();
+                for ((written, key, value), space) in args {
+                    text.push_str(&written);
+                    text.push_str(&space);
+                    parsed.push((key, value));
+                }
+                text.push_str(&end);
+                (text, parsed)
+            })
+    }
+
+    /// `key` with each `-` or `_` written as either.
+    fn respelled(key: &str, flips: &[bool]) -> String {
+        key.chars()
+            .zip(flips.iter().chain(std::iter::repeat(&false)))
+            .map(|(c, &flip)| match c {
+                '-' | '_' if flip => '-',
+                '-' | '_' => '_',
+                c => c,
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn never_panics(line in any::<String>(), quoted in "[a=\" \\-_\t]{0,20}", key in any::<String>()) {
+            let _ = args(&line);
+            let _ = cmdline_value(&line, &key);
+            for (k, _) in args(&quoted) {
+                prop_assert_eq!(cmdline_value(&quoted, k).is_some(), true);
+            }
+        }
+
+        #[test]
+        fn the_last_occurrence_wins_unquoted(
+            (text, parsed) in line(),
+            key in "[ab]([-_.][ab])?",
+            flips in prop::collection::vec(any::<bool>(), 3),
+        ) {
+            let got: Vec<(String, Option<String>)> = args(&text)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect();
+            prop_assert_eq!(&got, &parsed, "{:?}", text);
+            let asked = respelled(&key, &flips);
+            let want = parsed
+                .iter()
+                .rev()
+                .find(|(k, _)| respelled(k, &[]) == respelled(&key, &[]))
+                .map(|(_, v)| v.clone().unwrap_or_default());
+            prop_assert_eq!(cmdline_value(&text, &asked), want, "{:?} {:?}", text, asked);
+        }
+
+        #[test]
+        fn nothing_after_a_bare_double_dash((before, _) in line(), (after, _) in line(), key in "[ab]") {
+            let text = format!("{before} -- {after} {key}=after");
+            prop_assert_ne!(cmdline_value(&text, &key), Some("after".to_string()));
+            prop_assert_eq!(cmdline_value(&text, &key), cmdline_value(&before, &key));
+        }
+    }
+}

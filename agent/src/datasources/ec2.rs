@@ -282,3 +282,53 @@ mod tests {
         assert_eq!(token(b"\xff"), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn a_token_is_one_word_of_visible_ascii(body in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(t) = token(&body) {
+                prop_assert!(!t.is_empty() && t.len() <= 4096);
+                prop_assert!(t.bytes().all(|b| b.is_ascii_graphic()), "{t:?}");
+                // The body is the token and whitespace around it.
+                let text = std::str::from_utf8(&body).unwrap();
+                prop_assert_eq!(text.trim(), t);
+            }
+        }
+
+        #[test]
+        fn generated_tokens_are_taken(
+            t in "[!-~]{1,64}",
+            before in "[ \t\r\n]{0,3}",
+            after in "[ \t\r\n]{0,3}",
+        ) {
+            let body = format!("{before}{t}{after}");
+            prop_assert_eq!(token(body.as_bytes()), Some(t.as_str()));
+        }
+
+        #[test]
+        fn a_token_with_anything_else_inside_is_refused(
+            a in "[!-~]{1,8}",
+            b in "[!-~]{1,8}",
+            bad in prop_oneof![any::<u8>().prop_filter("visible", |b| !b.is_ascii_graphic()).prop_map(|b| vec![b]),
+                Just(b"\xC3\xA9".to_vec())],
+            long in 4097..5000usize,
+        ) {
+            let mut body = a.into_bytes();
+            body.extend(bad);
+            body.extend(b.into_bytes());
+            prop_assert_eq!(token(&body), None, "{:?}", body);
+            let too_long = vec![b'x'; long];
+            prop_assert_eq!(token(&too_long), None);
+            prop_assert!(token(&too_long[..4096]).is_some());
+        }
+    }
+}

@@ -31,6 +31,8 @@
 //!   and doubling the wait each time (capped at 30 s, or at `retry_delay` if that is longer). A `4xx` or any
 //!   other status is returned at once, and a malformed response fails at once.
 
+#[cfg(test)]
+mod proptests;
 mod transport;
 mod trust;
 

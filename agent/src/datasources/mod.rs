@@ -64,6 +64,8 @@ mod ec2;
 mod esp;
 mod fw_cfg;
 pub mod http;
+#[cfg(test)]
+mod proptests;
 
 use std::fmt;
 use std::fs;

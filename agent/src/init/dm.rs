@@ -93,3 +93,41 @@ pub fn device_of(name: &str) -> Option<std::path::PathBuf> {
             (n.trim() == name).then(|| std::path::PathBuf::from(format!("/dev/{dm}")))
         })
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    proptest! {
+        #![proptest_config(config(32))]
+
+        /// Whatever the hash partition starts with: the superblock's block count and at most 256 bytes of salt,
+        /// or an error, never a panic or a read past the block.
+        #[test]
+        fn any_superblock_reads_or_fails(
+            mut block in prop::collection::vec(any::<u8>(), 0..600),
+            verity in any::<bool>(),
+            salt_len in prop_oneof![0..=256u16, any::<u16>()],
+        ) {
+            if verity && block.len() >= 82 {
+                block[..8].copy_from_slice(b"verity\0\0");
+                block[80..82].copy_from_slice(&salt_len.to_le_bytes());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let dev = dir.path().join("hash");
+            std::fs::write(&dev, &block).unwrap();
+            match superblock(&dev) {
+                Ok((blocks, salt)) => {
+                    prop_assert!(block.len() >= 512 && block.starts_with(b"verity\0\0"));
+                    prop_assert_eq!(blocks, u64::from_le_bytes(block[72..80].try_into().unwrap()));
+                    let len = usize::from(u16::from_le_bytes([block[80], block[81]])).min(256);
+                    prop_assert_eq!(salt, block[88..88 + len].to_vec());
+                }
+                Err(_) => prop_assert!(block.len() < 512 || !block.starts_with(b"verity\0\0")),
+            }
+        }
+    }
+}

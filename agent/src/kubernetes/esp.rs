@@ -106,3 +106,74 @@ mod tests {
         assert!(without_secrets("[kubernetes]\nrole = \"worker\"\n").is_none());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    /// Instance-file lines: table headers (ours and others, spaced or quoted oddly), secret lines, other keys,
+    /// comments and junk, each ended by `\n`, `\r\n` or nothing (the last line).
+    fn line() -> impl Strategy<Value = String> {
+        let body = prop_oneof![
+            "[ \t]{0,2}\\[[ ]?(kubernetes|system|kubernetes\\.x|k8s)[ ]?\\][ \t]{0,2}(# c)?",
+            "[ \t]{0,2}\"?(join-token|encryption-key)\"?[ ]?=[ ]?\"[a-z0-9.]{0,8}\"( # c)?",
+            "[ \t]{0,2}(role|node-name|join-token-x|token)[ ]?=[ ]?\"[a-z]{0,6}\"",
+            "[ \t]{0,2}#.{0,10}",
+            ".{0,16}",
+        ];
+        (body, prop::sample::select(vec!["\n", "\r\n"])).prop_map(|(b, end)| {
+            // A generated body with a newline inside is split there: keep each line whole.
+            b.replace('\n', " ") + end
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Whatever the file holds, the rewrite is the file with whole secret lines of `[kubernetes]` removed
+        /// and every other line kept byte for byte, in order; `None` exactly when nothing was removed.
+        #[test]
+        fn only_whole_secret_lines_of_kubernetes_are_cut(
+            lines in prop::collection::vec(line(), 0..12),
+            last in ".{0,12}",
+            text in any::<String>(),
+        ) {
+            let _ = without_secrets(&text);
+            let mut file = lines.concat();
+            file.push_str(&last);
+            let Some(out) = without_secrets(&file) else {
+                prop_assert!(!secret_lines(&file).iter().any(|&s| s));
+                return Ok(());
+            };
+            let kept: Vec<&str> = out.split_inclusive('\n').collect();
+            let all: Vec<&str> = file.split_inclusive('\n').collect();
+            let secret = secret_lines(&file);
+            let want: Vec<&str> = all.iter().zip(&secret).filter(|(_, s)| !**s).map(|(l, _)| *l).collect();
+            prop_assert!(secret.iter().any(|&s| s));
+            prop_assert_eq!(kept, want);
+        }
+    }
+
+    /// Which lines are a one-time secret of `[kubernetes]`, read independently: the last table header before a
+    /// line decides its table.
+    fn secret_lines(file: &str) -> Vec<bool> {
+        let mut in_kubernetes = false;
+        file.split_inclusive('\n')
+            .map(|line| {
+                let t = line.trim();
+                if let Some(header) = t.strip_prefix('[') {
+                    in_kubernetes = header.split(']').next().map(str::trim) == Some("kubernetes");
+                    return false;
+                }
+                let Some((key, _)) = t.split_once('=') else {
+                    return false;
+                };
+                let key = key.trim().trim_matches('"');
+                in_kubernetes && (key == "join-token" || key == "encryption-key")
+            })
+            .collect()
+    }
+}

@@ -385,3 +385,48 @@ pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded) -> Ending
         true,
     )
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// The sentinel of an earlier boot, whatever its bytes: a sentinel, or an error for
+        /// [`StartError::SentinelUnreadable`]; a role it does not know leaves the profile's.
+        #[test]
+        fn a_sentinel_reads_back_or_fails(
+            role in prop_oneof![Just("worker".to_string()), Just("control-plane".to_string()), any::<String>()],
+            command in any::<String>(),
+            name in any::<String>(),
+            address in any::<String>(),
+            damage in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        ) {
+            let sentinel = Sentinel { role: role.clone(), command, name, address };
+            let mut bytes = serde_json::to_vec(&sentinel).unwrap();
+            if let Some((at, byte)) = damage {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            match serde_json::from_slice::<Sentinel>(&bytes) {
+                Ok(read) => {
+                    if damage.is_none() {
+                        prop_assert_eq!(&read.role, &sentinel.role);
+                        prop_assert_eq!(&read.command, &sentinel.command);
+                        prop_assert_eq!(&read.name, &sentinel.name);
+                        prop_assert_eq!(&read.address, &sentinel.address);
+                    }
+                    let _ = Role::parse(&read.role);
+                }
+                Err(e) => {
+                    let error = StartError::SentinelUnreadable(e.to_string());
+                    prop_assert!(!error.to_string().is_empty());
+                }
+            }
+        }
+    }
+}

@@ -241,3 +241,97 @@ mod tests {
         assert_eq!(tls.trusted, "the Mozilla root set");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    /// One CA certificate (PEM), made once: key generation is slow.
+    fn ca_pem() -> &'static str {
+        static PEM: OnceLock<String> = OnceLock::new();
+        PEM.get_or_init(|| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().pem()
+        })
+    }
+
+    /// A PEM section of `label` around random base64-ish text.
+    fn section() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec![
+                "CERTIFICATE",
+                "PRIVATE KEY",
+                "X509 CRL",
+                "TRUSTED CERTIFICATE",
+            ]),
+            prop::collection::vec("[A-Za-z0-9+/=]{0,64}", 0..4),
+            any::<bool>(),
+        )
+            .prop_map(|(label, lines, end)| {
+                let mut out = format!("-----BEGIN {label}-----\n{}\n", lines.join("\n"));
+                if end {
+                    out.push_str(&format!("-----END {label}-----\n"));
+                }
+                out
+            })
+    }
+
+    fn add(bytes: &[u8]) -> (Result<usize, String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.crt");
+        fs::write(&path, bytes).unwrap();
+        let mut roots = RootCertStore::empty();
+        (
+            add_ca_bundle(&mut roots, &path),
+            format!("CA bundle {}: ", path.display()),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(config(32))]
+
+        /// Whatever a CA bundle file holds: blank is nothing, anything else without a usable certificate is an
+        /// error naming the file, never a panic.
+        #[test]
+        fn a_bundle_without_a_certificate_is_refused(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..200),
+                prop::collection::vec(section(), 0..3).prop_map(|s| s.concat().into_bytes()),
+                "[ \t\r\n]{0,8}".prop_map(String::into_bytes),
+            ],
+        ) {
+            let (result, prefix) = add(&bytes);
+            match result {
+                Ok(n) => {
+                    prop_assert_eq!(n, 0);
+                    prop_assert!(bytes.iter().all(u8::is_ascii_whitespace), "{bytes:?}");
+                }
+                Err(e) => prop_assert!(e.starts_with(&prefix), "{e}"),
+            }
+        }
+
+        /// A real CA among comments and other sections is found.
+        #[test]
+        fn a_certificate_among_other_text_is_trusted(
+            before in "[ -~\n]{0,40}".prop_filter("not a PEM boundary", |t| !t.contains("-----")),
+            other in prop::option::of((
+                prop::sample::select(vec!["PRIVATE KEY", "X509 CRL", "PUBLIC KEY"]),
+                // Whole groups of four: valid base64 (a section that is not is refused, whatever its kind).
+                prop::collection::vec("([A-Za-z0-9+/]{4}){0,16}", 0..4),
+            ).prop_map(|(label, lines)| {
+                format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+            })),
+        ) {
+            let bundle = format!("{before}\n{}{}", other.unwrap_or_default(), ca_pem());
+            let (result, _) = add(bundle.as_bytes());
+            prop_assert_eq!(result, Ok(1));
+        }
+    }
+}

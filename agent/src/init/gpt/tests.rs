@@ -235,11 +235,7 @@ fn moving_a_last_lba_keeps_the_table_valid() {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    crate::proptest_support::config(256)
 }
 
 prop_compose! {
