@@ -91,6 +91,11 @@ impl Cache {
         &self.root
     }
 
+    /// This build's work folder in `tmp/`, where its temp files are.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
     }
