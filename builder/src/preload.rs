@@ -166,7 +166,7 @@ pub async fn resolve_all(
         let rock = resolve::resolve(registry, cache, &p.rock, arch)
             .await
             .map_err(|source| PreloadError::Resolve {
-                key: p.rock.key.clone(),
+                key: p.rock.label(),
                 source,
             })?;
         let pinned_digest = rock
@@ -456,6 +456,7 @@ mod tests {
                 reference: Reference::parse(&format!("localhost:5000/x:1@{digest}"))
                     .expect("a reference"),
                 key: "preload[0].rock".into(),
+                at: "p.toml:1:1".into(),
             },
             name: name.into(),
         }

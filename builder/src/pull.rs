@@ -73,7 +73,7 @@ pub async fn all(
         for l in &r.layers {
             distinct
                 .entry(l.digest.clone())
-                .or_insert_with(|| (l.clone(), r.reference.clone(), r.key.clone()));
+                .or_insert_with(|| (l.clone(), r.reference.clone(), r.label.clone()));
         }
     }
     // A preload's layers stay compressed: only their blobs are needed, never an unpacked form.
@@ -127,7 +127,7 @@ pub async fn all(
         let cache = Arc::clone(cache);
         let client = client.clone();
         let reference = p.reference().clone();
-        let key = p.key().to_string();
+        let key = p.rock.label.clone();
         tasks.spawn(async move {
             let t = Instant::now();
             ensure_layer(client.as_deref(), &cache, &reference, &layer)

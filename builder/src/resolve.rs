@@ -92,6 +92,8 @@ pub struct Layer {
 pub struct ResolvedRock {
     /// The profile key (`base.rock`, `layer[0].rock`).
     pub key: String,
+    /// `FILE:LINE:COLUMN: KEY`, for messages.
+    pub label: String,
     pub reference: Reference,
     /// The pinned digest when it names an index (a multi-arch rock).
     pub index_digest: Option<Digest>,
@@ -254,7 +256,7 @@ pub async fn all(
             .await
             .map_err(|e| match e {
                 ResolveError::Registry(source) => ResolveError::Rock {
-                    key: rock.key.clone(),
+                    key: rock.label(),
                     source,
                 },
                 e => e,
@@ -394,6 +396,7 @@ pub async fn resolve(
     }
     Ok(ResolvedRock {
         key: rock.key.clone(),
+        label: rock.label(),
         reference: r.clone(),
         index_digest,
         manifest_digest,

@@ -240,8 +240,10 @@ fn a_lasting_500_fails_after_the_bounded_attempts() {
         .lines()
         .find(|l| l.starts_with("cairn: error:"))
         .unwrap_or_default();
+    // The rock's key, where the profile writes it (write_profile puts the base's reference on line 7).
+    let at = format!("{}:7:8: base.rock: ", s.profile.display());
     assert!(
-        line.contains("base.rock: ")
+        line.contains(&at)
             && line.contains(&format!("blob {}", s.layer()))
             && line.contains("the registry answered 500 Internal Server Error 4 times")
             && line.contains("check the registry is reachable and retry"),

@@ -79,6 +79,15 @@ pub struct Rock {
     pub reference: Reference,
     /// The key path (`base.rock`, `layer[0].rock`), for messages.
     pub key: String,
+    /// Where the reference is written: `FILE:LINE:COLUMN`.
+    pub at: String,
+}
+
+impl Rock {
+    /// `FILE:LINE:COLUMN: KEY`, how a failure about this rock starts.
+    pub fn label(&self) -> String {
+        format!("{}: {}", self.at, self.key)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -542,10 +551,14 @@ impl Checker<'_> {
 
     pub(crate) fn rock(&self, text: &Spanned<String>, key: &str) -> Result<Rock, Error> {
         match Reference::parse(text.get_ref()) {
-            Ok(reference) => Ok(Rock {
-                reference,
-                key: key.to_string(),
-            }),
+            Ok(reference) => {
+                let d = Diagnostic::at(self.file, self.text, Some(text.span()), key, String::new());
+                Ok(Rock {
+                    reference,
+                    key: key.to_string(),
+                    at: format!("{}:{}:{}", d.file.display(), d.line, d.column),
+                })
+            }
             Err(e) => self.err(text.span(), key, e.to_string()),
         }
     }
