@@ -13,6 +13,7 @@
 //! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
 
 pub mod cairn;
+pub mod containerd;
 pub mod image;
 pub mod k8s_double;
 pub mod output;

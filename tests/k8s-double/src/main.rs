@@ -76,9 +76,10 @@ fn main() -> ExitCode {
         Ok("kubelet") => {
             let state = state_path();
             let hardened = || {
-                read_state(&state).ok().flatten().is_some_and(|r| {
-                    r.get("protect-kernel-defaults") == Some(&Value::Bool(true))
-                })
+                read_state(&state)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.get("protect-kernel-defaults") == Some(&Value::Bool(true)))
             };
             let code = kubelet::serve(
                 &state,
@@ -584,6 +585,9 @@ fn yaml_scalar(s: &str) -> String {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'_'))
         && s.parse::<f64>().is_err()
-        && !matches!(s, "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n");
+        && !matches!(
+            s,
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
+        );
     if plain { s.to_string() } else { yq(s) }
 }

@@ -105,7 +105,10 @@ pub fn start(sideload_dir: &Path, console: &mut Console) -> Result<(), String> {
         }
     }
     if waiting.is_empty() {
-        console.line(&format!("side-load {}: no archives", sideload_dir.display()));
+        console.line(&format!(
+            "side-load {}: no archives",
+            sideload_dir.display()
+        ));
     } else {
         console.line(&format!(
             "side-load {}: {} archive(s), imported in the background in {:?}",
