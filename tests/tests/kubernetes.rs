@@ -2,8 +2,11 @@
 //! flag outside Canonical Kubernetes' documented set.
 //!
 //! On the host: `cairn-agent apply --root DIR --kubernetes --k8s DOUBLE` on small hand-made roots (the double's
-//! console, state and `/proc/sys` in a tempdir): the bootstrap file and its mode, the hardening files, a crash
-//! between steps, the sentinel, a worker without a token, a join whose token came from the ESP.
+//! console, state, containerd folder and `/proc/sys` in a tempdir; its services as detached processes, the kubelet
+//! stand-in on a free port): the bootstrap file and its mode, the hardening files, a crash between steps, the
+//! sentinel, a worker without a token, a join whose token came from the ESP, a worker ready without `k8s status`,
+//! a worker cut off between its join and the sentinel, a node named otherwise than its host, the images check
+//! waiting for the distribution's background import (with a throwaway containerd).
 //! Booted: the node base with the double's rock layered on, a preloaded rock imported into the node's real
 //! containerd, a control plane and a worker under QEMU.
 
@@ -84,10 +87,30 @@ fn small_root(dir: &Path, profile: &str) -> PathBuf {
     root
 }
 
-/// `apply --root ROOT --kubernetes --k8s DOUBLE`, the double's console, state and /proc/sys in `ROOT/..`.
+/// The loopback port of this root's kubelet stand-in: picked free once, then kept in `ROOT/../kubelet-port`, as
+/// the stand-in started by a join keeps serving on it across the agent's runs.
+fn kubelet_port(dir: &Path) -> u16 {
+    let file = dir.join("kubelet-port");
+    if let Some(port) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return port;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::write(&file, port.to_string()).expect("write the port");
+    port
+}
+
+/// `apply --root ROOT --kubernetes --k8s DOUBLE`, the double's console, state, containerd folder and /proc/sys in
+/// `ROOT/..`; the kubelet's health is waited for 10 s.
 fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = root.parent().expect("parent");
     let path = |name: &str| dir.join(name).display().to_string();
+    let port = kubelet_port(dir);
     let mut args: Vec<String> = [
         "apply",
         "--root",
@@ -101,6 +124,10 @@ fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         &path("no-fw-cfg"),
         "--dmi",
         &path("no-dmi"),
+        "--kubelet-healthz",
+        &format!("http://127.0.0.1:{port}/healthz"),
+        "--kubelet-wait",
+        "10",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -109,19 +136,27 @@ fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         args.extend(["--esp".to_string(), path("no-esp")]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (console, state, images, proc_sys) = (
+    let (console, state, images, proc_sys, containerd) = (
         path("console"),
         path("double-state"),
         path("images"),
         path("proc-sys"),
+        path("run-containerd"),
     );
+    let healthz = format!("127.0.0.1:{port}");
     let mut all = vec![
         ("K8S_DOUBLE_CONSOLE", console.as_str()),
         ("K8S_DOUBLE_STATE_DIR", state.as_str()),
         ("K8S_DOUBLE_SIDELOAD_DIR", images.as_str()),
         ("K8S_DOUBLE_PROC_SYS", proc_sys.as_str()),
+        ("K8S_DOUBLE_CONTAINERD_DIR", containerd.as_str()),
+        ("K8S_DOUBLE_SERVICES", "process"),
+        ("K8S_DOUBLE_KUBELET_HEALTHZ", healthz.as_str()),
     ];
-    all.extend_from_slice(env);
+    for (k, v) in env {
+        all.retain(|(key, _)| key != k);
+        all.push((k, v));
+    }
     run_agent(args, &all)
 }
 
@@ -347,6 +382,20 @@ fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
     );
 }
 
+/// The double's console shows no `k8s status` call: what a worker must never run (k8sd refuses it there).
+fn assert_never_called_status(double: &str) {
+    assert!(
+        !double
+            .lines()
+            .any(|l| l.starts_with("k8s-double: status")),
+        "`k8s status` was called:\n{double}"
+    );
+    assert!(
+        !double.contains("this action is restricted on workers"),
+        "{double}"
+    );
+}
+
 /// The address the agent chose, as the double printed it.
 fn address(console: &str) -> String {
     console
@@ -514,12 +563,20 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     let o = apply(&root, &["--esp", &esp_arg], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let failed = line_json(&text(&o), "failed");
+    // A worker judges its readiness by what it can see: its kubelet's health, never `k8s status`.
     assert!(
         failed["note"]
             .as_str()
             .unwrap_or_default()
-            .starts_with("ready: `k8s status --wait-ready` failed"),
+            .starts_with("ready: the kubelet's health endpoint http://127.0.0.1:"),
         "{failed}"
+    );
+    assert!(
+        console(&root).contains(
+            "k8s-double: kubelet refuses to start: --protect-kernel-defaults: kernel.panic is 0, want 10"
+        ),
+        "{}",
+        console(&root)
     );
     assert!(!text(&o).contains(TOKEN), "{}", text(&o));
     // The next boot resumes: no token is needed any more, the join is not run again.
@@ -557,8 +614,17 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     );
     assert!(double.contains("k8s-double: join kind worker"), "{double}");
     assert!(double.contains("k8s-double: joined worker"), "{double}");
+    assert_never_called_status(&double);
     let config: Value =
         serde_json::from_slice(&std::fs::read(&file).expect("join file")).expect("json");
+    // The node is named worker-7 on a host named node-a: the distribution sets the kubelet's
+    // --hostname-override to the name, and the join file leaves it alone.
+    assert!(
+        config["extra-node-kubelet-args"]
+            .get("--hostname-override")
+            .is_none(),
+        "{config}"
+    );
     assert_eq!(
         config
             .as_object()
