@@ -385,9 +385,7 @@ fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
 /// The double's console shows no `k8s status` call: what a worker must never run (k8sd refuses it there).
 fn assert_never_called_status(double: &str) {
     assert!(
-        !double
-            .lines()
-            .any(|l| l.starts_with("k8s-double: status")),
+        !double.lines().any(|l| l.starts_with("k8s-double: status")),
         "`k8s status` was called:\n{double}"
     );
     assert!(
@@ -729,6 +727,243 @@ fn a_stig_worker_masks_the_images_sshd() {
         "preset stig: 6 sysctls, 0 files in /var/lib/cairn/kubernetes, masked: ssh.service ssh.socket"
     );
     assert!(console(&root).contains("k8s-double: joined worker"));
+}
+
+fn worker_instance(dir: &Path, node_name: &str) -> String {
+    let instance = dir.join("instance.toml");
+    std::fs::write(
+        &instance,
+        format!(
+            "[kubernetes]\njoin-token = \"{TOKEN}\"\nnode-name = \"{node_name}\"\naddress = \"10.0.2.16\"\n"
+        ),
+    )
+    .expect("write");
+    instance.display().to_string()
+}
+
+#[test]
+fn a_worker_ends_ready_without_ever_calling_k8s_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
+    let instance = worker_instance(dir.path(), "worker-1");
+    let o = apply(&root, &["--instance", &instance], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    let ready = step(&node, "ready");
+    assert_eq!(
+        ready["detail"], "member as worker-1 (worker); kubelet healthy",
+        "{node}"
+    );
+    let double = console(&root);
+    assert_never_called_status(&double);
+    // Asked before the join (not a member yet) and at ready (a member).
+    assert!(
+        double.contains("k8s-double: error: local-node-status: the node is not part of a cluster"),
+        "{double}"
+    );
+    assert!(
+        double.contains("k8s-double: local-node-status member (worker)"),
+        "{double}"
+    );
+    assert!(
+        double.contains("k8s-double: kubelet healthz on 127.0.0.1:"),
+        "{double}"
+    );
+}
+
+#[test]
+fn a_worker_cut_off_between_its_join_and_the_sentinel_ends_ready_without_a_second_join() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
+    let instance = worker_instance(dir.path(), "worker-1");
+    // The power goes right after `k8s join-cluster` returned: the double's record says joined, and the agent
+    // has neither its sentinel nor the rest of its journal.
+    let o = apply(
+        &root,
+        &["--instance", &instance],
+        &[("CAIRN_AGENT_CRASH_AFTER", "join")],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("double-state/state.json").is_file());
+    std::fs::remove_file(root.join("var/lib/cairn/kubernetes/cluster-member")).expect("rm");
+    let state_path = root.join("var/lib/cairn/state.json");
+    let mut state: Value =
+        serde_json::from_slice(&std::fs::read(&state_path).expect("state")).expect("json");
+    state["done"] = serde_json::json!(["system"]);
+    state["steps"]
+        .as_object_mut()
+        .expect("steps")
+        .remove("kubernetes");
+    std::fs::write(&state_path, serde_json::to_vec(&state).expect("json")).expect("write");
+
+    let o = apply(&root, &["--instance", &instance], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    assert_eq!(
+        step(&node, "join")["detail"],
+        "already a cluster member, the distribution says (an earlier boot stopped after `k8s join-cluster`): not run again",
+        "{node}"
+    );
+    assert_eq!(step(&node, "ready")["outcome"], "unchanged", "{node}");
+    let double = console(&root);
+    assert_eq!(
+        double.matches("k8s-double: join-cluster ").count(),
+        1,
+        "{double}"
+    );
+    assert_never_called_status(&double);
+    assert_eq!(
+        mode(&root, "/var/lib/cairn/kubernetes/cluster-member"),
+        0o600
+    );
+}
+
+#[test]
+fn a_node_named_otherwise_than_its_host_leaves_hostname_override_to_the_distribution() {
+    for hardening in ["cis", "stig"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = kubernetes_profile("control-plane", "").replace(
+            "role = \"control-plane\"\n",
+            &format!("role = \"control-plane\"\nhardening = \"{hardening}\"\n"),
+        );
+        let root = small_root(dir.path(), &profile);
+        let instance = dir.path().join("instance.toml");
+        std::fs::write(
+            &instance,
+            "[kubernetes]\nnode-name = \"cp-1\"\naddress = \"10.0.2.15\"\n",
+        )
+        .expect("write");
+        let o = apply(&root, &["--instance", &instance.display().to_string()], &[]);
+        assert!(o.status.success(), "{hardening}: {}", text(&o));
+        let double = console(&root);
+        assert!(
+            double.contains("k8s-double: bootstrap --name cp-1 --address 10.0.2.15 "),
+            "{double}"
+        );
+        let config: Value = serde_json::from_slice(
+            &std::fs::read(root.join("var/lib/cairn/kubernetes/bootstrap.json")).expect("file"),
+        )
+        .expect("json");
+        let kubelet = config["extra-node-kubelet-args"]
+            .as_object()
+            .expect("kubelet args");
+        assert!(
+            !kubelet.contains_key("--hostname-override"),
+            "{hardening}: {config}"
+        );
+        // The STIG audits request and response bodies; CIS only metadata.
+        let audit =
+            std::fs::read_to_string(root.join("var/lib/cairn/kubernetes/audit-policy.yaml"))
+                .expect("audit policy");
+        let level = if hardening == "stig" {
+            "RequestResponse"
+        } else {
+            "Metadata"
+        };
+        assert!(audit.ends_with(&format!("- level: {level}\n")), "{audit}");
+        let node = line_json(&text(&o), "ready");
+        assert_eq!(
+            step(&node, "ready")["detail"],
+            "cluster status:           ready; member as cp-1 (control-plane); kubelet healthy",
+            "{node}"
+        );
+    }
+}
+
+#[test]
+fn the_images_check_waits_for_the_background_import_and_names_what_is_missing() {
+    if let Err(why) = cairn_e2e::containerd::available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let containerd = cairn_e2e::containerd::Containerd::start();
+    let socket = containerd.socket().display().to_string();
+    let layout = cairn_e2e::rocks::pause_layout();
+    let digest = cairn_e2e::rocks::layout_digest(&layout, "3.10");
+    let pause = "ghcr.io/canonical/k8s-snap/pause:3.10";
+    let preload = |name: &str, digest: &str| {
+        format!(
+            "[[preload]]\nrock = \"localhost:5000/canonical/k8s-snap/pause:3.10@{digest}\"\nname = \"{name}\"\n"
+        )
+    };
+    let node = |extra: &str, broken: bool, delay: &str, wait: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = small_root(dir.path(), &kubernetes_profile("control-plane", extra));
+        let archive = cairn_e2e::containerd::named_archive(&layout, pause);
+        write(&root, "/usr/lib/cairn/images/pause.tar", "", 0o644);
+        std::fs::write(root.join("usr/lib/cairn/images/pause.tar"), archive).expect("write");
+        if broken {
+            // An archive the import fails on: the distribution logs it and leaves it; its image never comes.
+            write(
+                &root,
+                "/usr/lib/cairn/images/coredns.tar",
+                "not an archive",
+                0o644,
+            );
+        }
+        let sideload = root
+            .join("var/snap/k8s/common/images")
+            .display()
+            .to_string();
+        let o = apply(
+            &root,
+            &[
+                "--instance",
+                "/dev/null",
+                "--containerd-socket",
+                &socket,
+                "--images-wait",
+                wait,
+            ],
+            &[
+                ("K8S_DOUBLE_CONTAINERD_SOCKET", &socket),
+                ("K8S_DOUBLE_SIDELOAD_DIR", &sideload),
+                ("K8S_DOUBLE_SIDELOAD_DELAY", delay),
+            ],
+        );
+        (dir, root, o)
+    };
+    // The import lands 3 s after the bootstrap returned: the check waits for it.
+    let (_dir, root, o) = node(&preload(pause, &digest), false, "3s", "60");
+    assert!(o.status.success(), "{}\n{}", text(&o), console(&root));
+    let ready = line_json(&text(&o), "ready");
+    let images = step(&ready, "images")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        images.starts_with("1 images with their pinned digests in namespace k8s.io (after "),
+        "{ready}"
+    );
+    assert!(
+        root.join("var/snap/k8s/common/images/pause.tar.loaded")
+            .is_file()
+    );
+
+    // An image whose archive does not import never comes: after the bound the step names it, and only it.
+    let coredns = "ghcr.io/canonical/coredns:1.11.1-ck0";
+    let (_dir, root, o) = node(
+        &format!("{}{}", preload(pause, &digest), preload(coredns, &digest)),
+        true,
+        "1s",
+        "4",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let failed = line_json(&text(&o), "failed");
+    assert_eq!(
+        failed["note"],
+        format!(
+            "images: not in containerd's k8s.io namespace after 4s of the distribution's background import: \
+             {coredns} (preload[1].rock)"
+        ),
+        "{failed}\n{}",
+        console(&root)
+    );
+    assert!(
+        console(&root).contains("k8s-double: side-load done: 1 of 2 imported"),
+        "{}",
+        console(&root)
+    );
 }
 
 /// The `k8s` double's test rock, pushed to the shared registry.
