@@ -1013,6 +1013,16 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         report["kubernetes"]["arguments"]["worker"]["kubelet"]["--protect-kernel-defaults"],
         "true"
     );
+    // The base's own containerd is masked: the distribution refuses to start beside another one.
+    assert!(
+        report["system"]["files"]
+            .as_array()
+            .expect("system.files")
+            .iter()
+            .any(|f| f["path"] == "/etc/systemd/system/containerd.service" && f["what"] == "mask"),
+        "{}",
+        report["system"]
+    );
 
     // No token anywhere in the built disk images.
     let instance = work.path().join("worker-instance.toml");
@@ -1088,10 +1098,23 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             .contains("k8s-double: kubelet kernel defaults ok: kernel.keys.root_maxbytes=25000000"),
         "{serial}"
     );
-    // The node's real containerd imported the archive: the name, the pinned index digest.
+    // The distribution's containerd (the double's unit, not the base's masked one) imported the archive in the
+    // background: the name, the pinned index digest.
+    assert!(
+        serial.contains("k8s-double: systemctl start k8s-double-containerd.service"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: side-load done: 1 of 1 imported"),
+        "{serial}"
+    );
     assert!(
         listed_by_containerd(&serial, &pause_digest),
         "containerd does not list the pinned image:\n{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: local-node-status member (control-plane)"),
+        "{serial}"
     );
 
     // The worker joins with the token from fw_cfg; the token never reaches the console from cairn.
@@ -1120,6 +1143,34 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         serial
             .contains("k8s-double: file /var/lib/cairn/kubernetes/join.json mode 0600 uid 0 gid 0"),
         "{serial}"
+    );
+    // Ready as a worker can see it: a member with a healthy kubelet, never `k8s status` (refused on a worker).
+    assert_never_called_status(
+        &serial
+            .lines()
+            .map(|l| {
+                l.split_once("k8s-double: ")
+                    .map_or(l.to_string(), |(_, r)| format!("k8s-double: {r}"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert!(
+        serial.contains("k8s-double: local-node-status member (worker)"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: kubelet healthz on 127.0.0.1:10248"),
+        "{serial}"
+    );
+    // Named worker-1 on a host named worker-<machine id>: --hostname-override is the distribution's to set.
+    let worker_config = serial
+        .lines()
+        .find_map(|l| l.split_once("k8s-double: config ").map(|(_, j)| j.trim()))
+        .expect("the double's config line");
+    assert!(
+        !worker_config.contains("--hostname-override"),
+        "{worker_config}"
     );
     assert!(
         listed_by_containerd(&serial, &pause_digest),
