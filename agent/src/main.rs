@@ -15,7 +15,8 @@ const USAGE: &str = "usage:
                                           apply a phase on the running system (the units' entry point)
   cairn-agent apply --root DIR [--instance FILE] [--cmdline TEXT] [--imds-endpoint URL]
                     [--fw-cfg DIR] [--esp DIR] [--dmi DIR] [--dry-run]
-                    [--kubernetes [--k8s PATH] [--containerd-socket PATH]]
+                    [--kubernetes [--k8s PATH] [--containerd-socket PATH] [--kubelet-healthz URL]
+                                  [--images-wait SECS] [--kubelet-wait SECS]]
                                           apply to a root folder, touching nothing else but what
                                           the kubernetes phase's k8s command and containerd do
   cairn-agent status [--root DIR]         print the status JSON
@@ -117,6 +118,13 @@ fn modprobe(module: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+fn seconds(name: &str, value: String) -> Result<std::time::Duration, String> {
+    value
+        .parse()
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| format!("{name} {value}: not a number of seconds"))
+}
+
 fn apply_options(args: &[String]) -> Result<(Options, bool), String> {
     let mut kubernetes = cairn_agent::kubernetes::Settings::default();
     let mut with_kubernetes = false;
@@ -148,6 +156,13 @@ fn apply_options(args: &[String]) -> Result<(Options, bool), String> {
             "--k8s" => kubernetes.k8s = Some(PathBuf::from(value("--k8s")?)),
             "--containerd-socket" => {
                 kubernetes.containerd_socket = PathBuf::from(value("--containerd-socket")?)
+            }
+            "--kubelet-healthz" => kubernetes.kubelet_healthz = value("--kubelet-healthz")?,
+            "--images-wait" => {
+                kubernetes.images_wait = seconds("--images-wait", value("--images-wait")?)?
+            }
+            "--kubelet-wait" => {
+                kubernetes.kubelet_wait = seconds("--kubelet-wait", value("--kubelet-wait")?)?
             }
             other => return Err(format!("unknown option `{other}`")),
         }

@@ -3,7 +3,9 @@
 //! on every ethernet link through systemd-networkd. They end up under dm-verity with the rest of the root and are
 //! listed in the build report; systemd applies them at boot (systemd-sysctl, systemd-modules-load, the unit
 //! links) before the agent runs. What depends on the machine (its id, hostname, users, instance files) stays
-//! with the agent.
+//! with the agent. On a Kubernetes node (a profile with `[kubernetes]`) the image's own `containerd.service` is
+//! masked: the distribution runs its own containerd, and refuses to bootstrap or join while `/run/containerd`
+//! exists (canonical/k8sd pkg/snap/snap.go PreInitChecks).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ pub const NETWORK_UNITS: &[&str] = &[
     "systemd-networkd-wait-online.service",
 ];
 const ETC_UNITS: &str = "etc/systemd/system";
+/// The base's containerd (Debian's package enables it), masked on a Kubernetes node.
+pub const HOST_CONTAINERD: &str = "containerd.service";
 const UNIT_DIRS: &[&str] = &[
     "etc/systemd/system",
     "usr/lib/systemd/system",
@@ -46,6 +50,10 @@ pub enum SystemError {
     NotInstallable { unit: String },
     #[error("system.services: {unit}: not UTF-8")]
     UnitText { unit: String },
+    #[error(
+        "system.services enables {HOST_CONTAINERD} on a Kubernetes node: the distribution runs its own containerd and refuses to bootstrap or join while another one has made /run/containerd"
+    )]
+    ContainerdOnKubernetes,
     #[error(transparent)]
     Read(#[from] FilesystemError),
     #[error("{path}: {source}")]
@@ -114,8 +122,19 @@ pub fn bake(
             NETWORK_UNITS[0]
         ));
     }
+    if profile.kubernetes.is_some()
+        && s.services
+            .enable
+            .iter()
+            .any(|n| unit_file_name(n) == HOST_CONTAINERD)
+    {
+        return Err(SystemError::ContainerdOnKubernetes);
+    }
     b.enable(&s.services.enable)?;
     b.disable(&s.services.disable)?;
+    if profile.kubernetes.is_some() {
+        b.mask_host_containerd()?;
+    }
     let mut baked = b.baked;
     baked.files.sort_by(|x, y| x.path.cmp(&y.path));
     baked.files.dedup_by(|x, y| x.path == y.path);
@@ -270,6 +289,28 @@ impl Baker<'_> {
         self.tree.lookup(path.as_bytes()).is_some_and(|id| {
             matches!(self.tree.node(id), Node::Other { special: Special::Symlink(t), .. } if t == b"/dev/null")
         })
+    }
+
+    /// Masked rather than only disabled: any unit that wants or requires it, or a `systemctl start`, would still
+    /// start a disabled one, make /run/containerd and so break every bootstrap and join. A unit of another name
+    /// running the same binary (the distribution's, or a test double's) is not affected.
+    fn mask_host_containerd(&mut self) -> Result<(), SystemError> {
+        let Some(unit) = self.find_unit(HOST_CONTAINERD)? else {
+            return Ok(());
+        };
+        for (dir, targets) in [("wants", &unit.wanted_by), ("requires", &unit.required_by)] {
+            for t in targets {
+                self.remove(&format!("{ETC_UNITS}/{t}.{dir}/{HOST_CONTAINERD}"));
+            }
+        }
+        for alias in &unit.alias {
+            self.remove(&format!("{ETC_UNITS}/{alias}"));
+        }
+        self.symlink(
+            &format!("{ETC_UNITS}/{HOST_CONTAINERD}"),
+            "/dev/null",
+            "mask",
+        )
     }
 
     /// Removes a unit's links from /etc; one still wanted by the vendor's own links is masked, as `systemctl

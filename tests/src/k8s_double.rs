@@ -1,6 +1,9 @@
 //! The k8s test rock: the static `k8s` double (tests/k8s-double, crate `cairn-k8s-double`) as
-//! `/usr/local/bin/k8s`, plus a oneshot unit that lists containerd's `k8s.io` images on the boot console once
-//! `cairn-kubernetes.service` is done. A TEST DOUBLE: it runs no Kubernetes and never belongs in `profiles/`.
+//! `/usr/local/bin/k8s`; the units of its service stand-ins, which the double starts itself after a bootstrap or
+//! join (none is enabled): the distribution's containerd (Debian's binary under a unit of its own, standing for the
+//! snap's `snap.k8s.containerd`), the kubelet's health endpoint and the background image import; plus a oneshot
+//! unit that lists containerd's `k8s.io` images on the boot console once `cairn-kubernetes.service` is done. A
+//! TEST DOUBLE: it runs no Kubernetes and never belongs in `profiles/`.
 
 use std::path::PathBuf;
 
@@ -36,6 +39,58 @@ StandardError=journal+console
 
 [Install]
 WantedBy=multi-user.target
+";
+
+/// The distribution's containerd, as the double starts it (`systemctl start`, waited for) after a bootstrap or
+/// join: Debian's binary with Debian's config, so on the snap's socket `/run/containerd/containerd.sock`. Not
+/// Debian's `containerd.service`, which cairn masks on a Kubernetes node.
+pub const CONTAINERD_UNIT_NAME: &str = "k8s-double-containerd.service";
+pub const CONTAINERD_UNIT: &str = "\
+# Test double only (cairn e2e): stands for the snap's snap.k8s.containerd service.
+[Unit]
+Description=k8s-double: the distribution's containerd (stand-in for snap.k8s.containerd)
+After=network.target local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/bin/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNOFILE=infinity
+";
+
+/// The kubelet's health endpoint (`127.0.0.1:10248/healthz`), started with `--no-block` after containerd.
+pub const KUBELET_UNIT_NAME: &str = "k8s-double-kubelet.service";
+pub const KUBELET_UNIT: &str = "\
+# Test double only (cairn e2e): the kubelet's health endpoint, nothing else of a kubelet.
+[Unit]
+Description=k8s-double: kubelet stand-in (health endpoint only)
+After=k8s-double-containerd.service
+
+[Service]
+Environment=K8S_DOUBLE_MODE=kubelet
+ExecStart=/usr/local/bin/k8s
+Restart=on-failure
+RestartSec=2
+";
+
+/// The side-load import, in the background of the bootstrap or join (`--no-block`), after a delay.
+pub const SIDELOAD_UNIT_NAME: &str = "k8s-double-sideload.service";
+pub const SIDELOAD_UNIT: &str = "\
+# Test double only (cairn e2e): the snap containerd's side-load plugin, run once after it starts.
+[Unit]
+Description=k8s-double: side-loaded images imported in the background
+After=k8s-double-containerd.service
+Wants=k8s-double-containerd.service
+
+[Service]
+Type=oneshot
+Environment=K8S_DOUBLE_MODE=sideload
+ExecStart=/usr/local/bin/k8s
+TimeoutStartSec=infinity
 ";
 
 /// What a kubelet with `--protect-kernel-defaults` checks, at the values the hardening presets set: the double
@@ -77,7 +132,8 @@ pub fn double_bin() -> PathBuf {
     bin
 }
 
-/// The rock's one layer: the double (0755), the unit (0644) and its enabling symlink, with their folders.
+/// The rock's one layer: the double (0755), the units (0644) and the images unit's enabling symlink, with their
+/// folders.
 pub fn layer() -> LayerBuilder {
     let bin = double_bin();
     let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
@@ -91,6 +147,21 @@ pub fn layer() -> LayerBuilder {
         .dir("usr/lib/systemd", 0o755)
         .dir(system, 0o755)
         .file(&format!("{system}/{UNIT_NAME}"), 0o644, UNIT)
+        .file(
+            &format!("{system}/{CONTAINERD_UNIT_NAME}"),
+            0o644,
+            CONTAINERD_UNIT,
+        )
+        .file(
+            &format!("{system}/{KUBELET_UNIT_NAME}"),
+            0o644,
+            KUBELET_UNIT,
+        )
+        .file(
+            &format!("{system}/{SIDELOAD_UNIT_NAME}"),
+            0o644,
+            SIDELOAD_UNIT,
+        )
         .dir(&format!("{system}/multi-user.target.wants"), 0o755)
         .symlink(
             &format!("{system}/multi-user.target.wants/{UNIT_NAME}"),

@@ -16,6 +16,7 @@
 //! - [`snap`]: real snap files (squashfs with meta/snap.yaml) and assertion files in snapd's layout.
 
 pub mod cairn;
+pub mod containerd;
 pub mod fault_proxy;
 pub mod image;
 pub mod k8s_double;

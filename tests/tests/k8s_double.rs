@@ -1,7 +1,8 @@
 //! The `k8s` test double (tests/k8s-double) on the host: its command line, its strict reading of bootstrap and
 //! join files, its console report and its cluster state. Console, state and side-load folders live in a tempdir
-//! (`K8S_DOUBLE_CONSOLE`, `K8S_DOUBLE_STATE_DIR`, `K8S_DOUBLE_SIDELOAD_DIR`); the side-load folder holds no
-//! archive, so no containerd is involved. Needs the static build:
+//! (`K8S_DOUBLE_CONSOLE`, `K8S_DOUBLE_STATE_DIR`, `K8S_DOUBLE_SIDELOAD_DIR`, `K8S_DOUBLE_CONTAINERD_DIR`), the
+//! services are detached processes (`K8S_DOUBLE_SERVICES=process`) and the kubelet stand-in is off unless a test
+//! gives it a port. Only the background import test runs a containerd (a throwaway one). Needs the static build:
 //! `cargo build --release -p cairn-k8s-double --target x86_64-unknown-linux-musl`.
 
 use std::io::Write;
@@ -64,19 +65,45 @@ impl Node {
         path.to_str().expect("utf-8 tempdir").to_string()
     }
 
+    /// The folder whose existence tells the double another containerd runs (`K8S_DOUBLE_CONTAINERD_DIR`).
+    fn containerd_dir(&self) -> PathBuf {
+        self.path("run-containerd")
+    }
+
     /// Runs the double; returns its output and the console lines it wrote.
     fn run(&self, args: &[&str]) -> (Output, Vec<String>) {
+        self.run_env(args, &[])
+    }
+
+    /// [`Node::run`] with more environment (which overrides the harness's).
+    fn run_env(&self, args: &[&str], extra: &[(&str, &str)]) -> (Output, Vec<String>) {
         let before = std::fs::read_to_string(self.console_path()).unwrap_or_default();
         let console = self.console_path();
         let state = self.path("state");
         let images = self.path("images");
         let proc_sys = self.path("proc-sys");
-        let env = [
+        let containerd = self.containerd_dir();
+        let socket = self.path("no-containerd.sock");
+        let mut env = vec![
             ("K8S_DOUBLE_PROC_SYS", proc_sys.to_str().expect("utf-8")),
             ("K8S_DOUBLE_CONSOLE", console.to_str().expect("utf-8")),
             ("K8S_DOUBLE_STATE_DIR", state.to_str().expect("utf-8")),
             ("K8S_DOUBLE_SIDELOAD_DIR", images.to_str().expect("utf-8")),
+            (
+                "K8S_DOUBLE_CONTAINERD_DIR",
+                containerd.to_str().expect("utf-8"),
+            ),
+            (
+                "K8S_DOUBLE_CONTAINERD_SOCKET",
+                socket.to_str().expect("utf-8"),
+            ),
+            ("K8S_DOUBLE_SERVICES", "process"),
+            ("K8S_DOUBLE_KUBELET_HEALTHZ", "none"),
         ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k, v));
+        }
         let out = run_with_timeout(&double_bin(), args, &env, Duration::from_secs(30));
         let after = std::fs::read_to_string(self.console_path()).unwrap_or_default();
         let lines = after[before.len()..].lines().map(str::to_string).collect();
@@ -90,6 +117,15 @@ impl Node {
             m.uid(),
             m.gid()
         )
+    }
+
+    /// What a bootstrap or join prints once accepted, before its last line: the services (none on the host),
+    /// then that no archive waits.
+    fn started_lines(&self) -> [String; 2] {
+        [
+            "k8s-double: services: no containerd started (K8S_DOUBLE_SERVICES=process)".to_string(),
+            self.sideload_line(),
+        ]
     }
 
     fn sideload_line(&self) -> String {
@@ -145,6 +181,11 @@ const BOOTSTRAP_LINE: &str = concat!(
     r#""pod-cidr":"10.1.0.0/16","secure-port":6443,"service-cidr":"10.152.183.0/24"}"#,
 );
 
+/// `k8s status` on a worker (k8sd pkg/k8sd/api/worker_access_handler.go, through cmd/k8s/k8s_status.go).
+const WORKER_STATUS_REFUSED: &str = "Error: Failed to retrieve the cluster status.\n\nThe error was: wait check \
+                                     failed: failed after potential retry: wait check failed: failed to GET \
+                                     /k8sd/cluster: this action is restricted on workers\n";
+
 const NOT_IN_CLUSTER: &str = "Error: The node is not part of a Kubernetes cluster. You can bootstrap a new \
                               cluster with:\n\n  sudo k8s bootstrap\n";
 
@@ -194,7 +235,8 @@ fn bootstrap_then_status_and_a_second_bootstrap_is_refused() {
             format!("k8s-double: bootstrap --name node-a --address 10.0.2.15 --file {file}"),
             node.file_line(&file),
             format!("k8s-double: config {BOOTSTRAP_LINE}"),
-            node.sideload_line(),
+            node.started_lines()[0].clone(),
+            node.started_lines()[1].clone(),
             "k8s-double: bootstrapped".to_string(),
         ]
     );
@@ -308,7 +350,8 @@ fn worker_join_prints_the_token_digest_only() {
             node.file_line(&file),
             r#"k8s-double: config {"disable-system-tuning":false,"extra-node-k8s-apiserver-proxy-args":{},"extra-node-kubelet-args":{"--protect-kernel-defaults":"true"}}"#.to_string(),
             "k8s-double: join kind worker".to_string(),
-            node.sideload_line(),
+            node.started_lines()[0].clone(),
+            node.started_lines()[1].clone(),
             "k8s-double: joined worker".to_string(),
         ]
     );
@@ -317,16 +360,14 @@ fn worker_join_prints_the_token_digest_only() {
         !all.contains(token),
         "the token reached the console:\n{all}"
     );
+    // The cluster status is a control plane's: k8sd refuses it on a worker (restrictWorkers).
     let (o, console) = node.run(&["status", "--wait-ready"]);
-    assert_exit(&o, 0);
-    assert!(
-        stdout(&o).starts_with("cluster status:           ready\ncontrol plane nodes:      none\n"),
-        "{}",
-        stdout(&o)
-    );
+    assert_exit(&o, 1);
+    assert_eq!(stderr(&o), WORKER_STATUS_REFUSED);
+    assert_eq!(stdout(&o), "");
     assert_eq!(
         console.last().map(String::as_str),
-        Some("k8s-double: status ready (worker)")
+        Some("k8s-double: error: status: this action is restricted on workers")
     );
 }
 
@@ -357,7 +398,8 @@ fn control_plane_join_is_told_by_its_keys() {
         console[3..],
         [
             "k8s-double: join kind control-plane".to_string(),
-            node.sideload_line(),
+            node.started_lines()[0].clone(),
+            node.started_lines()[1].clone(),
             "k8s-double: joined control-plane".to_string(),
         ]
     );
@@ -602,4 +644,269 @@ fn the_test_rock_pushes_by_digest() {
         .get_blob("e2e/k8s-double", &image.layers[0].digest)
         .expect("the layer is in the registry");
     assert_eq!(blob, image.layers[0].blob);
+}
+
+fn join_worker(node: &Node, extra: &[(&str, &str)]) -> (Output, Vec<String>) {
+    let file = node.config(
+        "join.json",
+        r#"{"extra-node-kubelet-args": {"--protect-kernel-defaults": "true"}}"#,
+    );
+    node.run_env(
+        &[
+            "join-cluster",
+            "tok",
+            "--name",
+            "node-w",
+            "--address",
+            "10.0.2.16",
+            "--file",
+            &file,
+        ],
+        extra,
+    )
+}
+
+#[test]
+fn local_node_status_answers_on_every_role_and_refuses_a_non_member() {
+    let node = Node::new();
+    let (o, console) = node.run(&["local-node-status"]);
+    assert_exit(&o, 1);
+    assert_eq!(stderr(&o), NOT_IN_CLUSTER);
+    assert_eq!(
+        console,
+        [
+            "k8s-double: local-node-status",
+            "k8s-double: error: local-node-status: the node is not part of a cluster",
+        ]
+    );
+    // The real command has no --timeout.
+    let (o, _) = node.run(&["local-node-status", "--timeout", "5s"]);
+    assert_exit(&o, 1);
+    assert_eq!(stderr(&o), "Error: unknown flag: --timeout\n");
+
+    let file = node.config("bootstrap.json", BOOTSTRAP);
+    assert_exit(&bootstrap(&node, &file).0, 0);
+    let (o, console) = node.run(&["local-node-status"]);
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "{node-a 10.0.2.15:6400 control-plane voter}\n");
+    assert_eq!(
+        console.last().map(String::as_str),
+        Some("k8s-double: local-node-status member (control-plane)")
+    );
+    let (o, _) = node.run(&["local-node-status", "--output-format", "json"]);
+    assert_exit(&o, 0);
+    assert_eq!(
+        stdout(&o),
+        "{\n  \"name\": \"node-a\",\n  \"address\": \"10.0.2.15:6400\",\n  \"cluster-role\": \"control-plane\",\n  \
+         \"datastore-role\": \"voter\"\n}\n"
+    );
+
+    let worker = Node::new();
+    assert_exit(&join_worker(&worker, &[]).0, 0);
+    let (o, _) = worker.run(&["local-node-status"]);
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "{node-w 10.0.2.16 worker }\n");
+    let (o, _) = worker.run(&["local-node-status", "--output-format=json"]);
+    assert_exit(&o, 0);
+    assert_eq!(
+        stdout(&o),
+        "{\n  \"name\": \"node-w\",\n  \"address\": \"10.0.2.16\",\n  \"cluster-role\": \"worker\"\n}\n"
+    );
+    let (o, _) = worker.run(&["local-node-status", "--output-format=yaml"]);
+    assert_exit(&o, 0);
+    assert_eq!(
+        stdout(&o),
+        "name: node-w\naddress: 10.0.2.16\ncluster-role: worker\n"
+    );
+}
+
+#[test]
+fn bootstrap_and_join_are_refused_while_the_containerd_folder_exists() {
+    let node = Node::new();
+    std::fs::create_dir(node.containerd_dir()).expect("mkdir");
+    let d = node.containerd_dir().display().to_string();
+    let why = format!(
+        "pre-init checks failed for node: The path '{d}' required for the containerd socket already exists, \
+         meaning there is likely another service running containerd on this node, which will conflict with \
+         kubernetes. Please stop any other running containerd service and remove the existing directory at '{d}' \
+         before bootstrapping or joining a cluster.\nDev-only: You can change the k8s containerd install path using \
+         --containerd-base-dir. Note that you may have to update the containerd configs of any operators on this \
+         node as well.\n"
+    );
+    let file = node.config("bootstrap.json", BOOTSTRAP);
+    let (o, console) = bootstrap(&node, &file);
+    assert_exit(&o, 1);
+    assert_eq!(
+        stderr(&o),
+        format!("Bootstrap config verification failed: {why}")
+    );
+    assert_eq!(stdout(&o), "");
+    assert_eq!(
+        console.last().cloned(),
+        Some(format!(
+            "k8s-double: error: pre-init check: {d} exists: another containerd runs on this node"
+        ))
+    );
+    assert!(!node.state_file().exists());
+    let (o, _) = join_worker(&node, &[]);
+    assert_exit(&o, 1);
+    assert_eq!(
+        stderr(&o),
+        format!("Join cluster config verification failed: {why}")
+    );
+    assert!(!node.state_file().exists());
+
+    // Gone, the bootstrap goes through; the distribution's containerd then holds the folder.
+    std::fs::remove_dir(node.containerd_dir()).expect("rmdir");
+    assert_exit(&bootstrap(&node, &file).0, 0);
+    assert!(node.containerd_dir().is_dir());
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn healthz(port: u16) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.body_mut().read_to_string().unwrap_or_default()))
+}
+
+#[test]
+fn the_kubelet_stand_in_answers_once_its_kernel_settings_hold_and_stops_with_the_node() {
+    let node = Node::new();
+    node.set_sysctl("vm.panic_on_oom", "1");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (o, console) = join_worker(&node, &[("K8S_DOUBLE_KUBELET_HEALTHZ", &addr)]);
+    assert_exit(&o, 0);
+    assert!(
+        console.contains(&format!(
+            "k8s-double: kubelet stand-in started in the background (healthz on {addr})"
+        )),
+        "{console:?}"
+    );
+    // A hardened kubelet refuses to start on other kernel settings: nothing listens.
+    let wait_console = |text: &str| {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = std::fs::read_to_string(node.console_path()).unwrap_or_default();
+            if all.contains(text) {
+                return;
+            }
+            assert!(std::time::Instant::now() < until, "no {text:?} in:\n{all}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_console(
+        "k8s-double: kubelet refuses to start: --protect-kernel-defaults: vm.panic_on_oom is 1, want 0",
+    );
+    assert_eq!(healthz(port), None);
+    node.set_sysctl("vm.panic_on_oom", "0");
+    wait_console(&format!("k8s-double: kubelet healthz on {addr}"));
+    assert_eq!(healthz(port), Some((200, "ok".to_string())));
+    // The node's state gone, the stand-in stops.
+    std::fs::remove_file(node.state_file()).expect("rm state");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while healthz(port).is_some() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the stand-in still answers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_background_import_lands_after_the_join_returns() {
+    if let Err(why) = cairn_e2e::containerd::available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let containerd = cairn_e2e::containerd::Containerd::start();
+    let node = Node::new();
+    let name = "ghcr.io/canonical/k8s-snap/pause:3.10";
+    let archive = node.path("images/pause.tar");
+    std::fs::write(
+        &archive,
+        cairn_e2e::containerd::named_archive(&cairn_e2e::rocks::pause_layout(), name),
+    )
+    .expect("write the archive");
+    let socket = containerd.socket();
+    let env = [
+        (
+            "K8S_DOUBLE_CONTAINERD_SOCKET",
+            socket.to_str().expect("utf-8"),
+        ),
+        ("K8S_DOUBLE_SIDELOAD_DELAY", "2s"),
+    ];
+    let started = std::time::Instant::now();
+    let (o, console) = join_worker(&node, &env);
+    assert_exit(&o, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the join waited"
+    );
+    assert_eq!(
+        console[console.len() - 2..],
+        [
+            format!(
+                "k8s-double: side-load {}: 1 archive(s), imported in the background in 2s",
+                node.path("images").display()
+            ),
+            "k8s-double: joined worker".to_string(),
+        ]
+    );
+    // Right after the join: not imported yet.
+    assert!(archive.is_file());
+    assert!(!containerd.image_names().iter().any(|n| n == name));
+    let loaded = node.path("images/pause.tar.loaded");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !loaded.is_file() {
+        assert!(
+            std::time::Instant::now() < until,
+            "not imported:\n{}",
+            std::fs::read_to_string(node.console_path()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(containerd.image_names().iter().any(|n| n == name));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = std::fs::read_to_string(node.console_path()).unwrap_or_default();
+        let after: Vec<&str> = all
+            .lines()
+            .skip_while(|l| *l != "k8s-double: joined worker")
+            .collect();
+        if after.contains(&"k8s-double: side-load done: 1 of 1 imported") {
+            assert_eq!(
+                after[1],
+                format!(
+                    "k8s-double: side-load {}: importing 1 archive(s)",
+                    node.path("images").display()
+                ),
+                "{all}"
+            );
+            assert!(
+                after.contains(&format!("k8s-double: loaded {}", loaded.display()).as_str()),
+                "{all}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{all}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -2,8 +2,11 @@
 //! flag outside Canonical Kubernetes' documented set.
 //!
 //! On the host: `cairn-agent apply --root DIR --kubernetes --k8s DOUBLE` on small hand-made roots (the double's
-//! console, state and `/proc/sys` in a tempdir): the bootstrap file and its mode, the hardening files, a crash
-//! between steps, the sentinel, a worker without a token, a join whose token came from the ESP.
+//! console, state, containerd folder and `/proc/sys` in a tempdir; its services as detached processes, the kubelet
+//! stand-in on a free port): the bootstrap file and its mode, the hardening files, a crash between steps, the
+//! sentinel, a worker without a token, a join whose token came from the ESP, a worker ready without `k8s status`,
+//! a worker cut off between its join and the sentinel, a node named otherwise than its host, the images check
+//! waiting for the distribution's background import (with a throwaway containerd).
 //! Booted: the node base with the double's rock layered on, a preloaded rock imported into the node's real
 //! containerd, a control plane and a worker under QEMU.
 
@@ -84,10 +87,30 @@ fn small_root(dir: &Path, profile: &str) -> PathBuf {
     root
 }
 
-/// `apply --root ROOT --kubernetes --k8s DOUBLE`, the double's console, state and /proc/sys in `ROOT/..`.
+/// The loopback port of this root's kubelet stand-in: picked free once, then kept in `ROOT/../kubelet-port`, as
+/// the stand-in started by a join keeps serving on it across the agent's runs.
+fn kubelet_port(dir: &Path) -> u16 {
+    let file = dir.join("kubelet-port");
+    if let Some(port) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return port;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::write(&file, port.to_string()).expect("write the port");
+    port
+}
+
+/// `apply --root ROOT --kubernetes --k8s DOUBLE`, the double's console, state, containerd folder and /proc/sys in
+/// `ROOT/..`; the kubelet's health is waited for 10 s.
 fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = root.parent().expect("parent");
     let path = |name: &str| dir.join(name).display().to_string();
+    let port = kubelet_port(dir);
     let mut args: Vec<String> = [
         "apply",
         "--root",
@@ -101,6 +124,10 @@ fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         &path("no-fw-cfg"),
         "--dmi",
         &path("no-dmi"),
+        "--kubelet-healthz",
+        &format!("http://127.0.0.1:{port}/healthz"),
+        "--kubelet-wait",
+        "10",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -109,19 +136,27 @@ fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         args.extend(["--esp".to_string(), path("no-esp")]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (console, state, images, proc_sys) = (
+    let (console, state, images, proc_sys, containerd) = (
         path("console"),
         path("double-state"),
         path("images"),
         path("proc-sys"),
+        path("run-containerd"),
     );
+    let healthz = format!("127.0.0.1:{port}");
     let mut all = vec![
         ("K8S_DOUBLE_CONSOLE", console.as_str()),
         ("K8S_DOUBLE_STATE_DIR", state.as_str()),
         ("K8S_DOUBLE_SIDELOAD_DIR", images.as_str()),
         ("K8S_DOUBLE_PROC_SYS", proc_sys.as_str()),
+        ("K8S_DOUBLE_CONTAINERD_DIR", containerd.as_str()),
+        ("K8S_DOUBLE_SERVICES", "process"),
+        ("K8S_DOUBLE_KUBELET_HEALTHZ", healthz.as_str()),
     ];
-    all.extend_from_slice(env);
+    for (k, v) in env {
+        all.retain(|(key, _)| key != k);
+        all.push((k, v));
+    }
     run_agent(args, &all)
 }
 
@@ -347,6 +382,18 @@ fn a_control_plane_bootstraps_once_hardened_even_across_a_crash() {
     );
 }
 
+/// The double's console shows no `k8s status` call: what a worker must never run (k8sd refuses it there).
+fn assert_never_called_status(double: &str) {
+    assert!(
+        !double.lines().any(|l| l.starts_with("k8s-double: status")),
+        "`k8s status` was called:\n{double}"
+    );
+    assert!(
+        !double.contains("this action is restricted on workers"),
+        "{double}"
+    );
+}
+
 /// The address the agent chose, as the double printed it.
 fn address(console: &str) -> String {
     console
@@ -514,12 +561,20 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     let o = apply(&root, &["--esp", &esp_arg], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let failed = line_json(&text(&o), "failed");
+    // A worker judges its readiness by what it can see: its kubelet's health, never `k8s status`.
     assert!(
         failed["note"]
             .as_str()
             .unwrap_or_default()
-            .starts_with("ready: `k8s status --wait-ready` failed"),
+            .starts_with("ready: the kubelet's health endpoint http://127.0.0.1:"),
         "{failed}"
+    );
+    assert!(
+        console(&root).contains(
+            "k8s-double: kubelet refuses to start: --protect-kernel-defaults: kernel.panic is 0, want 10"
+        ),
+        "{}",
+        console(&root)
     );
     assert!(!text(&o).contains(TOKEN), "{}", text(&o));
     // The next boot resumes: no token is needed any more, the join is not run again.
@@ -557,8 +612,17 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     );
     assert!(double.contains("k8s-double: join kind worker"), "{double}");
     assert!(double.contains("k8s-double: joined worker"), "{double}");
+    assert_never_called_status(&double);
     let config: Value =
         serde_json::from_slice(&std::fs::read(&file).expect("join file")).expect("json");
+    // The node is named worker-7 on a host named node-a: the distribution sets the kubelet's
+    // --hostname-override to the name, and the join file leaves it alone.
+    assert!(
+        config["extra-node-kubelet-args"]
+            .get("--hostname-override")
+            .is_none(),
+        "{config}"
+    );
     assert_eq!(
         config
             .as_object()
@@ -665,6 +729,243 @@ fn a_stig_worker_masks_the_images_sshd() {
     assert!(console(&root).contains("k8s-double: joined worker"));
 }
 
+fn worker_instance(dir: &Path, node_name: &str) -> String {
+    let instance = dir.join("instance.toml");
+    std::fs::write(
+        &instance,
+        format!(
+            "[kubernetes]\njoin-token = \"{TOKEN}\"\nnode-name = \"{node_name}\"\naddress = \"10.0.2.16\"\n"
+        ),
+    )
+    .expect("write");
+    instance.display().to_string()
+}
+
+#[test]
+fn a_worker_ends_ready_without_ever_calling_k8s_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
+    let instance = worker_instance(dir.path(), "worker-1");
+    let o = apply(&root, &["--instance", &instance], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    let ready = step(&node, "ready");
+    assert_eq!(
+        ready["detail"], "member as worker-1 (worker); kubelet healthy",
+        "{node}"
+    );
+    let double = console(&root);
+    assert_never_called_status(&double);
+    // Asked before the join (not a member yet) and at ready (a member).
+    assert!(
+        double.contains("k8s-double: error: local-node-status: the node is not part of a cluster"),
+        "{double}"
+    );
+    assert!(
+        double.contains("k8s-double: local-node-status member (worker)"),
+        "{double}"
+    );
+    assert!(
+        double.contains("k8s-double: kubelet healthz on 127.0.0.1:"),
+        "{double}"
+    );
+}
+
+#[test]
+fn a_worker_cut_off_between_its_join_and_the_sentinel_ends_ready_without_a_second_join() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
+    let instance = worker_instance(dir.path(), "worker-1");
+    // The power goes right after `k8s join-cluster` returned: the double's record says joined, and the agent
+    // has neither its sentinel nor the rest of its journal.
+    let o = apply(
+        &root,
+        &["--instance", &instance],
+        &[("CAIRN_AGENT_CRASH_AFTER", "join")],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("double-state/state.json").is_file());
+    std::fs::remove_file(root.join("var/lib/cairn/kubernetes/cluster-member")).expect("rm");
+    let state_path = root.join("var/lib/cairn/state.json");
+    let mut state: Value =
+        serde_json::from_slice(&std::fs::read(&state_path).expect("state")).expect("json");
+    state["done"] = serde_json::json!(["system"]);
+    state["steps"]
+        .as_object_mut()
+        .expect("steps")
+        .remove("kubernetes");
+    std::fs::write(&state_path, serde_json::to_vec(&state).expect("json")).expect("write");
+
+    let o = apply(&root, &["--instance", &instance], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let node = line_json(&text(&o), "ready");
+    assert_eq!(
+        step(&node, "join")["detail"],
+        "already a cluster member, the distribution says (an earlier boot stopped after `k8s join-cluster`): not run again",
+        "{node}"
+    );
+    assert_eq!(step(&node, "ready")["outcome"], "unchanged", "{node}");
+    let double = console(&root);
+    assert_eq!(
+        double.matches("k8s-double: join-cluster ").count(),
+        1,
+        "{double}"
+    );
+    assert_never_called_status(&double);
+    assert_eq!(
+        mode(&root, "/var/lib/cairn/kubernetes/cluster-member"),
+        0o600
+    );
+}
+
+#[test]
+fn a_node_named_otherwise_than_its_host_leaves_hostname_override_to_the_distribution() {
+    for hardening in ["cis", "stig"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = kubernetes_profile("control-plane", "").replace(
+            "role = \"control-plane\"\n",
+            &format!("role = \"control-plane\"\nhardening = \"{hardening}\"\n"),
+        );
+        let root = small_root(dir.path(), &profile);
+        let instance = dir.path().join("instance.toml");
+        std::fs::write(
+            &instance,
+            "[kubernetes]\nnode-name = \"cp-1\"\naddress = \"10.0.2.15\"\n",
+        )
+        .expect("write");
+        let o = apply(&root, &["--instance", &instance.display().to_string()], &[]);
+        assert!(o.status.success(), "{hardening}: {}", text(&o));
+        let double = console(&root);
+        assert!(
+            double.contains("k8s-double: bootstrap --name cp-1 --address 10.0.2.15 "),
+            "{double}"
+        );
+        let config: Value = serde_json::from_slice(
+            &std::fs::read(root.join("var/lib/cairn/kubernetes/bootstrap.json")).expect("file"),
+        )
+        .expect("json");
+        let kubelet = config["extra-node-kubelet-args"]
+            .as_object()
+            .expect("kubelet args");
+        assert!(
+            !kubelet.contains_key("--hostname-override"),
+            "{hardening}: {config}"
+        );
+        // The STIG audits request and response bodies; CIS only metadata.
+        let audit =
+            std::fs::read_to_string(root.join("var/lib/cairn/kubernetes/audit-policy.yaml"))
+                .expect("audit policy");
+        let level = if hardening == "stig" {
+            "RequestResponse"
+        } else {
+            "Metadata"
+        };
+        assert!(audit.ends_with(&format!("- level: {level}\n")), "{audit}");
+        let node = line_json(&text(&o), "ready");
+        assert_eq!(
+            step(&node, "ready")["detail"],
+            "cluster status:           ready; member as cp-1 (control-plane); kubelet healthy",
+            "{node}"
+        );
+    }
+}
+
+#[test]
+fn the_images_check_waits_for_the_background_import_and_names_what_is_missing() {
+    if let Err(why) = cairn_e2e::containerd::available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let containerd = cairn_e2e::containerd::Containerd::start();
+    let socket = containerd.socket().display().to_string();
+    let layout = cairn_e2e::rocks::pause_layout();
+    let digest = cairn_e2e::rocks::layout_digest(&layout, "3.10");
+    let pause = "ghcr.io/canonical/k8s-snap/pause:3.10";
+    let preload = |name: &str, digest: &str| {
+        format!(
+            "[[preload]]\nrock = \"localhost:5000/canonical/k8s-snap/pause:3.10@{digest}\"\nname = \"{name}\"\n"
+        )
+    };
+    let node = |extra: &str, broken: bool, delay: &str, wait: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = small_root(dir.path(), &kubernetes_profile("control-plane", extra));
+        let archive = cairn_e2e::containerd::named_archive(&layout, pause);
+        write(&root, "/usr/lib/cairn/images/pause.tar", "", 0o644);
+        std::fs::write(root.join("usr/lib/cairn/images/pause.tar"), archive).expect("write");
+        if broken {
+            // An archive the import fails on: the distribution logs it and leaves it; its image never comes.
+            write(
+                &root,
+                "/usr/lib/cairn/images/coredns.tar",
+                "not an archive",
+                0o644,
+            );
+        }
+        let sideload = root
+            .join("var/snap/k8s/common/images")
+            .display()
+            .to_string();
+        let o = apply(
+            &root,
+            &[
+                "--instance",
+                "/dev/null",
+                "--containerd-socket",
+                &socket,
+                "--images-wait",
+                wait,
+            ],
+            &[
+                ("K8S_DOUBLE_CONTAINERD_SOCKET", &socket),
+                ("K8S_DOUBLE_SIDELOAD_DIR", &sideload),
+                ("K8S_DOUBLE_SIDELOAD_DELAY", delay),
+            ],
+        );
+        (dir, root, o)
+    };
+    // The import lands 3 s after the bootstrap returned: the check waits for it.
+    let (_dir, root, o) = node(&preload(pause, &digest), false, "3s", "60");
+    assert!(o.status.success(), "{}\n{}", text(&o), console(&root));
+    let ready = line_json(&text(&o), "ready");
+    let images = step(&ready, "images")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        images.starts_with("1 images with their pinned digests in namespace k8s.io (after "),
+        "{ready}"
+    );
+    assert!(
+        root.join("var/snap/k8s/common/images/pause.tar.loaded")
+            .is_file()
+    );
+
+    // An image whose archive does not import never comes: after the bound the step names it, and only it.
+    let coredns = "ghcr.io/canonical/coredns:1.11.1-ck0";
+    let (_dir, root, o) = node(
+        &format!("{}{}", preload(pause, &digest), preload(coredns, &digest)),
+        true,
+        "1s",
+        "4",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let failed = line_json(&text(&o), "failed");
+    assert_eq!(
+        failed["note"],
+        format!(
+            "images: not in containerd's k8s.io namespace after 4s of the distribution's background import: \
+             {coredns} (preload[1].rock)"
+        ),
+        "{failed}\n{}",
+        console(&root)
+    );
+    assert!(
+        console(&root).contains("k8s-double: side-load done: 1 of 2 imported"),
+        "{}",
+        console(&root)
+    );
+}
+
 /// The `k8s` double's test rock, pushed to the shared registry.
 fn double_rock() -> String {
     static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -711,6 +1012,16 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
     assert_eq!(
         report["kubernetes"]["arguments"]["worker"]["kubelet"]["--protect-kernel-defaults"],
         "true"
+    );
+    // The base's own containerd is masked: the distribution refuses to start beside another one.
+    assert!(
+        report["system"]["files"]
+            .as_array()
+            .expect("system.files")
+            .iter()
+            .any(|f| f["path"] == "/etc/systemd/system/containerd.service" && f["what"] == "mask"),
+        "{}",
+        report["system"]
     );
 
     // No token anywhere in the built disk images.
@@ -787,10 +1098,23 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             .contains("k8s-double: kubelet kernel defaults ok: kernel.keys.root_maxbytes=25000000"),
         "{serial}"
     );
-    // The node's real containerd imported the archive: the name, the pinned index digest.
+    // The distribution's containerd (the double's unit, not the base's masked one) imported the archive in the
+    // background: the name, the pinned index digest.
+    assert!(
+        serial.contains("k8s-double: systemctl start k8s-double-containerd.service"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: side-load done: 1 of 1 imported"),
+        "{serial}"
+    );
     assert!(
         listed_by_containerd(&serial, &pause_digest),
         "containerd does not list the pinned image:\n{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: local-node-status member (control-plane)"),
+        "{serial}"
     );
 
     // The worker joins with the token from fw_cfg; the token never reaches the console from cairn.
@@ -819,6 +1143,34 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         serial
             .contains("k8s-double: file /var/lib/cairn/kubernetes/join.json mode 0600 uid 0 gid 0"),
         "{serial}"
+    );
+    // Ready as a worker can see it: a member with a healthy kubelet, never `k8s status` (refused on a worker).
+    assert_never_called_status(
+        &serial
+            .lines()
+            .map(|l| {
+                l.split_once("k8s-double: ")
+                    .map_or(l.to_string(), |(_, r)| format!("k8s-double: {r}"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert!(
+        serial.contains("k8s-double: local-node-status member (worker)"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: kubelet healthz on 127.0.0.1:10248"),
+        "{serial}"
+    );
+    // Named worker-1 on a host named worker-<machine id>: --hostname-override is the distribution's to set.
+    let worker_config = serial
+        .lines()
+        .find_map(|l| l.split_once("k8s-double: config ").map(|(_, j)| j.trim()))
+        .expect("the double's config line");
+    assert!(
+        !worker_config.contains("--hostname-override"),
+        "{worker_config}"
     );
     assert!(
         listed_by_containerd(&serial, &pause_digest),

@@ -123,8 +123,9 @@ impl Hardening {
                 ("--streaming-connection-idle-timeout", s("5m")),
                 ("--make-iptables-util-chains", s("true")),
                 ("--tls-cipher-suites", s(TLS_CIPHER_SUITES)),
-                // The node's name must be the one its certificate carries: no override.
-                ("--hostname-override", None),
+                // No `--hostname-override` here: k8sd sets it when the node's name differs from its hostname
+                // (canonical/k8sd pkg/k8sd/setup/kubelet.go), and a kubelet without it registers under the
+                // hostname, so a node named otherwise would never register under its name.
             ],
             Component::Etcd => vec![
                 ("--client-cert-auth", s("true")),
@@ -215,10 +216,23 @@ apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n
     }
 }
 
-/// The audit policy: metadata of every request, never a request or response body (those would carry secrets).
+/// The audit level of every request under a preset: `cis`, the metadata only (no request or response body, which
+/// would carry secrets); `stig`, `RequestResponse`, the bodies too, as DISA's V-242403 asks and the distribution's
+/// own STIG policy has it (canonical/k8s-snap k8s/resources/configurations/audit-policy.yaml, which its
+/// disa-stig/*.yaml files name). `None` under `none`.
+pub fn audit_level(h: Hardening) -> Option<&'static str> {
+    match h {
+        Hardening::Cis => Some("Metadata"),
+        Hardening::Stig => Some("RequestResponse"),
+        Hardening::None => None,
+    }
+}
+
+/// The audit policy: every request at [`audit_level`], health probes left out.
 pub fn audit_policy(h: Hardening) -> Option<String> {
-    (h != Hardening::None).then(|| {
-        "# Written by cairn-agent: the audit policy of the hardening preset.\n\
+    audit_level(h).map(|level| {
+        format!(
+            "# Written by cairn-agent: the audit policy of the hardening preset.\n\
 apiVersion: audit.k8s.io/v1\n\
 kind: Policy\n\
 omitStages:\n\
@@ -230,8 +244,8 @@ rules:\n\
   - /livez*\n\
   - /readyz*\n\
   - /version\n\
-- level: Metadata\n"
-            .to_string()
+- level: {level}\n"
+        )
     })
 }
 
@@ -303,6 +317,14 @@ mod tests {
             Some(&Some("true".into()))
         );
         assert_eq!(arg(&a, Component::Etcd, "--auto-tls"), Some(&None));
+        // The kubelet's --hostname-override is left to the distribution, which sets it when the node's name is
+        // not its hostname: deleting it would keep such a node from registering.
+        for h in ["", "hardening = \"stig\"\n"] {
+            for role in [Role::ControlPlane, Role::Worker] {
+                let a = arguments(&kubernetes(h), role);
+                assert_eq!(arg(&a, Component::Kubelet, "--hostname-override"), None);
+            }
+        }
         assert_eq!(Hardening::Cis.sysctls().len(), 6);
         assert!(
             admission_config(Hardening::Cis)
@@ -355,6 +377,12 @@ mod tests {
                 .unwrap()
                 .contains("enforce: baseline")
         );
+        // The STIG audits bodies too (V-242403, the snap's own STIG policy); CIS only metadata.
+        let stig = audit_policy(Hardening::Stig).unwrap();
+        assert!(stig.ends_with("- level: RequestResponse\n"), "{stig}");
+        assert!(!stig.contains("level: Metadata"), "{stig}");
+        let cis = audit_policy(Hardening::Cis).unwrap();
+        assert!(cis.ends_with("- level: Metadata\n"), "{cis}");
         let k = kubernetes(
             "hardening = \"none\"\n[kubernetes.extra-args]\nkubelet = { \"--max-pods\" = \"150\" }\n",
         );

@@ -1,5 +1,6 @@
 //! The `kubernetes` phase: preloaded images placed → hardening files → the distribution's file → bootstrap or
-//! join → images checked in containerd → ready.
+//! join → images checked in containerd (waiting for the distribution's background import) → ready, judged from
+//! what each role can see → the distribution's files made owner-only.
 //!
 //! Each step is journaled in the agent's state and shown in its status. Every step but bootstrap/join is
 //! idempotent and simply runs again on the next boot after a failure; bootstrap/join is guarded by a sentinel
@@ -11,6 +12,7 @@ mod address;
 pub mod config;
 pub mod containerd;
 mod esp;
+mod probe;
 mod steps;
 
 use std::path::PathBuf;
@@ -59,8 +61,14 @@ pub struct Settings {
     pub containerd_socket: PathBuf,
     /// How long containerd may take to answer once the node has bootstrapped or joined.
     pub containerd_wait: Duration,
-    /// `k8s status --wait-ready --timeout`.
+    /// How long the preloaded images may take to appear in containerd: the distribution imports them in the
+    /// background after its containerd starts, and a join returns before that.
+    pub images_wait: Duration,
+    /// `k8s status --wait-ready --timeout` (a control plane), and the bootstrap's and join's `--timeout`.
     pub ready_timeout: Duration,
+    /// The kubelet's health endpoint, and how long it may take to answer `ok` once the node is a member.
+    pub kubelet_healthz: String,
+    pub kubelet_wait: Duration,
     /// How long a live node waits for DHCP to give the default route's link an address, when the instance
     /// data names none: the network may still be coming up when the phase starts.
     pub address_wait: Duration,
@@ -72,7 +80,10 @@ impl Default for Settings {
             k8s: None,
             containerd_socket: PathBuf::from(CONTAINERD_SOCKET),
             containerd_wait: Duration::from_secs(300),
+            images_wait: Duration::from_secs(300),
             ready_timeout: Duration::from_secs(600),
+            kubelet_healthz: probe::KUBELET_HEALTHZ.to_string(),
+            kubelet_wait: Duration::from_secs(300),
             address_wait: Duration::from_secs(120),
         }
     }
@@ -296,11 +307,11 @@ impl<'a> Step<Node<'a>> for StepName {
             StepName::Preload => format!("copy the preloaded archives of {IMAGES_DIR} into {SIDELOAD_DIR}"),
             StepName::Hardening => "the preset's sysctls and, on a control plane, its admission, audit and encryption files".into(),
             StepName::Config => "the distribution's bootstrap or join file".into(),
-            StepName::Bootstrap => "`k8s bootstrap`, once (asking the distribution first whether the node is a member)".into(),
-            StepName::Join => "`k8s join-cluster` with the instance's token, once (asking the distribution first)".into(),
-            StepName::Images => format!("check each preloaded image in containerd's {NAMESPACE} namespace with its pinned digest"),
-            StepName::Ready => "`k8s status --wait-ready`".into(),
-            StepName::Modes => "make the distribution's files owner-only under a hardening preset".into(),
+            StepName::Bootstrap => "`k8s bootstrap`, once (asking `k8s local-node-status` first whether the node is a member)".into(),
+            StepName::Join => "`k8s join-cluster` with the instance's token, once (asking `k8s local-node-status` first)".into(),
+            StepName::Images => format!("wait for each preloaded image in containerd's {NAMESPACE} namespace with its pinned digest"),
+            StepName::Ready => "a member (`k8s local-node-status`) whose kubelet is healthy; on a control plane also `k8s status --wait-ready`".into(),
+            StepName::Modes => "make the distribution's files owner-only and etcd's folder 0700 under a hardening preset".into(),
         }
     }
 

@@ -13,7 +13,7 @@ use cairn_profile::kubernetes::{Hardening, JoinToken};
 
 use super::{
     IMAGES_DIR, Membership, NAMESPACE, Node, OWNER_0600, OWNER_0700, SENTINEL, SIDELOAD_DIR,
-    Sentinel, config, containerd, esp,
+    Sentinel, config, containerd, esp, probe,
 };
 use crate::apply::services;
 use crate::datasources::SourceKind;
@@ -201,8 +201,10 @@ impl Node<'_> {
         };
         let k8s = self.settings.k8s()?;
         // An earlier boot may have been cut off after the distribution accepted the command but before the
-        // sentinel was written: the distribution refuses a second bootstrap, and a token is single-use.
-        let already = Command::new(&k8s).arg("status").inherit_env().run().is_ok();
+        // sentinel was written: the distribution refuses a second bootstrap, and a token is single-use. Asked with
+        // `local-node-status`, which every role may call (`status` is refused on a worker); an answer other than
+        // member or not-a-member stops the step rather than risk a second join.
+        let already = probe::local_node(&k8s)?.is_some();
         if !already {
             let file = t.resolve(self.kind.path(), true)?;
             let mut cmd = Command::new(&k8s).arg(verb);
@@ -251,64 +253,116 @@ impl Node<'_> {
     }
 
     /// Checks through containerd's socket that every preloaded image is in namespace `k8s.io` with its pinned
-    /// digest.
+    /// digest. The distribution imports the side-loaded archives in the background after its containerd starts,
+    /// and a join returns before that: the images are listed again every two seconds for up to
+    /// [`super::Settings::images_wait`] (5 minutes), then the step names each image still missing. A wrong digest
+    /// fails at once: a later import would not change it.
     pub(super) fn images(&self) -> Result<Done, StepError> {
         if self.preloads.is_empty() {
             return Ok(Done::with_detail(false, "no preloaded images"));
         }
         let socket = &self.settings.containerd_socket;
         containerd::wait_for(socket, self.settings.containerd_wait)?;
-        let images = containerd::list_images(socket, NAMESPACE, Duration::from_secs(30))?;
-        for p in self.preloads {
-            let pinned = p
-                .rock
-                .reference
-                .digest
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            match images.iter().find(|i| i.name == p.name) {
-                None => {
-                    return Err(StepError::refused(format!(
-                        "image {} ({}): not in containerd's {NAMESPACE} namespace",
-                        p.name, p.rock.key
-                    )));
+        let start = std::time::Instant::now();
+        let deadline = start + self.settings.images_wait;
+        loop {
+            let images = containerd::list_images(socket, NAMESPACE, Duration::from_secs(30))?;
+            let mut missing = Vec::new();
+            for p in self.preloads {
+                let pinned = p
+                    .rock
+                    .reference
+                    .digest
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                match images.iter().find(|i| i.name == p.name) {
+                    None => missing.push(format!("{} ({})", p.name, p.rock.key)),
+                    Some(i) if i.target.digest != pinned => {
+                        return Err(StepError::refused(format!(
+                            "image {} ({}): containerd has {}, the profile pins {pinned}",
+                            p.name, p.rock.key, i.target.digest
+                        )));
+                    }
+                    Some(_) => {}
                 }
-                Some(i) if i.target.digest != pinned => {
-                    return Err(StepError::refused(format!(
-                        "image {} ({}): containerd has {}, the profile pins {pinned}",
-                        p.name, p.rock.key, i.target.digest
-                    )));
-                }
-                Some(_) => {}
             }
+            if missing.is_empty() {
+                let waited = start.elapsed().as_secs();
+                let mut detail = format!(
+                    "{} images with their pinned digests in namespace {NAMESPACE}",
+                    self.preloads.len()
+                );
+                if waited > 0 {
+                    detail.push_str(&format!(" (after {waited}s of the distribution's import)"));
+                }
+                return Ok(Done::with_detail(false, detail));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StepError::refused(format!(
+                    "not in containerd's {NAMESPACE} namespace after {}s of the distribution's background import: {}",
+                    self.settings.images_wait.as_secs(),
+                    missing.join(", ")
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(2).min(self.settings.images_wait));
         }
-        Ok(Done::with_detail(
-            false,
-            format!(
-                "{} images with their pinned digests in namespace {NAMESPACE}",
-                self.preloads.len()
-            ),
-        ))
     }
 
+    /// Ready as far as this node can see: a member (`k8s local-node-status`) whose kubelet answers its health
+    /// endpoint, within [`super::Settings::kubelet_wait`]. A control plane first runs
+    /// `k8s status --wait-ready`, which waits for at least one ready node of the cluster (not this one: k8sd
+    /// pkg/client/kubernetes/status.go HasReadyNodes); a worker never does, as k8sd refuses it there.
     pub(super) fn ready(&self) -> Result<Done, StepError> {
         let k8s = self.settings.k8s()?;
-        let cmd = Command::new(&k8s)
-            .args(["status", "--wait-ready", "--timeout"])
-            .arg(format!("{}s", self.settings.ready_timeout.as_secs()));
-        let out = k8s_command(cmd, "status --wait-ready", None)?;
-        let first = out.lines().next().unwrap_or("ready").trim().to_string();
-        Ok(Done::with_detail(false, first))
+        let mut detail = Vec::new();
+        if self.role == Role::ControlPlane {
+            let cmd = Command::new(&k8s)
+                .args(["status", "--wait-ready", "--timeout"])
+                .arg(format!("{}s", self.settings.ready_timeout.as_secs()));
+            let out = k8s_command(cmd, "status --wait-ready", None)?;
+            detail.push(out.lines().next().unwrap_or("ready").trim().to_string());
+        }
+        let Some(node) = probe::local_node(&k8s)? else {
+            return Err(StepError::refused(
+                "`k8s local-node-status`: the node is not part of a Kubernetes cluster, though it bootstrapped or joined",
+            ));
+        };
+        let took =
+            probe::kubelet_healthy(&self.settings.kubelet_healthz, self.settings.kubelet_wait)?;
+        detail.push(format!(
+            "member as {} ({}); kubelet healthy{}",
+            node.name,
+            node.cluster_role,
+            if took.as_secs() > 0 {
+                format!(" after {}s", took.as_secs())
+            } else {
+                String::new()
+            }
+        ));
+        Ok(Done::with_detail(false, detail.join("; ")))
     }
 }
 
-/// The folders whose files the distribution writes with keys, certificates, kubeconfigs and component arguments.
-pub const DISTRIBUTION_FILES: &[&str] = &["/etc/kubernetes", "/var/snap/k8s/common/args"];
+/// The folders whose files the distribution writes with keys, certificates, kubeconfigs, component arguments and
+/// the CNI configuration (k8sd pkg/snap/snap.go: KubernetesConfigDir, ServiceArgumentsDir, CNIConfDir), and the
+/// kubelet's unit, which snapd writes.
+pub const DISTRIBUTION_FILES: &[&str] = &[
+    "/etc/kubernetes",
+    "/var/snap/k8s/common/args",
+    "/etc/cni/net.d",
+    "/etc/systemd/system/snap.k8s.kubelet.service",
+];
+/// etcd's folder and its data folder (pkg/snap/snap.go EtcdDir, pkg/k8sd/setup/etcd.go `--data-dir`): 0700.
+pub const ETCD_DIRS: &[&str] = &[
+    "/var/snap/k8s/common/var/lib/etcd",
+    "/var/snap/k8s/common/var/lib/etcd/data",
+];
 
 impl Node<'_> {
     /// Under a hardening preset, once the node is ready: every file the distribution wrote under
-    /// [`DISTRIBUTION_FILES`] is made owner-only (0600 for a 0644 file), as the CIS benchmark asks.
+    /// [`DISTRIBUTION_FILES`] is made owner-only (0600 for a 0644 file), and etcd's folders ([`ETCD_DIRS`]) 0700,
+    /// as the CIS benchmark asks.
     pub(super) fn modes(&self) -> Result<Done, StepError> {
         if self.kubernetes.hardening == Hardening::None {
             return Ok(Done::with_detail(false, "hardening none: not checked"));
@@ -319,7 +373,24 @@ impl Node<'_> {
             let host = self.target.resolve(dir, true)?;
             owner_only(&host, dir, &mut checked, &mut tightened)?;
         }
-        let mut detail = format!("{checked} files of the distribution checked");
+        for dir in ETCD_DIRS {
+            let host = self.target.resolve(dir, true)?;
+            match fs::symlink_metadata(&host) {
+                Ok(meta) if meta.is_dir() => {
+                    checked += 1;
+                    let mode = meta.permissions().mode() & 0o7777;
+                    if mode & 0o077 != 0 {
+                        fs::set_permissions(&host, fs::Permissions::from_mode(mode & 0o7700))
+                            .map_err(|e| StepError::refused(format!("{dir}: {e}")))?;
+                        tightened.push(dir.to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StepError::refused(format!("{dir}: {e}"))),
+            }
+        }
+        let mut detail = format!("{checked} files and folders of the distribution checked");
         if !tightened.is_empty() {
             detail.push_str(&format!(", made owner-only: {}", tightened.join(", ")));
         }
@@ -327,12 +398,19 @@ impl Node<'_> {
     }
 }
 
+/// Makes `host` (a file, or every file under a folder) owner-only.
 fn owner_only(
     host: &Path,
     shown: &str,
     checked: &mut usize,
     tightened: &mut Vec<String>,
 ) -> Result<(), StepError> {
+    match fs::symlink_metadata(host) {
+        Ok(meta) if meta.is_file() => return tighten(host, shown, &meta, checked, tightened),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StepError::refused(format!("{shown}: {e}"))),
+    }
     let entries = match fs::read_dir(host) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -347,14 +425,25 @@ fn owner_only(
         if meta.is_dir() {
             owner_only(&e.path(), &name, checked, tightened)?;
         } else if meta.is_file() {
-            *checked += 1;
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                fs::set_permissions(e.path(), fs::Permissions::from_mode(mode & 0o7700))
-                    .map_err(|err| StepError::refused(format!("{name}: {err}")))?;
-                tightened.push(name);
-            }
+            tighten(&e.path(), &name, &meta, checked, tightened)?;
         }
+    }
+    Ok(())
+}
+
+fn tighten(
+    path: &Path,
+    name: &str,
+    meta: &fs::Metadata,
+    checked: &mut usize,
+    tightened: &mut Vec<String>,
+) -> Result<(), StepError> {
+    *checked += 1;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7700))
+            .map_err(|err| StepError::refused(format!("{name}: {err}")))?;
+        tightened.push(name.to_string());
     }
     Ok(())
 }

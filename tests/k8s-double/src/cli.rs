@@ -34,6 +34,10 @@ pub enum Command {
         timeout: Duration,
         format: Format,
     },
+    /// The hidden `local-node-status` (k8sd cmd/k8s/k8s_local_node_status.go): `--output-format` only.
+    LocalNodeStatus {
+        format: Format,
+    },
 }
 
 /// What was received, for the console: the command and its flags as `--flag value`, in the order given.
@@ -68,7 +72,7 @@ impl fmt::Display for UsageError {
             UsageError::NoCommand => {
                 write!(
                     f,
-                    "a command is required: bootstrap, join-cluster or status"
+                    "a command is required: bootstrap, join-cluster, status or local-node-status"
                 )
             }
             UsageError::UnknownCommand(c) => write!(f, "unknown command {c:?} for \"k8s\""),
@@ -124,6 +128,8 @@ const STATUS_FLAGS: &[(&str, Kind, bool)] = &[
     ("timeout", Kind::Duration, false),
     ("output-format", Kind::Str, false),
 ];
+/// k8sd cmd/k8s/k8s_local_node_status.go declares `--output-format` and nothing else: no `--timeout`.
+const LOCAL_NODE_STATUS_FLAGS: &[(&str, Kind, bool)] = &[("output-format", Kind::Str, false)];
 
 /// The real CLI's default `--timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -152,6 +158,7 @@ pub fn parse(args: &[String]) -> Result<(Command, Shown), UsageError> {
         "bootstrap" => (NODE_FLAGS, 0),
         "join-cluster" => (NODE_FLAGS, 1),
         "status" => (STATUS_FLAGS, 0),
+        "local-node-status" => (LOCAL_NODE_STATUS_FLAGS, 0),
         other if other.starts_with("--") => {
             let name = other[2..].split('=').next().unwrap_or_default();
             return Err(UsageError::UnknownFlag(name.to_string()));
@@ -199,6 +206,7 @@ pub fn parse(args: &[String]) -> Result<(Command, Shown), UsageError> {
             timeout,
             format,
         },
+        "local-node-status" => Command::LocalNodeStatus { format },
         kind => {
             let opts = NodeOpts {
                 file: parsed.get("file").unwrap_or_default().to_string(),
@@ -502,6 +510,14 @@ mod tests {
         assert_eq!(
             err(&["status", "--output-format", "xml"]),
             "Unknown --output-format \"xml\". It must be one of \"plain\" (default), \"json\" or \"yaml\"."
+        );
+        assert_eq!(
+            err(&["local-node-status", "--timeout", "5s"]),
+            "unknown flag: --timeout"
+        );
+        assert_eq!(
+            err(&["local-node-status", "now"]),
+            "accepts 0 arg(s), received 1"
         );
         assert_eq!(
             err(&["status", "--timeout", "1m", "--timeout=2m"]),

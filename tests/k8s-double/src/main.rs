@@ -1,11 +1,14 @@
 //! `k8s`: a strict test double of Canonical Kubernetes' `k8s` command, for cairn's end-to-end boot test. It
 //! accepts only what cairn's contract documents, reports every call on the console (`k8s-double: ` lines),
-//! side-loads images into the node's real containerd, and remembers that the node is in a cluster. It runs no
-//! Kubernetes. See README.md.
+//! starts stand-ins of the node's services, side-loads images into a real containerd in the background, and
+//! remembers that the node is in a cluster. It runs no Kubernetes. Each rule names the upstream source it
+//! follows (`repo path`); see README.md.
 
 mod cli;
 mod config;
 mod console;
+mod kubelet;
+mod services;
 mod sideload;
 
 use std::io::Read;
@@ -27,6 +30,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/k8s-double";
 struct Failure {
     stderr: String,
     console: String,
+    /// `stderr` is printed as it is, without `Error: ` (the real CLI prints some failures so).
+    raw: bool,
 }
 
 impl Failure {
@@ -34,6 +39,14 @@ impl Failure {
         Failure {
             stderr: stderr.into(),
             console: console.into(),
+            raw: false,
+        }
+    }
+
+    fn raw(stderr: impl Into<String>, console: impl Into<String>) -> Failure {
+        Failure {
+            raw: true,
+            ..Failure::new(stderr, console)
         }
     }
 
@@ -44,8 +57,40 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut console = Console::open();
+    // The background stand-ins the double starts after a bootstrap or join (services.rs).
+    match std::env::var(services::MODE_ENV).as_deref() {
+        Ok("sideload") => {
+            return match sideload::side_load(
+                &sideload_dir(),
+                &services::containerd_socket(),
+                &mut console,
+            ) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    console.line(&format!("error: side-load: {e}"));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Ok("kubelet") => {
+            let state = state_path();
+            let hardened = || {
+                read_state(&state)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.get("protect-kernel-defaults") == Some(&Value::Bool(true)))
+            };
+            let code = kubelet::serve(
+                &state,
+                || hardened().then(kernel_refusal).flatten(),
+                &mut console,
+            );
+            return ExitCode::from(code as u8);
+        }
+        _ => {}
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match cli::parse(&args) {
         Ok((command, shown)) => {
             console.line(&shown.to_string());
@@ -58,6 +103,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.raw => {
+            eprint!("{}", f.stderr);
+            console.line(&format!("error: {}", f.console));
+            ExitCode::FAILURE
+        }
         Err(f) => {
             eprintln!("Error: {}", f.stderr);
             console.line(&format!("error: {}", f.console));
@@ -76,6 +126,7 @@ fn run(command: Command, console: &mut Console) -> Result<(), Failure> {
             timeout: _,
             format,
         } => status(&state, format, console),
+        Command::LocalNodeStatus { format } => local_node_status(&state, format, console),
     }
 }
 
@@ -143,19 +194,12 @@ fn node(
         console.line(&format!("config {}", config::console_line(&config)));
         (config, "bootstrap")
     };
+    containerd_absent(joining)?;
     if joining {
         eprintln!("Joining the cluster. This may take a few seconds, please wait.");
     } else {
         eprintln!("Bootstrapping the cluster. This may take a few seconds, please wait.");
     }
-    sideload::side_load(&sideload_dir(), console).map_err(|e| {
-        let stderr = if joining {
-            format!("Failed to join the cluster using the provided token.\n\nThe error was: {e}")
-        } else {
-            format!("Failed to bootstrap the cluster.\n\nThe error was: {e}")
-        };
-        Failure::new(stderr, format!("side-load: {e}"))
-    })?;
     let record = json!({
         "role": role,
         "name": opts.name,
@@ -169,6 +213,15 @@ fn node(
     });
     write_state(state, &record)
         .map_err(|e| Failure::same(format!("write {}: {e}", state.display())))?;
+    // The services start before the command returns; the image import does not wait for it.
+    services::start(&sideload_dir(), console).map_err(|e| {
+        let stderr = if joining {
+            format!("Failed to join the cluster using the provided token.\n\nThe error was: {e}")
+        } else {
+            format!("Failed to bootstrap the cluster.\n\nThe error was: {e}")
+        };
+        Failure::new(stderr, format!("services: {e}"))
+    })?;
     if joining {
         println!("{}", join_output(&opts.name, opts.format));
         console.line(&format!("joined {role}"));
@@ -177,6 +230,40 @@ fn node(
         console.line("bootstrapped");
     }
     Ok(())
+}
+
+/// k8sd's pre-init check (pkg/snap/snap.go PreInitChecks, through cmd/k8s/validate.go verifyConfig): the
+/// containerd socket folder must not exist before a bootstrap or join, or another containerd runs on the node.
+/// The CLI prints it as "Bootstrap config verification failed: ..." (cmd/k8s/k8s_bootstrap.go) or "Join cluster
+/// config verification failed: ..." (cmd/k8s/k8s_join_cluster.go), with no `Error: `, and exits 1.
+fn containerd_absent(joining: bool) -> Result<(), Failure> {
+    let dir = services::containerd_dir();
+    let d = dir.display();
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        result => {
+            let why = match result {
+                Ok(_) => format!(
+                    "The path '{d}' required for the containerd socket already exists, meaning there is likely \
+                     another service running containerd on this node, which will conflict with kubernetes. Please \
+                     stop any other running containerd service and remove the existing directory at '{d}' before \
+                     bootstrapping or joining a cluster.\nDev-only: You can change the k8s containerd install path \
+                     using --containerd-base-dir. Note that you may have to update the containerd configs of any \
+                     operators on this node as well.\n"
+                ),
+                Err(e) => format!("Encountered an error while checking '{d}': {e}"),
+            };
+            let what = if joining {
+                "Join cluster config verification failed"
+            } else {
+                "Bootstrap config verification failed"
+            };
+            Err(Failure::raw(
+                format!("{what}: pre-init checks failed for node: {why}"),
+                format!("pre-init check: {d} exists: another containerd runs on this node"),
+            ))
+        }
+    }
 }
 
 /// A Kubernetes node name: a lower-case RFC 1123 subdomain.
@@ -318,10 +405,22 @@ fn status(state: &Path, format: Format, console: &mut Console) -> Result<(), Fai
             .unwrap_or_default()
             .to_string()
     };
+    let role = text("role");
+    // k8sd pkg/k8sd/api/endpoints.go: the cluster status endpoint's access handler is restrictWorkers
+    // (pkg/k8sd/api/worker_access_handler.go), which answers 403 "this action is restricted on workers"; the CLI
+    // wraps it (cmd/k8s/k8s_status.go, pkg/client/k8sd/status.go ClusterStatus, query.go, pkg/utils/control).
+    if role == "worker" {
+        return Err(Failure::new(
+            "Failed to retrieve the cluster status.\n\nThe error was: wait check failed: failed after potential \
+             retry: wait check failed: failed to GET /k8sd/cluster: this action is restricted on workers",
+            "status: this action is restricted on workers",
+        ));
+    }
+    // `--wait-ready` waits for at least one ready node (k8sd pkg/client/kubernetes/status.go HasReadyNodes): the
+    // double's one node is this control plane, whose hardened kubelet must have started.
     if record.get("protect-kernel-defaults") == Some(&Value::Bool(true)) {
         kernel_defaults(console)?;
     }
-    let role = text("role");
     let address = text("address");
     let cluster = record.get("cluster-config").cloned().unwrap_or(Value::Null);
     // Feature defaults of the distribution, overridden by the bootstrap file.
@@ -392,22 +491,103 @@ const KERNEL_DEFAULTS: &[(&str, &str)] = &[
 ];
 
 fn kernel_defaults(console: &mut Console) -> Result<(), Failure> {
+    if let Some(why) = kernel_refusal() {
+        return Err(Failure::same(format!(
+            "The node is not ready: kubelet refuses to start: {why}"
+        )));
+    }
+    let seen: Vec<String> = KERNEL_DEFAULTS
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    console.line(&format!("kubelet kernel defaults ok: {}", seen.join(" ")));
+    Ok(())
+}
+
+/// Why a kubelet with `--protect-kernel-defaults=true` would refuse to start: the first kernel setting that
+/// differs; `None` when all hold.
+fn kernel_refusal() -> Option<String> {
     let root = std::env::var_os("K8S_DOUBLE_PROC_SYS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/proc/sys".into());
-    let mut seen = Vec::new();
-    for (key, want) in KERNEL_DEFAULTS {
+    KERNEL_DEFAULTS.iter().find_map(|(key, want)| {
         let path = root.join(key.replace('.', "/"));
         let have = std::fs::read_to_string(&path)
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|e| format!("unreadable ({e})"));
-        if have != *want {
-            return Err(Failure::same(format!(
-                "The node is not ready: kubelet refuses to start: --protect-kernel-defaults: {key} is {have}, want {want}"
-            )));
+        (have != *want).then(|| format!("--protect-kernel-defaults: {key} is {have}, want {want}"))
+    })
+}
+
+/// `local-node-status` (k8sd cmd/k8s/k8s_local_node_status.go): allowed on every role (its endpoint, NodeStatus
+/// in pkg/k8sd/api/endpoints.go, has no access handler). A member prints its apiv2.NodeStatus (k8s-snap-api
+/// api/type_node_status.go) through cmd/util/formatter.go: plain is Go's `%v` of the struct, json is indented by
+/// two spaces, yaml is yaml.v2's. A worker's address is its host alone and it has no datastore role; a control
+/// plane's is its cluster member address with the port, `voter` (pkg/k8sd/api/impl/k8sd.go GetLocalNodeStatus).
+fn local_node_status(state: &Path, format: Format, console: &mut Console) -> Result<(), Failure> {
+    let Some(record) = read_state(state)? else {
+        return Err(Failure::new(
+            "The node is not part of a Kubernetes cluster. You can bootstrap a new cluster with:\n\n  sudo k8s bootstrap",
+            "local-node-status: the node is not part of a cluster",
+        ));
+    };
+    let text = |key: &str| {
+        record
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let name = text("name");
+    let address = text("address");
+    let (address, role, datastore) = if text("role") == "worker" {
+        let host = address
+            .rsplit_once(':')
+            .map_or(address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        (host, "worker", "")
+    } else {
+        (address, "control-plane", "voter")
+    };
+    let fields = [
+        ("name", name.as_str()),
+        ("address", address.as_str()),
+        ("cluster-role", role),
+        ("datastore-role", datastore),
+    ];
+    let out = match format {
+        Format::Plain => format!("{{{name} {address} {role} {datastore}}}"),
+        Format::Json => {
+            let lines: Vec<String> = fields
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| format!("  {}: {}", yq(k), yq(v)))
+                .collect();
+            format!("{{\n{}\n}}", lines.join(",\n"))
         }
-        seen.push(format!("{key}={have}"));
-    }
-    console.line(&format!("kubelet kernel defaults ok: {}", seen.join(" ")));
+        Format::Yaml => fields
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}: {}", yaml_scalar(v)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    println!("{out}");
+    console.line(&format!("local-node-status member ({role})"));
     Ok(())
+}
+
+/// A YAML scalar as yaml.v2 writes a plain string: bare when it cannot read back as anything else.
+fn yaml_scalar(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'_'))
+        && s.parse::<f64>().is_err()
+        && !matches!(
+            s,
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
+        );
+    if plain { s.to_string() } else { yq(s) }
 }

@@ -1,5 +1,11 @@
-//! The distribution's air-gapped image side-loading, done with the node's real containerd: every
-//! `*.tar` in the side-load folder is imported into namespace `k8s.io` with `ctr` and renamed `*.tar.loaded`.
+//! The distribution's air-gapped image side-loading, done with the node's real containerd: every `*.tar` in the
+//! side-load folder is imported into namespace `k8s.io` with `ctr` and renamed `*.tar.loaded`.
+//!
+//! As in the snap, this happens in the background, after the bootstrap or join has returned: the snap's containerd
+//! carries a plugin that, once containerd is up, imports each archive once, logs a failure and goes on, and renames
+//! only what it imported (k8s-snap build-scripts/components/containerd/patches/default/0001-side-load-images-plugin.patch).
+//! The double runs it as `K8S_DOUBLE_MODE=sideload` after [`delay`]: a unit (`k8s-double-sideload.service`, started
+//! with `--no-block`) under systemd, a detached process on the host.
 
 use std::fmt;
 use std::io::Read;
@@ -10,9 +16,11 @@ use std::time::{Duration, Instant};
 use crate::console::Console;
 
 pub const DEFAULT_DIR: &str = "/var/snap/k8s/common/images";
-pub const SOCKET: &str = "/run/containerd/containerd.sock";
-/// How long containerd gets to answer after `systemctl start`.
-const CONTAINERD_WAIT: Duration = Duration::from_secs(60);
+/// How long containerd gets to answer.
+pub const CONTAINERD_WAIT: Duration = Duration::from_secs(60);
+/// How long after the bootstrap or join the background import starts, unless `K8S_DOUBLE_SIDELOAD_DELAY` (a Go
+/// duration) says otherwise: long enough that an images check made right after the join would miss it.
+pub const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 /// How long one `ctr images import` may take. Not `--timeout`: the distribution imports in the background of
 /// containerd's start, outside the bootstrap's time budget, and a big image under emulation is slow.
 const IMPORT_LIMIT: Duration = Duration::from_secs(600);
@@ -28,8 +36,7 @@ pub enum SideLoadError {
         output: String,
     },
     TimedOut(String),
-    NoContainerd,
-    ContainerdSilent,
+    ContainerdSilent(PathBuf),
     Rename(PathBuf, std::io::Error),
 }
 
@@ -49,13 +56,10 @@ impl fmt::Display for SideLoadError {
                 output,
             } => write!(f, "{command} failed ({status}): {}", output.trim()),
             SideLoadError::TimedOut(c) => write!(f, "{c} ran out of time; killed"),
-            SideLoadError::NoContainerd => write!(
+            SideLoadError::ContainerdSilent(socket) => write!(
                 f,
-                "containerd does not answer on {SOCKET} and systemd is not PID 1 to start it"
-            ),
-            SideLoadError::ContainerdSilent => write!(
-                f,
-                "containerd did not answer on {SOCKET} within {}s of systemctl start",
+                "containerd did not answer on {} within {}s",
+                socket.display(),
                 CONTAINERD_WAIT.as_secs()
             ),
             SideLoadError::Rename(p, e) => write!(f, "rename {} to *.loaded: {e}", p.display()),
@@ -83,27 +87,34 @@ pub fn archives(dir: &Path) -> Result<Vec<PathBuf>, SideLoadError> {
     Ok(out)
 }
 
-/// Imports every archive in `dir` (starting containerd first if it must), renaming each `*.loaded`.
+/// The background import: waits [`delay`], then imports every archive of `dir` through the containerd on
+/// `socket`, renaming each `*.loaded`. An archive that fails is reported and left, as the plugin leaves it.
 /// Returns how many were imported.
-pub fn side_load(dir: &Path, console: &mut Console) -> Result<usize, SideLoadError> {
+pub fn side_load(dir: &Path, socket: &Path, console: &mut Console) -> Result<usize, SideLoadError> {
+    std::thread::sleep(delay());
     let archives = archives(dir)?;
-    if archives.is_empty() {
-        console.line(&format!("side-load {}: no archives", dir.display()));
-        return Ok(0);
-    }
     console.line(&format!(
-        "side-load {}: {} archive(s)",
+        "side-load {}: importing {} archive(s)",
         dir.display(),
         archives.len()
     ));
     let ctr = find_tool("ctr")?;
-    ensure_containerd(&ctr, console)?;
+    wait_for_containerd(&ctr, socket)?;
+    let mut imported = 0;
     for archive in &archives {
         let mut cmd = Command::new(&ctr);
-        cmd.args(["--address", SOCKET, "-n", "k8s.io", "images", "import"])
+        cmd.arg("--address")
+            .arg(socket)
+            .args(["-n", "k8s.io", "images", "import"])
             .arg(archive);
-        let output = run(cmd, Instant::now() + IMPORT_LIMIT)?;
         console.line(&format!("import {}", archive.display()));
+        let output = match run(cmd, Instant::now() + IMPORT_LIMIT) {
+            Ok(o) => o,
+            Err(e) => {
+                console.line(&format!("error: import {}: {e}", archive.display()));
+                continue;
+            }
+        };
         for line in output.lines() {
             console.line(&format!("ctr: {line}"));
         }
@@ -111,43 +122,45 @@ pub fn side_load(dir: &Path, console: &mut Console) -> Result<usize, SideLoadErr
         loaded.push(".loaded");
         std::fs::rename(archive, &loaded).map_err(|e| SideLoadError::Rename(archive.clone(), e))?;
         console.line(&format!("loaded {}", Path::new(&loaded).display()));
+        imported += 1;
     }
-    Ok(archives.len())
+    console.line(&format!(
+        "side-load done: {imported} of {} imported",
+        archives.len()
+    ));
+    Ok(imported)
 }
 
-/// Makes sure containerd answers: as the snap starts its own containerd, the double starts the node's.
-fn ensure_containerd(ctr: &Path, console: &mut Console) -> Result<(), SideLoadError> {
-    if containerd_answers(ctr) {
-        return Ok(());
-    }
-    // sd_booted(3): systemd is PID 1 when this folder exists.
-    if !Path::new("/run/systemd/system").is_dir() {
-        return Err(SideLoadError::NoContainerd);
-    }
-    let systemctl = find_tool("systemctl")?;
-    console.line("systemctl start containerd.service");
-    let mut cmd = Command::new(systemctl);
-    cmd.args(["start", "containerd.service"]);
-    run(cmd, Instant::now() + CONTAINERD_WAIT)?;
+/// `K8S_DOUBLE_SIDELOAD_DELAY` (a Go duration such as `500ms`), else [`DEFAULT_DELAY`].
+pub fn delay() -> Duration {
+    std::env::var("K8S_DOUBLE_SIDELOAD_DELAY")
+        .ok()
+        .and_then(|v| crate::cli::parse_duration(&v))
+        .unwrap_or(DEFAULT_DELAY)
+}
+
+/// Waits up to [`CONTAINERD_WAIT`] for `ctr version` to succeed on `socket`.
+pub fn wait_for_containerd(ctr: &Path, socket: &Path) -> Result<(), SideLoadError> {
     let until = Instant::now() + CONTAINERD_WAIT;
-    while Instant::now() < until {
-        if containerd_answers(ctr) {
-            console.line("containerd answers");
+    loop {
+        if containerd_answers(ctr, socket) {
             return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(SideLoadError::ContainerdSilent(socket.to_path_buf()));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    Err(SideLoadError::ContainerdSilent)
 }
 
-fn containerd_answers(ctr: &Path) -> bool {
+fn containerd_answers(ctr: &Path, socket: &Path) -> bool {
     let mut cmd = Command::new(ctr);
-    cmd.args(["--address", SOCKET, "version"]);
+    cmd.arg("--address").arg(socket).arg("version");
     run(cmd, Instant::now() + Duration::from_secs(10)).is_ok()
 }
 
 /// `name` on PATH or in the usual system folders (a unit's or the agent's PATH can be minimal).
-fn find_tool(name: &'static str) -> Result<PathBuf, SideLoadError> {
+pub fn find_tool(name: &'static str) -> Result<PathBuf, SideLoadError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"].map(PathBuf::from))
@@ -157,7 +170,7 @@ fn find_tool(name: &'static str) -> Result<PathBuf, SideLoadError> {
 }
 
 /// Runs `cmd` with stdin closed; its stdout and stderr together, or an error if it fails or outlives `deadline`.
-fn run(mut cmd: Command, deadline: Instant) -> Result<String, SideLoadError> {
+pub fn run(mut cmd: Command, deadline: Instant) -> Result<String, SideLoadError> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
