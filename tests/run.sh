@@ -27,6 +27,10 @@ step "node base rock"
 export CAIRN_NODE_BASE_LAYOUT=${CAIRN_NODE_BASE_LAYOUT:-$PWD/rocks/node-base/out}
 bash rocks/node-base/build --out "$CAIRN_NODE_BASE_LAYOUT"
 
+step "Kubernetes node base rock"
+export CAIRN_K8S_NODE_BASE_LAYOUT=${CAIRN_K8S_NODE_BASE_LAYOUT:-$PWD/rocks/node-base/out-kubernetes}
+bash rocks/node-base/build --kubernetes --out "$CAIRN_K8S_NODE_BASE_LAYOUT"
+
 step "sandbox (pause) rock"
 export CAIRN_PAUSE_LAYOUT=${CAIRN_PAUSE_LAYOUT:-$PWD/rocks/pause/out}
 bash rocks/pause/build --out "$CAIRN_PAUSE_LAYOUT"

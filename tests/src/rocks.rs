@@ -1,9 +1,10 @@
 //! The rocks the project's own recipes build (`rocks/`), pushed once per test binary to its shared registry.
 //!
 //! - the node base (`rocks/node-base/build`): `CAIRN_NODE_BASE_LAYOUT` names its OCI layout;
+//! - the Kubernetes node base (`rocks/node-base/build --kubernetes`, with snapd): `CAIRN_K8S_NODE_BASE_LAYOUT`;
 //! - the sandbox rock (`rocks/pause/build`): `CAIRN_PAUSE_LAYOUT` names its OCI layout (an index).
 //!
-//! tests/run.sh builds both and sets the variables.
+//! tests/run.sh builds them and sets the variables.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +28,14 @@ fn layout(var: &str, recipe: &str) -> PathBuf {
 /// The node base's OCI layout.
 pub fn node_base_layout() -> PathBuf {
     layout("CAIRN_NODE_BASE_LAYOUT", "rocks/node-base/build")
+}
+
+/// The Kubernetes node base's OCI layout (snapd, containerd not enabled).
+pub fn k8s_node_base_layout() -> PathBuf {
+    layout(
+        "CAIRN_K8S_NODE_BASE_LAYOUT",
+        "rocks/node-base/build --kubernetes",
+    )
 }
 
 /// The sandbox rock's OCI layout.
@@ -71,6 +80,20 @@ pub fn node_base() -> String {
     static PINNED: OnceLock<String> = OnceLock::new();
     PINNED
         .get_or_init(|| push(&node_base_layout(), "bookworm", "cairn/node-base"))
+        .clone()
+}
+
+/// The Kubernetes node base rock in this test binary's shared registry, pinned.
+pub fn k8s_node_base() -> String {
+    static PINNED: OnceLock<String> = OnceLock::new();
+    PINNED
+        .get_or_init(|| {
+            push(
+                &k8s_node_base_layout(),
+                "bookworm-kubernetes",
+                "cairn/node-base",
+            )
+        })
         .clone()
 }
 
