@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use cairn_profile::{Digest, Reference};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::assemble::layer::{LayerError, Unpacked, unpack};
+use crate::assemble::{MAX_LAYERS, MAX_TOTAL_ENTRIES, UNPACK_AT_ONCE};
 use crate::cache::{Cache, CacheError};
 use crate::preload::ResolvedPreload;
 use crate::registry::{DownloadError, Registry, RegistryError, Sink};
@@ -49,6 +51,19 @@ pub enum PullError {
     /// A failure of the base's or a layer's rock, with its profile key.
     #[error("{key}: {source}")]
     Rock { key: String, source: Box<PullError> },
+    #[error(
+        "the profile's rocks have {count} layers together; cairn merges at most {limit} into one root"
+    )]
+    TooManyLayers { count: usize, limit: usize },
+    #[error(
+        "{key}: layer {digest}: the layers unpacked so far hold {count} entries together, over the limit of {limit} for one root"
+    )]
+    TooManyEntries {
+        key: String,
+        digest: Digest,
+        count: usize,
+        limit: usize,
+    },
     #[error("a pull task stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{key}: {reference}: {source}")]
@@ -68,6 +83,13 @@ pub async fn all(
     rocks: &[ResolvedRock],
     preloads: &[ResolvedPreload],
 ) -> Result<BTreeMap<Digest, Arc<Unpacked>>, PullError> {
+    let count: usize = rocks.iter().map(|r| r.layers.len()).sum();
+    if count > MAX_LAYERS {
+        return Err(PullError::TooManyLayers {
+            count,
+            limit: MAX_LAYERS,
+        });
+    }
     let mut distinct: BTreeMap<Digest, (Layer, Reference, String)> = BTreeMap::new();
     for r in rocks {
         for l in &r.layers {
@@ -90,10 +112,12 @@ pub async fn all(
         .any(|d| !cache.has_blob(d) && !cache.unpacked_dir(d).join("index.json").is_file())
         || preload_layers.keys().any(|d| !cache.has_blob(d));
     let client: Option<Arc<Registry>> = need_network.then(|| registry.get());
+    let unpacking = Arc::new(Semaphore::new(UNPACK_AT_ONCE));
     let mut tasks = JoinSet::new();
     for (digest, (layer, reference, key)) in distinct {
         let cache = Arc::clone(cache);
         let client = client.clone();
+        let unpacking = Arc::clone(&unpacking);
         tasks.spawn(async move {
             let unpacked_index = cache.unpacked_dir(&layer.digest).join("index.json");
             let blob = if unpacked_index.is_file() {
@@ -103,22 +127,26 @@ pub async fn all(
                 let path = ensure_layer(client.as_deref(), &cache, &reference, &layer)
                     .await
                     .map_err(|e| PullError::Rock {
-                        key,
+                        key: key.clone(),
                         source: Box::new(e),
                     })?;
                 info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "pulled");
                 path
             };
+            // Bounds the indexes being built at once: each may grow to a layer's limit before it is checked.
+            let _permit = unpacking.acquire_owned().await;
             let t = Instant::now();
             let unpacked =
                 tokio::task::spawn_blocking(move || unpack(&cache, &layer, &blob)).await??;
             info!(layer = %digest, entries = unpacked.entries.len(), ms = t.elapsed().as_millis() as u64, "unpacked");
-            Ok::<_, PullError>((digest, Arc::new(unpacked)))
+            Ok::<_, PullError>((digest, key, Arc::new(unpacked)))
         });
     }
     let mut unpacked = BTreeMap::new();
+    let mut entries = 0usize;
     while let Some(joined) = tasks.join_next().await {
-        let (digest, u) = joined??;
+        let (digest, key, u) = joined??;
+        entries = within_total(entries, u.entries.len(), MAX_TOTAL_ENTRIES, &key, &digest)?;
         unpacked.insert(digest, u);
     }
     // After the root's layers, so a blob shared with them is never fetched twice at once.
@@ -145,6 +173,26 @@ pub async fn all(
         joined??;
     }
     Ok(unpacked)
+}
+
+/// `total + more` entries, or the error once that passes `limit`.
+fn within_total(
+    total: usize,
+    more: usize,
+    limit: usize,
+    key: &str,
+    digest: &Digest,
+) -> Result<usize, PullError> {
+    let count = total.saturating_add(more);
+    if count > limit {
+        return Err(PullError::TooManyEntries {
+            key: key.to_string(),
+            digest: digest.clone(),
+            count,
+            limit,
+        });
+    }
+    Ok(count)
 }
 
 /// Makes sure the layer's blob is in the cache; returns its path.
@@ -241,5 +289,27 @@ impl Sink for HashingFile<'_> {
         let file = self.out.get_mut();
         file.set_len(0)?;
         file.rewind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_entries_of_all_layers_are_bounded_together() {
+        let d = Digest::from_sha256(&[0u8; 32]);
+        assert_eq!(
+            within_total(3, 4, 7, "base.rock", &d).expect("at the limit"),
+            7
+        );
+        let e = within_total(3, 5, 7, "p.toml:7:8: layer[1].rock", &d).expect_err("over");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "p.toml:7:8: layer[1].rock: layer {d}: the layers unpacked so far hold 8 entries together, over the limit of 7 for one root"
+            )
+        );
+        assert!(within_total(usize::MAX, 1, usize::MAX, "k", &d).is_ok());
     }
 }

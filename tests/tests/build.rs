@@ -1217,3 +1217,28 @@ fn a_failed_build_leaves_every_previous_output_and_its_report() {
     // and nothing of the failed build is left in the folder.
     assert_eq!(listing(&out), before, "{}", stderr(&failed));
 }
+
+#[test]
+fn more_layers_than_one_root_takes_are_refused_before_any_is_pulled() {
+    let registry = registry::shared();
+    let mut image = Image::builder();
+    for i in 0..129 {
+        let layer = LayerBuilder::new().file(&format!("f{i}"), 0o644, format!("{i}\n"));
+        image = image.layer_from(&layer, Compression::Gzip);
+    }
+    let pushed = push_image(registry, "e2e/many-layers", "v1", &image.build());
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "many", &pushed.reference_by_digest, &[], "");
+    let b = build(&profile, work.path(), "a", &[]);
+    assert_eq!(b.output.status.code(), Some(1), "{}", stderr(&b.output));
+    let err = stderr(&b.output);
+    assert!(
+        err.contains("the profile's rocks have 129 layers together; cairn merges at most 128"),
+        "{err}"
+    );
+    // Refused before any layer was fetched: the cache holds the manifest and the config only.
+    let blobs = std::fs::read_dir(b.cache.join("blobs/sha256"))
+        .expect("blobs")
+        .count();
+    assert_eq!(blobs, 2, "{err}");
+}

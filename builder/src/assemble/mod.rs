@@ -13,6 +13,17 @@ use tree::{Tree, TreeError};
 
 use crate::resolve::ResolvedRock;
 
+/// Layers merged into one root, all rocks together: overlayfs stacks at most 128 lower layers on older kernels,
+/// and no real image comes near (Docker refuses more than 127).
+pub const MAX_LAYERS: usize = 128;
+/// Entries of all layers together. Each unpacked layer's index stays in memory until the tree is built (about
+/// 190 bytes an entry), so this bounds a build's memory whatever its layers claim: about 800 MB of indexes, plus
+/// the layers being unpacked ([`UNPACK_AT_ONCE`], each bounded by `layer::limits::MAX_ENTRIES`). The node base has
+/// 12,608.
+pub const MAX_TOTAL_ENTRIES: usize = 4 << 20;
+/// Layers decompressed and indexed at the same time (downloads are not limited by this).
+pub const UNPACK_AT_ONCE: usize = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
     #[error(transparent)]
