@@ -43,6 +43,14 @@ pub enum BuildError {
     Profile(#[from] cairn_profile::Error),
     #[error("SOURCE_DATE_EPOCH=`{0}` is not a number of seconds")]
     Epoch(String),
+    /// A rock still pinned to the example profiles' all-zero digest (its label).
+    #[error(
+        "{0}: the all-zero placeholder digest names no rock: run `cairn pin PROFILE` against a registry that serves it"
+    )]
+    Placeholder(String),
+    /// `--out` cannot be made or written.
+    #[error(transparent)]
+    OutFolder(OutputError),
     #[error(transparent)]
     Agent(#[from] AgentError),
     /// No cache folder could be found (none given and no home).
@@ -102,12 +110,17 @@ fn check_inputs(opts: &BuildOptions) -> Result<Checked, BuildError> {
     if !opts.formats.is_empty() {
         profile.formats = opts.formats.clone();
     }
+    if let Some(r) = profile.placeholder_rocks().next() {
+        return Err(BuildError::Placeholder(r.label()));
+    }
     let epoch = source_date_epoch()?;
     let agent = agent::locate(opts.agent.as_deref(), profile.arch)?;
     let cache_root = Cache::locate(opts.cache.as_deref()).map_err(BuildError::CacheLocation)?;
     let cache = Arc::new(Cache::open(cache_root)?);
     // Local files, checked before any network work: a wrong pin is bad input.
     let snaps = snaps::verify_all(&profile, &cache)?;
+    // Last of the checks, as it makes the folder.
+    output::check_folder(&opts.out).map_err(BuildError::OutFolder)?;
     Ok(Checked {
         profile,
         epoch,

@@ -26,6 +26,8 @@ enum Error {
     Cache(#[from] CacheError),
     #[error("{0}")]
     Usage(String),
+    #[error("{}: {stale} pin(s) stale: run `cairn pin {}`", profile.display(), profile.display())]
+    Stale { profile: PathBuf, stale: usize },
 }
 
 const BUILD_FAILED: u8 = 1;
@@ -41,6 +43,8 @@ fn exit_code(e: &Error) -> u8 {
         },
         Error::Build(e) => match e {
             BuildError::Profile(_)
+            | BuildError::Placeholder(_)
+            | BuildError::OutFolder(_)
             | BuildError::Epoch(_)
             | BuildError::Agent(_)
             | BuildError::CacheLocation(_) => BAD_INPUT,
@@ -59,6 +63,7 @@ fn exit_code(e: &Error) -> u8 {
         },
         Error::Runtime(_) => BUILD_FAILED,
         Error::Cache(CacheError::NoHome) | Error::Usage(_) => BAD_INPUT,
+        Error::Stale { .. } => BUILD_FAILED,
         Error::Cache(CacheError::Io { .. }) => BUILD_FAILED,
     }
 }
@@ -79,7 +84,15 @@ enum Command {
     /// Check a profile, offline.
     Validate { profile: PathBuf },
     /// Resolve each rock's tag to the digest its registry serves and rewrite the profile in place.
-    Pin { profile: PathBuf },
+    Pin {
+        profile: PathBuf,
+        /// Change nothing; exit 1 when a pin is stale (for CI).
+        #[arg(long, conflicts_with = "dry_run")]
+        check: bool,
+        /// Show what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Build the profile's outputs.
     Build {
         profile: PathBuf,
@@ -163,6 +176,13 @@ fn main() -> ExitCode {
                         k.hardening.name()
                     ));
                 }
+                for r in p.placeholder_rocks() {
+                    eprintln!(
+                        "cairn: warning: {}: the all-zero placeholder digest: run `cairn pin {}` against a registry that serves the rock",
+                        r.label(),
+                        profile.display()
+                    );
+                }
                 println!(
                     "{}: valid ({} {}, {what})",
                     profile.display(),
@@ -173,17 +193,41 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
-        Command::Pin { profile } => runtime()
-            .and_then(|rt| Ok(rt.block_on(cairn::pin::pin(&profile))?))
-            .map(|changes| {
-                for c in changes {
-                    if c.old == c.new {
-                        println!("{}: unchanged {}", c.key, c.new);
-                    } else {
-                        println!("{}: {}\n  -> {}", c.key, c.old, c.new);
+        Command::Pin {
+            profile,
+            check,
+            dry_run,
+        } => {
+            let mode = if check || dry_run {
+                cairn::pin::Mode::Report
+            } else {
+                cairn::pin::Mode::Write
+            };
+            let verb = if mode == cairn::pin::Mode::Write {
+                ""
+            } else {
+                "would change "
+            };
+            runtime()
+                .and_then(|rt| Ok(rt.block_on(cairn::pin::pin(&profile, mode))?))
+                .and_then(|changes| {
+                    let stale = changes.iter().filter(|c| c.old != c.new).count();
+                    for c in &changes {
+                        if c.old == c.new {
+                            println!("{}: unchanged {}", c.key, c.new);
+                        } else {
+                            println!("{}: {verb}{}\n  -> {}", c.key, c.old, c.new);
+                        }
                     }
-                }
-            }),
+                    if check && stale > 0 {
+                        return Err(Error::Stale {
+                            profile: profile.clone(),
+                            stale,
+                        });
+                    }
+                    Ok(())
+                })
+        }
         Command::Build {
             profile,
             out,

@@ -63,6 +63,19 @@ pub fn create_folder(out: &Path) -> Result<(), OutputError> {
     })
 }
 
+/// Makes `out` if needed and proves it writable, before any work: a wrong `--out` is bad input, found early.
+pub fn check_folder(out: &Path) -> Result<(), OutputError> {
+    create_folder(out)?;
+    tempfile::Builder::new()
+        .prefix(".cairn-probe-")
+        .tempfile_in(out)
+        .map(drop)
+        .map_err(|source| OutputError::Folder {
+            path: out.to_path_buf(),
+            source,
+        })
+}
+
 /// A folder for an output's pieces, on the output folder's file system (so the result can be renamed out of it),
 /// removed on drop.
 pub fn work_folder(out: &Path) -> Result<TempDir, OutputError> {

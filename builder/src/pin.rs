@@ -27,6 +27,15 @@ pub enum PinError {
     Write(#[from] OutputError),
 }
 
+/// What `cairn pin` does with what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Rewrite the profile.
+    Write,
+    /// Only report (`--dry-run`, `--check`): the profile is left as it is.
+    Report,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub key: String,
@@ -66,7 +75,7 @@ fn rock_items(doc: &mut DocumentMut) -> Vec<(String, &mut Value)> {
     out
 }
 
-pub async fn pin(path: &Path) -> Result<Vec<Change>, PinError> {
+pub async fn pin(path: &Path, mode: Mode) -> Result<Vec<Change>, PinError> {
     let text = std::fs::read_to_string(path).map_err(|source| PinError::Read {
         path: path.to_path_buf(),
         source,
@@ -124,7 +133,7 @@ pub async fn pin(path: &Path) -> Result<Vec<Change>, PinError> {
     }
     let new_text = doc.to_string();
     Profile::parse(path, new_text.clone())?;
-    if new_text != text {
+    if new_text != text && mode == Mode::Write {
         write_atomically(path, new_text.as_bytes())?;
     }
     Ok(changes)

@@ -1242,3 +1242,99 @@ fn more_layers_than_one_root_takes_are_refused_before_any_is_pulled() {
         .count();
     assert_eq!(blobs, 2, "{err}");
 }
+
+#[test]
+fn pin_check_and_dry_run_change_nothing_and_check_fails_when_stale() {
+    let registry = registry::shared();
+    let one = push_image(
+        registry,
+        "e2e/pin-check",
+        "stable",
+        &Image::simple("amd64", "check"),
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let path = work.path().join("check.toml");
+    let stale = format!(
+        "{}/e2e/pin-check:stable@sha256:{}",
+        registry.addr(),
+        "1".repeat(64)
+    );
+    let text = format!(
+        "schema = 1\nname = \"check\"\nversion = \"1\"\narch = \"amd64\"\n\n[base]\nrock = \"{stale}\"\n"
+    );
+    std::fs::write(&path, &text).expect("write");
+    for flag in ["--dry-run", "--check"] {
+        let o = run_cairn(["pin".as_ref(), path.as_os_str(), flag.as_ref()], &[]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            out.contains(&format!("base.rock: would change {stale}"))
+                && out.contains(&format!("-> {}", one.reference_by_digest)),
+            "{flag}: {out}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            text,
+            "{flag} wrote"
+        );
+        let want = if flag == "--check" { 1 } else { 0 };
+        assert_eq!(o.status.code(), Some(want), "{flag}: {}", stderr(&o));
+    }
+    assert!(
+        stderr(&run_cairn(
+            ["pin".as_ref(), path.as_os_str(), "--check".as_ref()],
+            &[]
+        ))
+        .contains("1 pin(s) stale: run `cairn pin")
+    );
+    assert_ok(&run_cairn(["pin".as_ref(), path.as_os_str()], &[]), "pin");
+    let o = run_cairn(["pin".as_ref(), path.as_os_str(), "--check".as_ref()], &[]);
+    assert_ok(&o, "check after pin");
+}
+
+#[test]
+fn a_placeholder_digest_is_a_warning_to_validate_and_bad_input_to_build() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // Nothing listens there: a build that reached the network would fail with exit 1, not 2.
+    let rock = format!(
+        "127.0.0.1:9/cairn/node-base:bookworm@sha256:{}",
+        "0".repeat(64)
+    );
+    let profile = write_profile(work.path(), "placeholder", &rock, &[], "");
+    let v = run_cairn(["validate".as_ref(), profile.as_os_str()], &[]);
+    assert_ok(&v, "validate");
+    assert!(
+        stderr(&v).contains(&format!(
+            "warning: {}:7:8: base.rock: the all-zero placeholder digest: run `cairn pin",
+            profile.display()
+        )),
+        "{}",
+        stderr(&v)
+    );
+    let b = build(&profile, work.path(), "placeholder", &[]);
+    assert_eq!(b.output.status.code(), Some(2), "{}", stderr(&b.output));
+    assert!(
+        stderr(&b.output).contains("base.rock: the all-zero placeholder digest names no rock"),
+        "{}",
+        stderr(&b.output)
+    );
+    assert!(!b.out.exists(), "output folder created");
+}
+
+#[test]
+fn an_unusable_out_folder_is_bad_input_found_before_the_network() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let rock = format!(
+        "127.0.0.1:9/cairn/node-base:bookworm@sha256:{}",
+        "1".repeat(64)
+    );
+    let profile = write_profile(work.path(), "out", &rock, &[], "");
+    let file = work.path().join("a-file");
+    std::fs::write(&file, "not a folder").expect("write");
+    let b = build_with(&profile, &file, &work.path().join("cache"), &[]);
+    assert_eq!(b.output.status.code(), Some(2), "{}", stderr(&b.output));
+    assert!(
+        stderr(&b.output).contains(&format!("creating output folder {}", file.display())),
+        "{}",
+        stderr(&b.output)
+    );
+}

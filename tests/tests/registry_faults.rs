@@ -281,7 +281,8 @@ fn a_stalled_registry_fails_after_the_stall_timeout() {
 fn a_missing_manifest_or_a_refusal_fails_at_once_with_advice() {
     let s = setup("missing");
     // The registry's own 404 for a digest it has never seen.
-    let absent = format!("sha256:{}", "0".repeat(64));
+    // Not the all-zero placeholder, which the build refuses before asking any registry.
+    let absent = format!("sha256:{}", "e".repeat(64));
     let reference = s.proxy.reference(
         registry::shared(),
         &format!("{}@{absent}", s.pushed.reference),

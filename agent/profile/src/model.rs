@@ -193,6 +193,16 @@ impl Profile {
         std::iter::once(&self.base).chain(self.layers.iter())
     }
 
+    /// Every rock (merged or preloaded) still pinned to the all-zero placeholder digest.
+    pub fn placeholder_rocks(&self) -> impl Iterator<Item = &Rock> {
+        self.rocks().chain(self.preload_rocks()).filter(|r| {
+            r.reference
+                .digest
+                .as_ref()
+                .is_some_and(|d| d.is_placeholder())
+        })
+    }
+
     /// The `[[preload]]` rocks, in order: stored in the image as OCI archives, never merged into the root.
     pub fn preload_rocks(&self) -> impl Iterator<Item = &Rock> {
         self.preloads.iter().map(|p| &p.rock)

@@ -43,6 +43,11 @@ impl Digest {
         &self.0
     }
 
+    /// The all-zero digest the example profiles carry until `cairn pin` replaces it: no content has it.
+    pub fn is_placeholder(&self) -> bool {
+        self.hex().bytes().all(|b| b == b'0')
+    }
+
     /// The hex part, used as a file name in content-addressed stores.
     pub fn hex(&self) -> &str {
         &self.0["sha256:".len()..]
