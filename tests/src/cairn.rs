@@ -123,6 +123,18 @@ pub fn cairn_bin() -> PathBuf {
     bin
 }
 
+/// `build PROFILE --out OUT --cache CACHE`, the arguments most tests give `cairn`.
+pub fn build_args<'a>(profile: &'a Path, out: &'a Path, cache: &'a Path) -> Vec<&'a OsStr> {
+    vec![
+        "build".as_ref(),
+        profile.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--cache".as_ref(),
+        cache.as_os_str(),
+    ]
+}
+
 /// Runs `cairn ARGS` with `env` added, stdin closed, and waits (at most
 /// [`DEFAULT_TIMEOUT`]) for it. Panics if it cannot start or times out.
 pub fn run_cairn<I, S>(args: I, env: &[(&str, &str)]) -> Output

@@ -36,7 +36,7 @@ pub use image::{
     Compression, Image, ImageBuilder, Index, IndexBuilder, Layer, LayerBuilder, MediaTypes,
     Platform,
 };
-pub use push::{Client, Pushed, push_image, push_index};
+pub use push::{Client, Pushed, push_image, push_index, push_layer};
 pub use registry::{Auth, Registry};
 
 use sha2::{Digest, Sha256};

@@ -637,6 +637,22 @@ pub fn push_image(registry: &Registry, name: &str, tag: &str, image: &Image) -> 
         .unwrap_or_else(|e| panic!("push image {name}:{tag} to {}: {e}", registry.addr()))
 }
 
+/// Pushes an image of one layer, in `compression`, to `registry` as `name:tag`.
+pub fn push_layer(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+    layer: &crate::image::LayerBuilder,
+    compression: crate::image::Compression,
+) -> Pushed {
+    push_image(
+        registry,
+        name,
+        tag,
+        &Image::builder().layer_from(layer, compression).build(),
+    )
+}
+
 /// Pushes `index` and its manifests to `registry` as `name:tag`.
 pub fn push_index(registry: &Registry, name: &str, tag: &str, index: &Index) -> Pushed {
     Client::for_registry(registry)

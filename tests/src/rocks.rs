@@ -107,17 +107,7 @@ pub fn pause() -> String {
 
 /// `cairn build PROFILE --out OUT --cache CACHE`, which must succeed.
 pub fn build_profile(profile: &Path, out: &Path, cache: &Path) {
-    let o = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            cache.as_os_str(),
-        ],
-        &[],
-    );
+    let o = run_cairn(crate::cairn::build_args(profile, out, cache), &[]);
     assert!(
         o.status.success(),
         "build failed:\n{}",

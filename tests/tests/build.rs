@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cairn_e2e::cairn::{assert_ok, fake_elf, stderr};
+use cairn_e2e::cairn::{assert_ok, build_args, fake_elf, stderr};
 use cairn_e2e::image::LongNames;
 use cairn_e2e::output::{Item, read_tar, sha256_file as sha256_hex};
 use cairn_e2e::{
-    Auth, Compression, Image, IndexBuilder, LayerBuilder, MediaTypes, Pushed, Registry, push_image,
-    push_index, registry, run_cairn, write_docker_config, write_profile,
+    Auth, Compression, Image, IndexBuilder, LayerBuilder, MediaTypes, Registry, push_image,
+    push_index, push_layer, registry, run_cairn, write_docker_config, write_profile,
 };
 
 struct Build {
@@ -25,34 +25,12 @@ fn build(profile: &Path, work: &Path, tag: &str, env: &[(&str, &str)]) -> Build 
 }
 
 fn build_with(profile: &Path, out: &Path, cache: &Path, env: &[(&str, &str)]) -> Build {
-    let output = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            cache.as_os_str(),
-        ],
-        env,
-    );
+    let output = run_cairn(build_args(profile, out, cache), env);
     Build {
         out: out.to_path_buf(),
         cache: cache.to_path_buf(),
         output,
     }
-}
-
-/// Pushes an image of one gzip layer.
-fn push_layer(registry: &Registry, name: &str, tag: &str, layer: &LayerBuilder) -> Pushed {
-    push_image(
-        registry,
-        name,
-        tag,
-        &Image::builder()
-            .layer_from(layer, Compression::Gzip)
-            .build(),
-    )
 }
 
 /// The layers that exercise every assembly rule: whiteouts of each kind, hardlinks across layers, long names,
@@ -303,7 +281,7 @@ fn source_date_epoch_clamps_mtimes() {
         .mtime(100)
         .file("new", 0o644, "n")
         .mtime(2_000_000_000);
-    let pushed = push_layer(registry, "e2e/epoch", "v1", &layer);
+    let pushed = push_layer(registry, "e2e/epoch", "v1", &layer, Compression::Gzip);
     let work = tempfile::tempdir().expect("tempdir");
     let profile = write_profile(work.path(), "epoch", &pushed.reference_by_digest, &[], "");
     let b = build(&profile, work.path(), "a", &[("SOURCE_DATE_EPOCH", "1000")]);
@@ -348,7 +326,7 @@ fn a_raw_build_with_source_date_epoch_set_is_that_epochs_build() {
         )
         .file("var/lib/state", 0o644, "factory")
         .mtime(2_000_000_000);
-    let pushed = push_layer(registry, "e2e/disk-epoch", "v1", &layer);
+    let pushed = push_layer(registry, "e2e/disk-epoch", "v1", &layer, Compression::Gzip);
     let work = tempfile::tempdir().expect("tempdir");
     let profile = write_profile(
         work.path(),
@@ -395,7 +373,7 @@ fn layers_from_several_rocks_merge_in_order() {
     let top = LayerBuilder::new()
         .file("etc/a", 0o600, "top")
         .whiteout("etc/b");
-    let base = push_layer(registry, "e2e/base", "v1", &base);
+    let base = push_layer(registry, "e2e/base", "v1", &base, Compression::Gzip);
     let top = push_image(
         registry,
         "e2e/top",
@@ -688,7 +666,7 @@ fn a_whiteout_below_a_file_is_ignored() {
 fn a_corrupted_blob_fails_and_leaves_the_cache_clean() {
     let mut registry = Registry::start(Auth::Anonymous);
     let layer = LayerBuilder::new().file("payload", 0o644, vec![7u8; 200_000]);
-    let pushed = push_layer(&registry, "e2e/corrupt", "v1", &layer);
+    let pushed = push_layer(&registry, "e2e/corrupt", "v1", &layer, Compression::Gzip);
     let layer_digest = pushed.layer_digests[0].clone();
     registry.corrupt_blob(&layer_digest);
     let work = tempfile::tempdir().expect("tempdir");
@@ -759,7 +737,13 @@ fn escaping_paths_are_refused() {
             "hardlink `link` → `../../etc/passwd` has a .. component",
         ),
     ] {
-        let pushed = push_layer(registry, &format!("e2e/escape-{name}"), "v1", &layer);
+        let pushed = push_layer(
+            registry,
+            &format!("e2e/escape-{name}"),
+            "v1",
+            &layer,
+            Compression::Gzip,
+        );
         let work = tempfile::tempdir().expect("tempdir");
         let profile = write_profile(work.path(), "escape", &pushed.reference_by_digest, &[], "");
         let b = build(&profile, work.path(), "a", &[]);
@@ -814,7 +798,7 @@ fn basic_and_token_auth_use_the_docker_config() {
     for auth in [Auth::basic("alice", "s3cret"), Auth::token("bob", "t0ken")] {
         let registry = Registry::start(auth);
         let layer = LayerBuilder::new().file("f", 0o644, "private");
-        let pushed = push_layer(&registry, "e2e/private", "v1", &layer);
+        let pushed = push_layer(&registry, "e2e/private", "v1", &layer, Compression::Gzip);
         let work = tempfile::tempdir().expect("tempdir");
         let profile = write_profile(work.path(), "private", &pushed.reference_by_digest, &[], "");
 
@@ -1032,7 +1016,13 @@ fn systemd_rock() -> LayerBuilder {
 #[test]
 fn system_settings_are_baked_into_the_image() {
     let registry = registry::shared();
-    let rock = push_layer(registry, "e2e/systemd", "v1", &systemd_rock());
+    let rock = push_layer(
+        registry,
+        "e2e/systemd",
+        "v1",
+        &systemd_rock(),
+        Compression::Gzip,
+    );
     let work = tempfile::tempdir().expect("tempdir");
     let profile = write_profile(
         work.path(),
@@ -1165,7 +1155,13 @@ fn a_failed_build_leaves_every_previous_output_and_its_report() {
     let registry = registry::shared();
     let rock = |tag: &str, content: &str| {
         let layer = LayerBuilder::new().file("etc/version", 0o644, content);
-        push_layer(registry, "e2e/outputs-as-a-set", tag, &layer)
+        push_layer(
+            registry,
+            "e2e/outputs-as-a-set",
+            tag,
+            &layer,
+            Compression::Gzip,
+        )
     };
     let first = rock("v1", "1\n");
     // Another root, and no kernel: its tar can be written, its raw disk cannot.

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::cairn::{assert_ok, cairn_bin, output_text, stderr};
-use cairn_e2e::{
-    Auth, Compression, Image, LayerBuilder, Registry, push_image, run_cairn, write_profile,
-};
+use cairn_e2e::cairn::{assert_ok, build_args, cairn_bin, output_text, stderr};
+use cairn_e2e::{Auth, Compression, LayerBuilder, Registry, push_layer, run_cairn, write_profile};
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -20,17 +18,6 @@ fn names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-fn build_args<'a>(profile: &'a Path, out: &'a Path, cache: &'a Path) -> Vec<&'a std::ffi::OsStr> {
-    vec![
-        "build".as_ref(),
-        profile.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--cache".as_ref(),
-        cache.as_os_str(),
-    ]
 }
 
 fn du(cache: &Path) -> String {
@@ -64,14 +51,7 @@ fn what_a_killed_build_left_is_swept_by_the_next() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let layer = LayerBuilder::new().file("big", 0o644, &big);
-    let pushed = push_image(
-        registry,
-        "e2e/killed",
-        "v1",
-        &Image::builder()
-            .layer_from(&layer, Compression::Gzip)
-            .build(),
-    );
+    let pushed = push_layer(registry, "e2e/killed", "v1", &layer, Compression::Gzip);
     let work = tempfile::tempdir().expect("tempdir");
     let (out, cache) = (work.path().join("out"), work.path().join("cache"));
     let profile = write_profile(work.path(), "killed", &pushed.reference_by_digest, &[], "");
@@ -121,25 +101,11 @@ fn prune_keeps_what_the_named_profiles_need_and_nothing_else() {
     let mut registry = Registry::start(Auth::Anonymous);
     let push = |name: &str, content: &str| {
         let layer = LayerBuilder::new().file("etc/which", 0o644, content);
-        push_image(
-            &registry,
-            name,
-            "v1",
-            &Image::builder()
-                .layer_from(&layer, Compression::Zstd)
-                .build(),
-        )
+        push_layer(&registry, name, "v1", &layer, Compression::Zstd)
     };
     let (kept, dropped) = (push("e2e/kept", "kept\n"), push("e2e/dropped", "dropped\n"));
     let shared = LayerBuilder::new().file("etc/shared", 0o644, "both\n");
-    let shared = push_image(
-        &registry,
-        "e2e/shared",
-        "v1",
-        &Image::builder()
-            .layer_from(&shared, Compression::Gzip)
-            .build(),
-    );
+    let shared = push_layer(&registry, "e2e/shared", "v1", &shared, Compression::Gzip);
     let work = tempfile::tempdir().expect("tempdir");
     let cache = work.path().join("cache");
     let keep_profile: PathBuf = write_profile(

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use cairn_e2e::cairn::{assert_ok, fake_elf, stderr};
 use cairn_e2e::output::{Item, read_tar, sha256_file};
@@ -546,95 +546,10 @@ fn pin_pins_preloads_and_keeps_the_layout() {
     assert_ok(&o, "validate after pin");
 }
 
-/// A throwaway containerd (its own root, state and socket) that is killed when dropped.
-struct Containerd {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        // A short path: a unix socket's path is limited to 108 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("cairn-ctrd-")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let d = dir.path().display();
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{d}/sock\"\n[ttrpc]\n  address = \"{d}/sock.ttrpc\"\n\
-             [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n"
-        );
-        std::fs::write(dir.path().join("config.toml"), config).expect("write the config");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        // Gone with the test process, even if it is killed.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start containerd");
-        let c = Containerd { child, dir };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "containerd did not answer:\n{}",
-                std::fs::read_to_string(c.dir.path().join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(self.dir.path().join("sock"))
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .output()
-            .expect("run ctr")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Unpacked snapshots may be mounted under the root: unmount before the tempdir goes.
-        let root = self.dir.path().join("root");
-        let _ = Command::new("umount").arg("-R").arg(&root).output();
-    }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn containerd_imports_the_archives() {
-    if !(have("containerd") && have("ctr")) {
-        println!("skipped: containerd and ctr are not installed (apt-get install containerd)");
-        return;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: containerd needs root");
+    if let Err(why) = cairn_e2e::containerd::available() {
+        println!("skipped: {why}");
         return;
     }
     let registry = registry::shared();
@@ -648,7 +563,7 @@ fn containerd_imports_the_archives() {
         "build",
     );
     let (_, root) = read_tar(&out.join("ctr.tar"));
-    let containerd = Containerd::start();
+    let containerd = cairn_e2e::containerd::Containerd::start();
     for (file, name, digest) in [
         (INDEX_FILE, INDEX_NAME, &index.digest),
         (SINGLE_FILE, SINGLE_NAME, &pause.manifest_digest),
