@@ -11,7 +11,7 @@ use cairn_agent::run::{self, BAKED_PROFILE, Exit, Options, Phase};
 use cairn_agent::target::Target;
 
 const USAGE: &str = "usage:
-  cairn-agent run system|network|kubernetes
+  cairn-agent run system|network|snaps|kubernetes
                                           apply a phase on the running system (the units' entry point)
   cairn-agent apply --root DIR [--instance FILE] [--cmdline TEXT] [--imds-endpoint URL]
                     [--fw-cfg DIR] [--esp DIR] [--dmi DIR] [--dry-run]
@@ -21,7 +21,8 @@ const USAGE: &str = "usage:
                                           the kubernetes phase's k8s command and containerd do
   cairn-agent status [--root DIR]         print the status JSON
   cairn-agent check [PROFILE]             check a profile the way the agent reads it
-  cairn-agent --version";
+  cairn-agent --version
+  cairn-agent --help";
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!("cairn-agent: {problem}\n{USAGE}");
@@ -42,6 +43,11 @@ fn main() -> ExitCode {
         return usage("no command");
     };
     let rest = &args[1..];
+    // `--help` or `-h` anywhere asks for the usage, which is then the answer, not an error.
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     match command.as_str() {
         "--version" => {
             println!("cairn-agent {}", env!("CARGO_PKG_VERSION"));

@@ -625,3 +625,30 @@ fn an_unreachable_instance_url_fails_naming_it() {
         "{failed}"
     );
 }
+
+#[test]
+fn help_is_an_answer_and_a_wrong_command_is_usage() {
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["apply", "--help"],
+        &["run", "-h"],
+    ] {
+        let o = run_agent(args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("cairn-agent run system|network|snaps|kubernetes")
+                && out.contains("cairn-agent apply --root DIR"),
+            "{args:?}: {out}"
+        );
+        assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o));
+    }
+    let o = run_agent(["frobnicate"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown command `frobnicate`"),
+        "{}",
+        text(&o)
+    );
+}
