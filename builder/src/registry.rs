@@ -538,12 +538,47 @@ fn auth_for(r: &Reference) -> RegistryAuth {
     } else {
         r.registry.clone()
     };
-    match docker_credential::get_credential(&server) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
-            RegistryAuth::Basic(u, p)
+    // Where docker_credential looks: $DOCKER_CONFIG, else ~/.docker.
+    let Some(config) = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")))
+        .map(|d| d.join("config.json"))
+    else {
+        return RegistryAuth::Anonymous;
+    };
+    let file = match std::fs::File::open(&config) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return RegistryAuth::Anonymous,
+        Err(e) => {
+            unusable_config(&config, &server, &e.to_string());
+            return RegistryAuth::Anonymous;
         }
-        Ok(docker_credential::DockerCredential::IdentityToken(t)) => RegistryAuth::Bearer(t),
-        Err(_) => RegistryAuth::Anonymous,
+    };
+    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    match docker_credential::get_credential_from_reader(io::BufReader::new(file), &server) {
+        Ok(DockerCredential::UsernamePassword(u, p)) => RegistryAuth::Basic(u, p),
+        Ok(DockerCredential::IdentityToken(t)) => RegistryAuth::Bearer(t),
+        Err(E::NoCredentialConfigured) => RegistryAuth::Anonymous,
+        Err(e) => {
+            unusable_config(&config, &server, &e.to_string());
+            RegistryAuth::Anonymous
+        }
+    }
+}
+
+/// A credentials file that exists but cannot be used is said once per registry, not ignored: the pull goes on
+/// anonymously, which a private registry then refuses.
+fn unusable_config(config: &std::path::Path, server: &str, why: &str) {
+    static SAID: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let first = SAID
+        .lock()
+        .map(|mut said| said.insert(server.to_string()))
+        .unwrap_or(true);
+    if first {
+        warn!(
+            "{}: cannot be used for {server} ({why}): pulling anonymously",
+            config.display()
+        );
     }
 }
 

@@ -1334,3 +1334,31 @@ fn an_unusable_out_folder_is_bad_input_found_before_the_network() {
         stderr(&b.output)
     );
 }
+
+#[test]
+fn a_docker_config_that_cannot_be_used_is_a_warning_naming_it() {
+    let registry = registry::shared();
+    let layer = LayerBuilder::new().file("f", 0o644, "anonymous");
+    let pushed = push_layer(
+        registry,
+        "e2e/broken-config",
+        "v1",
+        &layer,
+        Compression::Gzip,
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let docker = work.path().join("docker");
+    std::fs::create_dir_all(&docker).expect("mkdir");
+    std::fs::write(docker.join("config.json"), "{ \"auths\": ").expect("write");
+    let profile = write_profile(work.path(), "broken", &pushed.reference_by_digest, &[], "");
+    let docker = docker.to_str().expect("utf-8");
+    let b = build(&profile, work.path(), "a", &[("DOCKER_CONFIG", docker)]);
+    assert_ok(&b.output, "an anonymous registry still serves the build");
+    let err = stderr(&b.output);
+    let warning = format!(
+        "{docker}/config.json: cannot be used for {}",
+        registry.addr()
+    );
+    assert_eq!(err.matches(&warning).count(), 1, "{err}");
+    assert!(err.contains("pulling anonymously"), "{err}");
+}
