@@ -20,6 +20,7 @@ use crate::preload::{self, PreloadError};
 use crate::pull::{self, PullError};
 use crate::report::{Made, Report, ReportError};
 use crate::resolve::{self, LazyRegistry, ResolveError};
+use crate::sbom::{self, SbomError};
 use crate::snaps::{self, SnapError};
 use crate::system::{self, SystemError};
 
@@ -60,6 +61,8 @@ pub enum BuildError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Snaps(#[from] SnapError),
+    #[error(transparent)]
+    Sbom(#[from] SbomError),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error(transparent)]
@@ -160,6 +163,18 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     let archives = preload::add_archives(&mut tree, &cache, &preloads, epoch)?;
     let snaps = snaps::add_to_tree(&mut tree, &snaps, epoch)?;
     info!(ms = t.elapsed().as_millis() as u64, "assembled");
+    // From the root as assembled, before the disk formats move /var into the factory archive.
+    let sbom = sbom::document(
+        &tree,
+        &tars,
+        &sbom::Inputs {
+            profile: &profile,
+            rocks: &resolved,
+            preloads: &preloads,
+            snaps: &snaps,
+            epoch,
+        },
+    )?;
 
     // The tar is the assembled root as it is; the disk formats rearrange the tree after it.
     // Every output is staged, and all of them are committed together at the end.
@@ -182,6 +197,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         outputs.extend(written);
         disk_report = Some(report);
     }
+    outputs.push(stage.add_document(&format!("{}.spdx.json", profile.name), "spdx", &sbom)?);
 
     let report = Report::new(Made {
         profile: &profile,

@@ -20,6 +20,7 @@ pub mod pull;
 pub mod registry;
 pub mod report;
 pub mod resolve;
+pub mod sbom;
 pub mod snaps;
 pub mod system;
 pub mod workdir;

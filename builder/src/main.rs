@@ -51,6 +51,7 @@ fn exit_code(e: &Error) -> u8 {
             BuildError::Snaps(e) if e.is_bad_input() => BAD_INPUT,
             BuildError::Cache(_)
             | BuildError::Snaps(_)
+            | BuildError::Sbom(_)
             | BuildError::Resolve(_)
             | BuildError::Preload(_)
             | BuildError::Pull(_)

@@ -140,6 +140,22 @@ impl Stage {
         })
     }
 
+    /// Stages a small document that is one of the build's outputs (the SBOM), and describes it.
+    pub fn add_document(
+        &mut self,
+        file: &str,
+        format: &'static str,
+        bytes: &[u8],
+    ) -> Result<Output, OutputError> {
+        self.add_bytes(file, bytes)?;
+        Ok(Output {
+            format,
+            file: file.to_string(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        })
+    }
+
     /// Stages a small file (the report).
     pub fn add_bytes(&mut self, file: &str, bytes: &[u8]) -> Result<(), OutputError> {
         let staged = self.dir.path().join(file);

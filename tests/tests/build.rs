@@ -1189,7 +1189,7 @@ fn a_failed_build_leaves_every_previous_output_and_its_report() {
     let before = listing(&out);
     assert_eq!(
         before.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        ["set.manifest.json", "set.tar"]
+        ["set.manifest.json", "set.spdx.json", "set.tar"]
     );
 
     let profile = write_profile(work.path(), "set", &second.reference_by_digest, &[], "");

@@ -87,7 +87,7 @@ fn what_a_killed_build_left_is_swept_by_the_next() {
     assert_ok(&again, "the build after the killed one");
     assert_eq!(
         names(&out),
-        ["killed.manifest.json", "killed.tar"],
+        ["killed.manifest.json", "killed.spdx.json", "killed.tar"],
         "the killed build's staging folder stayed"
     );
     assert_eq!(names(&cache.join("tmp")), Vec::<String>::new());

@@ -896,3 +896,136 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
         "an unverified root was booted"
     );
 }
+
+/// The SPDX tools' validator (rocks/setup-host installs it in its own venv).
+fn spdx_validator() -> std::path::PathBuf {
+    let path = std::env::var_os("CAIRN_SPDX_VALIDATOR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/cairn-tools/bin/pyspdxtools".into());
+    assert!(
+        path.is_file(),
+        "{} is missing: run rocks/setup-host (it installs spdx-tools in a venv)",
+        path.display()
+    );
+    path
+}
+
+/// The SBOM of a build of the real node base: valid for the SPDX tools, every package dpkg itself lists (read
+/// with the host's dpkg-query from the image's own status file) with its purl, the rock with its digest, and
+/// cairn's files with their checksums.
+#[test]
+fn the_sbom_lists_what_dpkg_lists_and_is_valid_spdx() {
+    let pinned = node_base();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let profile = write_profile(work.path(), "sbom", &pinned, &[], "");
+    let out = work.path().join("out");
+    build_profile(&profile, &out, &work.path().join("cache"));
+    let sbom_path = out.join("sbom.spdx.json");
+    let validated = Command::new(spdx_validator())
+        .arg("--infile")
+        .arg(&sbom_path)
+        .output()
+        .expect("run pyspdxtools");
+    assert!(
+        validated.status.success(),
+        "the SPDX validator refused the SBOM:\n{}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sbom_path).expect("sbom")).expect("json");
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+
+    // dpkg's own view of the image's status file.
+    let (_, items) = read_tar(&out.join("sbom.tar"));
+    let admin = work.path().join("dpkg");
+    std::fs::create_dir_all(&admin).expect("mkdir");
+    std::fs::write(admin.join("status"), &items["var/lib/dpkg/status"].data).expect("status");
+    let listed = output(
+        Command::new("dpkg-query")
+            .arg("--admindir")
+            .arg(&admin)
+            .args([
+                "-W",
+                "-f",
+                "${db:Status-Abbrev} ${Package} ${Version} ${Architecture}\n",
+            ]),
+    );
+    let mut dpkg: Vec<(String, String, String)> = listed
+        .lines()
+        .filter(|l| l.starts_with("ii "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[1].to_string(), w[2].to_string(), w[3].to_string())
+        })
+        .collect();
+    dpkg.sort();
+    assert!(dpkg.len() > 100, "{} packages", dpkg.len());
+    let packages = sbom["packages"].as_array().expect("packages");
+    let purl = |p: &serde_json::Value| {
+        p["externalRefs"][0]["referenceLocator"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut debs: Vec<(String, String, String)> = packages
+        .iter()
+        .filter(|p| purl(p).starts_with("pkg:deb/"))
+        .map(|p| {
+            let arch = purl(p)
+                .rsplit_once("?arch=")
+                .map(|(_, a)| a.to_string())
+                .unwrap_or_default();
+            (
+                p["name"].as_str().expect("name").to_string(),
+                p["versionInfo"].as_str().expect("version").to_string(),
+                arch,
+            )
+        })
+        .collect();
+    debs.sort();
+    assert_eq!(debs, dpkg, "the SBOM's Debian packages are not dpkg's");
+    let bash = packages.iter().find(|p| p["name"] == "bash").expect("bash");
+    let version = bash["versionInfo"]
+        .as_str()
+        .expect("version")
+        .replace('+', "%2B");
+    assert_eq!(
+        purl(bash),
+        format!("pkg:deb/debian/bash@{version}?arch=amd64")
+    );
+    assert_eq!(bash["licenseDeclared"], "GPL-3.0-or-later");
+
+    let digest = pinned.rsplit_once('@').expect("pinned").1;
+    let rock = packages
+        .iter()
+        .find(|p| purl(p).starts_with("pkg:oci/node-base@"))
+        .expect("the rock");
+    assert_eq!(
+        rock["checksums"][0]["checksumValue"],
+        digest.trim_start_matches("sha256:")
+    );
+    let files = sbom["files"].as_array().expect("files");
+    let agent = files
+        .iter()
+        .find(|f| f["fileName"] == "./usr/lib/cairn/cairn-agent")
+        .expect("the agent");
+    assert_eq!(
+        agent["checksums"][1]["checksumValue"],
+        hex::encode(Sha256::digest(&items["usr/lib/cairn/cairn-agent"].data))
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sbom.manifest.json")).expect("report"))
+            .expect("json");
+    let named = report["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .find(|o| o["format"] == "spdx")
+        .expect("the SBOM in the report");
+    assert_eq!(named["file"], "sbom.spdx.json");
+    assert_eq!(
+        named["sha256"],
+        hex::encode(Sha256::digest(std::fs::read(&sbom_path).expect("sbom")))
+    );
+}

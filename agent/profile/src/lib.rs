@@ -17,6 +17,7 @@ pub mod reference;
 mod secrets;
 pub mod snap;
 pub mod system;
+pub mod time;
 
 pub use diagnostic::{Diagnostic, Error};
 pub use instance::{INSTANCE_WRITABLE, Instance, Merged};
