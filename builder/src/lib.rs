@@ -13,6 +13,7 @@ pub mod cache;
 pub mod disk;
 pub mod files;
 pub mod filesystem;
+pub mod init;
 pub mod output;
 pub mod pin;
 pub mod preload;

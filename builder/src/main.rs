@@ -1,6 +1,6 @@
 //! The `cairn` command: a thin shell over the library. Exit codes: 0 done, 1 the build failed, 2 bad input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cairn::build::{BuildError, BuildOptions};
@@ -8,7 +8,7 @@ use cairn::cache::maintain::{self, human};
 use cairn::cache::{Cache, CacheError};
 use cairn::pin::PinError;
 use cairn_profile::{Format, Profile};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// What stops a command.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,10 @@ enum Error {
     Cache(#[from] CacheError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Init(cairn::init::InitError),
+    #[error("writing to stdout: {0}")]
+    Output(std::io::Error),
     #[error("{}: {stale} pin(s) stale: run `cairn pin {}`", profile.display(), profile.display())]
     Stale { profile: PathBuf, stale: usize },
 }
@@ -64,7 +68,9 @@ fn exit_code(e: &Error) -> u8 {
         },
         Error::Runtime(_) => BUILD_FAILED,
         Error::Cache(CacheError::NoHome) | Error::Usage(_) => BAD_INPUT,
-        Error::Stale { .. } => BUILD_FAILED,
+        Error::Stale { .. } | Error::Output(_) => BUILD_FAILED,
+        Error::Init(cairn::init::InitError::Write { .. }) => BUILD_FAILED,
+        Error::Init(_) => BAD_INPUT,
         Error::Cache(CacheError::Io { .. }) => BUILD_FAILED,
     }
 }
@@ -115,6 +121,25 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Write a commented profile to start from, `cairn.toml`, into the current folder.
+    Init {
+        /// A Canonical Kubernetes node of this role instead of a plain node.
+        #[arg(long, value_name = "ROLE", value_parser = ["control-plane", "worker"])]
+        kubernetes: Option<String>,
+        /// The profile's name [default: node, control-plane or worker].
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an existing cairn.toml.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell's completion script (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (e.g. `cairn man | man -l -`).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +278,34 @@ fn main() -> ExitCode {
                 })
         }
         Command::Cache { action } => cache(action),
+        Command::Init {
+            kubernetes,
+            name,
+            force,
+        } => {
+            let kind = match kubernetes.as_deref() {
+                Some("control-plane") => cairn::init::Kind::ControlPlane,
+                Some(_) => cairn::init::Kind::Worker,
+                None => cairn::init::Kind::Node,
+            };
+            cairn::init::write(Path::new("."), kind, name.as_deref(), force)
+                .map(|path| {
+                    println!(
+                        "wrote {}: edit it, then `cairn pin {}` and `cairn build {}`",
+                        path.display(),
+                        cairn::init::FILE,
+                        cairn::init::FILE
+                    )
+                })
+                .map_err(Error::Init)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(Error::Output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
