@@ -11,7 +11,7 @@ use cairn_profile::{Digest, Reference};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::assemble::layer::{LayerError, Unpacked, unpack};
 use crate::assemble::{MAX_LAYERS, MAX_TOTAL_ENTRIES, UNPACK_AT_ONCE};
@@ -121,6 +121,7 @@ pub async fn all(
         tasks.spawn(async move {
             let unpacked_index = cache.unpacked_dir(&layer.digest).join("index.json");
             let blob = if unpacked_index.is_file() {
+                debug!(layer = %layer.digest, "cached");
                 cache.blob_path(&layer.digest)
             } else {
                 let t = Instant::now();

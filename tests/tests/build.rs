@@ -1362,3 +1362,38 @@ fn a_docker_config_that_cannot_be_used_is_a_warning_naming_it() {
     assert_eq!(err.matches(&warning).count(), 1, "{err}");
     assert!(err.contains("pulling anonymously"), "{err}");
 }
+
+#[test]
+fn quiet_verbose_and_color_shape_what_goes_to_stderr() {
+    let registry = registry::shared();
+    let layer = LayerBuilder::new().file("f", 0o644, "loud");
+    let pushed = push_layer(registry, "e2e/verbosity", "v1", &layer, Compression::Gzip);
+    let work = tempfile::tempdir().expect("tempdir");
+    let profile = write_profile(work.path(), "v", &pushed.reference_by_digest, &[], "");
+    let run = |flags: &[&str], env: &[(&str, &str)]| {
+        let out = work.path().join("out");
+        let cache = work.path().join("cache");
+        let mut args = build_args(&profile, &out, &cache);
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        let o = run_cairn(args, env);
+        assert_ok(&o, &format!("{flags:?}"));
+        stderr(&o)
+    };
+    let normal = run(&[], &[]);
+    assert!(
+        normal.contains("INFO") && !normal.contains("DEBUG"),
+        "{normal}"
+    );
+    assert!(
+        !normal.contains('\u{1b}'),
+        "colour off a terminal: {normal}"
+    );
+    let quiet = run(&["-q"], &[]);
+    assert!(!quiet.contains("INFO"), "{quiet}");
+    let verbose = run(&["-v"], &[]);
+    assert!(verbose.contains("DEBUG"), "{verbose}");
+    let always = run(&["--color", "always"], &[("NO_COLOR", "1")]);
+    assert!(always.contains("\u{1b}["), "asked for colour: {always}");
+    let never = run(&["--color", "never"], &[]);
+    assert!(!never.contains('\u{1b}'), "{never}");
+}
