@@ -462,8 +462,26 @@ fn root_home_under_var(tree: &mut Tree, layer_tars: &[PathBuf]) -> Result<(), Sn
         return Ok(());
     };
     tree.set_file_data(b"etc/passwd", Data::Bytes(Arc::from(changed.into_bytes())));
+    // snap-confine's AppArmor profile lets it write `@{HOME}/snap/...` only, and @{HOME} is `/home/*/ /root/`:
+    // without this the same command fails "Permission denied" on /var/root/snap (seen on the second boot).
+    if tree.lookup(APPARMOR_HOME_D.as_bytes()).is_some() {
+        let mut m = Meta::new(0o644, 0, 0);
+        m.mtime = 0;
+        tree.put(
+            format!("{APPARMOR_HOME_D}/cairn").as_bytes(),
+            New::File(m, Data::Bytes(Arc::from(APPARMOR_HOME.as_bytes()))),
+        )
+        .map_err(|source| SnapError::Tree {
+            path: format!("/{APPARMOR_HOME_D}/cairn"),
+            source,
+        })?;
+    }
     Ok(())
 }
+
+/// AppArmor's folder for site-specific home folders.
+const APPARMOR_HOME_D: &str = "etc/apparmor.d/tunables/home.d";
+const APPARMOR_HOME: &str = "# Written by cairn: root's home is /var/root on a node (/root is a symlink to it).\n@{HOME}+=/var/root/\n";
 
 /// `passwd` with the home of the user whose uid is 0 and home `/root` set to `home`; `None` when nothing changes.
 fn with_root_home(passwd: &str, home: &str) -> Option<String> {
