@@ -1111,8 +1111,14 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             ("bootstrap".into(), "applied".into()),
             ("images".into(), "unchanged".into()),
             ("ready".into(), "unchanged".into()),
-            ("modes".into(), "unchanged".into()),
+            ("modes".into(), "applied".into()),
         ],
+        "{ready}"
+    );
+    // snapd wrote the kubelet's unit (0644) when it installed the k8s snap: the CIS preset makes it owner-only.
+    assert_eq!(
+        step(&ready, "modes")["detail"],
+        "1 files and folders of the distribution checked, made owner-only: /etc/systemd/system/snap.k8s.kubelet.service",
         "{ready}"
     );
     assert!(
