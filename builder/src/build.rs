@@ -161,7 +161,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     let baked = system::bake(&mut tree, &tars, &profile)?;
     files::add_cairn_files(&mut tree, &profile, &agent)?;
     let archives = preload::add_archives(&mut tree, &cache, &preloads, epoch)?;
-    let snaps = snaps::add_to_tree(&mut tree, &snaps, epoch)?;
+    let snaps = snaps::add_to_tree(&mut tree, &tars, &snaps, epoch)?;
     info!(ms = t.elapsed().as_millis() as u64, "assembled");
     // From the root as assembled, before the disk formats move /var into the factory archive.
     let sbom = sbom::document(

@@ -1,19 +1,25 @@
-//! The k8s test rock: the static `k8s` double (tests/k8s-double, crate `cairn-k8s-double`) as
-//! `/usr/local/bin/k8s`; the units of its service stand-ins, which the double starts itself after a bootstrap or
-//! join (none is enabled): the distribution's containerd (Debian's binary under a unit of its own, standing for the
-//! snap's `snap.k8s.containerd`), the kubelet's health endpoint and the background image import; plus a oneshot
-//! unit that lists containerd's `k8s.io` images on the boot console once `cairn-kubernetes.service` is done. A
-//! TEST DOUBLE: it runs no Kubernetes and never belongs in `profiles/`.
+//! The k8s double (tests/k8s-double, crate `cairn-k8s-double`) packaged as the `k8s` snap, and the test rock that
+//! shows a booted node's state on its console. A TEST DOUBLE: it runs no Kubernetes and never belongs in
+//! `profiles/`.
+//!
+//! The snap ([`snap`]): the static double at `bin/k8s`, so `/snap/bin/k8s` is the node's `k8s` command, with a
+//! `meta/snap.yaml` modelled on the real snap's (canonical/k8s-snap snap/snapcraft.yaml: `confinement: classic`,
+//! `base: core22`, the `k8s` command and the daemons with their `daemon`, `install-mode`, ordering and restart
+//! keys). Its containerd and kubelet are stand-ins the double starts as k8sd does (`snap start --enable
+//! k8s.containerd k8s.kubelet`); the other daemons are declared, never started, and say so if they are.
+//!
+//! The rock ([`layer`]): two oneshot units ordered after `cairn-kubernetes.service` that print, between marker
+//! lines, containerd's `k8s.io` images, and the node's snaps with the state of its containerd units.
 
 use std::path::PathBuf;
 
 use crate::image::{Compression, Image, LayerBuilder};
 use crate::push::push_image;
 use crate::registry::Registry;
+use crate::snap::SnapBuilder;
 
-/// Where the double lands in the image (on the agent's PATH, before any real `k8s`).
-pub const BIN_PATH: &str = "/usr/local/bin/k8s";
 pub const UNIT_NAME: &str = "k8s-double-images.service";
+pub const SNAPS_UNIT_NAME: &str = "k8s-double-snaps.service";
 /// The repository the rock is pushed to.
 pub const REPOSITORY: &str = "e2e/k8s-double";
 pub const TAG: &str = "v1";
@@ -41,56 +47,119 @@ StandardError=journal+console
 WantedBy=multi-user.target
 ";
 
-/// The distribution's containerd, as the double starts it (`systemctl start`, waited for) after a bootstrap or
-/// join: Debian's binary with Debian's config, so on the snap's socket `/run/containerd/containerd.sock`. Not
-/// Debian's `containerd.service`, which cairn masks on a Kubernetes node.
-pub const CONTAINERD_UNIT_NAME: &str = "k8s-double-containerd.service";
-pub const CONTAINERD_UNIT: &str = "\
-# Test double only (cairn e2e): stands for the snap's snap.k8s.containerd service.
+/// The unit: `k8s-double: snaps`, `snap list`'s table, then what systemd knows of Debian's containerd (masked,
+/// never started: no invocation id) and of the snap's containerd and kubelet, then `k8s-double: snaps end`.
+pub const SNAPS_UNIT: &str = "\
+# Test double only (cairn e2e): the node's snaps and containerd units on the console after cairn's kubernetes phase.
 [Unit]
-Description=k8s-double: the distribution's containerd (stand-in for snap.k8s.containerd)
-After=network.target local-fs.target
-
-[Service]
-ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/bin/containerd
-Type=notify
-Delegate=yes
-KillMode=process
-Restart=always
-RestartSec=5
-LimitNOFILE=infinity
-";
-
-/// The kubelet's health endpoint (`127.0.0.1:10248/healthz`), started with `--no-block` after containerd.
-pub const KUBELET_UNIT_NAME: &str = "k8s-double-kubelet.service";
-pub const KUBELET_UNIT: &str = "\
-# Test double only (cairn e2e): the kubelet's health endpoint, nothing else of a kubelet.
-[Unit]
-Description=k8s-double: kubelet stand-in (health endpoint only)
-After=k8s-double-containerd.service
-
-[Service]
-Environment=K8S_DOUBLE_MODE=kubelet
-ExecStart=/usr/local/bin/k8s
-Restart=on-failure
-RestartSec=2
-";
-
-/// The side-load import, in the background of the bootstrap or join (`--no-block`), after a delay.
-pub const SIDELOAD_UNIT_NAME: &str = "k8s-double-sideload.service";
-pub const SIDELOAD_UNIT: &str = "\
-# Test double only (cairn e2e): the snap containerd's side-load plugin, run once after it starts.
-[Unit]
-Description=k8s-double: side-loaded images imported in the background
-After=k8s-double-containerd.service
-Wants=k8s-double-containerd.service
+Description=k8s-double: snaps and containerd units on the console
+After=cairn-kubernetes.service
 
 [Service]
 Type=oneshot
-Environment=K8S_DOUBLE_MODE=sideload
-ExecStart=/usr/local/bin/k8s
-TimeoutStartSec=infinity
+ExecStartPre=/bin/echo \"k8s-double: snaps\"
+ExecStart=/usr/bin/snap list --unicode=never
+ExecStartPost=/bin/systemctl show --property=Id,LoadState,ActiveState,InvocationID containerd.service snap.k8s.containerd.service snap.k8s.kubelet.service
+ExecStartPost=/bin/echo \"k8s-double: snaps end\"
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The k8s snap's version: the double's, not Kubernetes'.
+pub const SNAP_VERSION: &str = "0.0.0-double";
+
+/// The k8s snap's apps as the real snap declares them (canonical/k8s-snap snap/snapcraft.yaml `apps:`: the same
+/// names, `daemon`, `install-mode`, ordering, stop and restart keys), each command a file of the double's snap.
+pub const SNAP_APPS: &str = "\
+apps:
+  k8s:
+    command: bin/k8s
+  containerd:
+    command: bin/containerd
+    daemon: notify
+    install-mode: disable
+    stop-mode: sigterm
+    restart-condition: always
+    start-timeout: 5m
+    before: [kubelet]
+  etcd:
+    command: bin/not-emulated
+    install-mode: disable
+    daemon: simple
+    before: [kube-apiserver]
+  k8sd:
+    command: bin/k8sd
+    install-mode: enable
+    daemon: simple
+  kubelet:
+    install-mode: disable
+    command: bin/kubelet
+    daemon: simple
+    after: [containerd]
+  kube-apiserver:
+    install-mode: disable
+    command: bin/not-emulated
+    daemon: simple
+    before: [kubelet, kube-controller-manager, kube-proxy, kube-scheduler]
+    stop-timeout: 5s
+  kube-controller-manager:
+    install-mode: disable
+    command: bin/not-emulated
+    daemon: simple
+    after: [kube-apiserver]
+  kube-proxy:
+    install-mode: disable
+    command: bin/not-emulated
+    daemon: simple
+    after: [kube-apiserver]
+  kube-scheduler:
+    install-mode: disable
+    command: bin/not-emulated
+    daemon: simple
+    after: [kube-apiserver]
+  k8s-apiserver-proxy:
+    install-mode: disable
+    command: bin/not-emulated
+    daemon: simple
+    before: [kubelet, kube-proxy]
+";
+
+/// `snap.k8s.containerd`: the distribution's containerd is Debian's binary with Debian's config here, so on the
+/// snap's socket `/run/containerd/containerd.sock`. The snap's containerd imports side-loaded archives in a
+/// goroutine once it is up (its side-load plugin); the stand-in starts the double's import beside it, which waits
+/// for containerd to answer. `exec` keeps containerd the unit's main process, the one that notifies systemd.
+pub const CONTAINERD_WRAPPER: &str = "\
+#!/bin/sh
+# Test double only (cairn e2e): the k8s snap's containerd service.
+/sbin/modprobe overlay 2>/dev/null
+K8S_DOUBLE_MODE=sideload \"$SNAP/bin/k8s\" </dev/null >/dev/null 2>&1 &
+exec /usr/bin/containerd
+";
+
+/// `snap.k8s.kubelet`: the double's kubelet stand-in (its health endpoint only).
+pub const KUBELET_WRAPPER: &str = "\
+#!/bin/sh
+# Test double only (cairn e2e): the k8s snap's kubelet service, its health endpoint only.
+K8S_DOUBLE_MODE=kubelet exec \"$SNAP/bin/k8s\"
+";
+
+/// `snap.k8s.k8sd`, enabled at install as the real one is: nothing of k8sd runs, the double answers the CLI.
+pub const K8SD_WRAPPER: &str = "\
+#!/bin/sh
+# Test double only (cairn e2e): the k8s snap's k8sd service. The double's k8s command needs no daemon.
+echo \"k8s-double: k8sd stand-in running (the double answers the k8s command itself)\" >/dev/console
+exec sleep infinity
+";
+
+/// The daemons the double has no stand-in for.
+pub const NOT_EMULATED: &str = "\
+#!/bin/sh
+# Test double only (cairn e2e): a k8s snap daemon the double does not emulate.
+echo \"k8s-double: error: $SNAP_NAME.$SNAP_COMMAND_NAME is not emulated\" >&2
+exit 1
 ";
 
 /// What a kubelet with `--protect-kernel-defaults` checks, at the values the hardening presets set: the double
@@ -132,41 +201,44 @@ pub fn double_bin() -> PathBuf {
     bin
 }
 
-/// The rock's one layer: the double (0755), the units (0644) and the images unit's enabling symlink, with their
-/// folders.
-pub fn layer() -> LayerBuilder {
+/// The double packaged as the `k8s` snap (unasserted: see [`crate::k8s_snaps`]).
+pub fn snap() -> SnapBuilder {
     let bin = double_bin();
     let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
+    let mut b = SnapBuilder::new("k8s")
+        .base(crate::k8s_snaps::K8S_BASE)
+        .confinement("classic")
+        .yaml(
+            "summary: TEST DOUBLE of Canonical Kubernetes' k8s snap (cairn e2e), no Kubernetes\ngrade: devel\n",
+        )
+        .yaml(SNAP_APPS)
+        .file("bin/k8s", bytes, 0o755)
+        .file("bin/containerd", CONTAINERD_WRAPPER, 0o755)
+        .file("bin/kubelet", KUBELET_WRAPPER, 0o755)
+        .file("bin/k8sd", K8SD_WRAPPER, 0o755)
+        .file("bin/not-emulated", NOT_EMULATED, 0o755);
+    b.version = SNAP_VERSION.into();
+    b
+}
+
+/// The rock's one layer: the two units (0644) and their enabling symlinks, with their folders.
+pub fn layer() -> LayerBuilder {
     let system = "usr/lib/systemd/system";
-    LayerBuilder::new()
+    let mut layer = LayerBuilder::new()
         .dir("usr", 0o755)
-        .dir("usr/local", 0o755)
-        .dir("usr/local/bin", 0o755)
-        .file(BIN_PATH.trim_start_matches('/'), 0o755, bytes)
         .dir("usr/lib", 0o755)
         .dir("usr/lib/systemd", 0o755)
         .dir(system, 0o755)
-        .file(&format!("{system}/{UNIT_NAME}"), 0o644, UNIT)
-        .file(
-            &format!("{system}/{CONTAINERD_UNIT_NAME}"),
-            0o644,
-            CONTAINERD_UNIT,
-        )
-        .file(
-            &format!("{system}/{KUBELET_UNIT_NAME}"),
-            0o644,
-            KUBELET_UNIT,
-        )
-        .file(
-            &format!("{system}/{SIDELOAD_UNIT_NAME}"),
-            0o644,
-            SIDELOAD_UNIT,
-        )
-        .dir(&format!("{system}/multi-user.target.wants"), 0o755)
-        .symlink(
-            &format!("{system}/multi-user.target.wants/{UNIT_NAME}"),
-            &format!("../{UNIT_NAME}"),
-        )
+        .dir(&format!("{system}/multi-user.target.wants"), 0o755);
+    for (name, text) in [(UNIT_NAME, UNIT), (SNAPS_UNIT_NAME, SNAPS_UNIT)] {
+        layer = layer
+            .file(&format!("{system}/{name}"), 0o644, text)
+            .symlink(
+                &format!("{system}/multi-user.target.wants/{name}"),
+                &format!("../{name}"),
+            );
+    }
+    layer
 }
 
 /// The rock: linux/amd64, OCI, one gzip layer.

@@ -14,12 +14,15 @@
 //! - [`output`]: reading cairn's tar outputs back.
 //! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
 //! - [`snap`]: real snap files (squashfs with meta/snap.yaml) and assertion files in snapd's layout.
+//! - [`k8s_double`], [`k8s_snaps`]: the k8s double as the `k8s` snap, the stand-in snapd and base snaps, the
+//!   test rock that shows a booted node on its console.
 
 pub mod cairn;
 pub mod containerd;
 pub mod fault_proxy;
 pub mod image;
 pub mod k8s_double;
+pub mod k8s_snaps;
 pub mod output;
 pub mod push;
 pub mod qemu;

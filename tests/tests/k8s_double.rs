@@ -590,7 +590,7 @@ fn a_missing_config_file_is_reported_like_the_real_cli() {
 }
 
 #[test]
-fn the_test_rock_carries_the_double_and_its_unit() {
+fn the_test_rock_carries_its_console_units() {
     let layer = k8s_double::layer();
     let find = |path: &str| {
         layer
@@ -599,18 +599,27 @@ fn the_test_rock_carries_the_double_and_its_unit() {
             .find(|e| e.path == path)
             .unwrap_or_else(|| panic!("{path} is not in the rock"))
     };
-    let bin = find("usr/local/bin/k8s");
-    assert_eq!(bin.mode, 0o755);
-    assert_eq!(
-        bin.kind,
-        EntryKind::File(std::fs::read(double_bin()).expect("read the double"))
+    // The double is the k8s snap's now: the rock carries no k8s command.
+    assert!(
+        !layer.entries().iter().any(|e| e.path.ends_with("bin/k8s")),
+        "the rock carries a k8s command"
     );
-    let unit = find("usr/lib/systemd/system/k8s-double-images.service");
-    assert_eq!(unit.mode, 0o644);
-    let EntryKind::File(text) = &unit.kind else {
-        panic!("the unit is not a file");
+    let unit_text = |name: &str| {
+        let unit = find(&format!("usr/lib/systemd/system/{name}"));
+        assert_eq!(unit.mode, 0o644);
+        let EntryKind::File(text) = &unit.kind else {
+            panic!("{name} is not a file");
+        };
+        assert_eq!(
+            find(&format!(
+                "usr/lib/systemd/system/multi-user.target.wants/{name}"
+            ))
+            .kind,
+            EntryKind::Symlink(format!("../{name}"))
+        );
+        String::from_utf8(text.clone()).expect("utf-8 unit")
     };
-    let text = String::from_utf8(text.clone()).expect("utf-8 unit");
+    let text = unit_text("k8s-double-images.service");
     for line in [
         "After=cairn-kubernetes.service",
         "Type=oneshot",
@@ -620,10 +629,75 @@ fn the_test_rock_carries_the_double_and_its_unit() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }
+    let text = unit_text("k8s-double-snaps.service");
+    for line in [
+        "After=cairn-kubernetes.service",
+        "Type=oneshot",
+        "ExecStartPre=/bin/echo \"k8s-double: snaps\"",
+        "ExecStart=/usr/bin/snap list --unicode=never",
+        "ExecStartPost=/bin/echo \"k8s-double: snaps end\"",
+        "StandardOutput=journal+console",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+}
+
+/// The double packaged as the k8s snap: a real squashfs whose snap.yaml follows the real snap's, the double at
+/// bin/k8s (so /snap/bin/k8s runs it), and a command file for each app.
+#[test]
+fn the_k8s_snap_carries_the_double_as_its_k8s_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let built = k8s_double::snap().build(dir.path());
+    let cat = |path: &str| {
+        let o = std::process::Command::new("unsquashfs")
+            .args(["-no-progress", "-cat"])
+            .arg(&built.path)
+            .arg(path)
+            .output()
+            .expect("unsquashfs");
+        assert!(
+            o.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
     assert_eq!(
-        find("usr/lib/systemd/system/multi-user.target.wants/k8s-double-images.service").kind,
-        EntryKind::Symlink("../k8s-double-images.service".into())
+        cat("bin/k8s"),
+        std::fs::read(double_bin()).expect("read the double")
     );
+    let yaml = String::from_utf8(cat("meta/snap.yaml")).expect("utf-8");
+    let meta = cairn::snaps::meta::parse(yaml.as_bytes()).expect("snap.yaml parses");
+    assert_eq!(meta.name, "k8s");
+    assert_eq!(meta.base.as_deref(), Some("core22"));
+    assert_eq!(meta.confinement, cairn::snaps::meta::Confinement::Classic);
+    for line in [
+        "  k8s:\n    command: bin/k8s\n",
+        "  containerd:\n    command: bin/containerd\n    daemon: notify\n    install-mode: disable\n",
+        "  k8sd:\n    command: bin/k8sd\n    install-mode: enable\n    daemon: simple\n",
+        "  kubelet:\n    install-mode: disable\n    command: bin/kubelet\n    daemon: simple\n    after: [containerd]\n",
+    ] {
+        assert!(yaml.contains(line), "{line:?} missing:\n{yaml}");
+    }
+    // Every app's command is in the snap, executable.
+    let listing = std::process::Command::new("unsquashfs")
+        .args(["-lls", "-no-progress"])
+        .arg(&built.path)
+        .output()
+        .expect("unsquashfs -lls");
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    for command in yaml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("command: "))
+    {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("-rwxr-xr-x")
+                    && l.ends_with(&format!("squashfs-root/{command}"))),
+            "{command} is not an executable of the snap:\n{listing}"
+        );
+    }
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //! sentinel, a worker without a token, a join whose token came from the ESP, a worker ready without `k8s status`,
 //! a worker cut off between its join and the sentinel, a node named otherwise than its host, the images check
 //! waiting for the distribution's background import (with a throwaway containerd).
-//! Booted: the node base with the double's rock layered on, a preloaded rock imported into the node's real
-//! containerd, a control plane and a worker under QEMU.
+//! Booted: the Kubernetes node base with the stand-in snaps (snapd, core22, the double as `k8s`) installed offline
+//! by the image's real snapd at first boot, the test rock's console units layered on, a preloaded rock imported
+//! into the node's real containerd, a control plane and a worker under QEMU.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use cairn_e2e::cairn::{output_text as text, write_file as write};
 use cairn_e2e::k8s_double::{self, KERNEL_DEFAULTS, double_bin};
+use cairn_e2e::k8s_snaps;
 use cairn_e2e::qemu::Vm;
-use cairn_e2e::rocks::{build_profile, node_base, pause};
+use cairn_e2e::rocks::{build_profile, k8s_node_base, pause};
 use cairn_e2e::{registry, run_agent, run_cairn, write_profile};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -966,7 +968,7 @@ fn the_images_check_waits_for_the_background_import_and_names_what_is_missing() 
     );
 }
 
-/// The `k8s` double's test rock, pushed to the shared registry.
+/// The test rock (the console units), pushed to the shared registry.
 fn double_rock() -> String {
     static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PINNED
@@ -974,24 +976,40 @@ fn double_rock() -> String {
         .clone()
 }
 
-/// The control plane and the worker, built from the node base with the double layered on and the sandbox rock
-/// preloaded, booted under QEMU: the right command per role, the files it read, the hardening, the preloaded
-/// image in the node's real containerd with its pinned digest, no token in the image.
+/// The control plane and the worker, built from the Kubernetes node base with the stand-in snaps (snapd, core22,
+/// the double as k8s) and the sandbox rock preloaded, booted under QEMU: the snaps installed offline by the node's
+/// real snapd before the kubernetes phase runs `/snap/bin/k8s`, the right command per role, the files it read, the
+/// hardening, the preloaded image in the node's real containerd with its pinned digest, Debian's containerd never
+/// started, no token in the image.
 #[test]
 fn booted_control_plane_and_worker_with_a_preloaded_rock() {
-    let base = node_base();
+    let started = std::time::Instant::now();
+    let base = k8s_node_base();
     let double = double_rock();
     let pause = pause();
     let pause_digest = pause.rsplit_once('@').expect("pinned").1.to_string();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let cache = work.path().join("cache");
+    let t = std::time::Instant::now();
+    let snaps = k8s_snaps::build_all(&work.path().join("snaps"));
+    eprintln!(
+        "stand-in snaps built in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        snaps
+            .iter()
+            .map(|s| format!("{} {} bytes", s.name, s.size))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let snap_entries = k8s_snaps::profile_entries(work.path(), &snaps);
     let body = |role: &str| {
         format!(
             "[system]\nhostname = \"{role}-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\n\
              [kubernetes]\ndistribution = \"k8s\"\nrole = \"{role}\"\n\
              [kubernetes.extra-args]\nkubelet = {{ \"--max-pods\" = \"150\" }}\n\
              [[preload]]\nrock = \"{pause}\"\nname = \"ghcr.io/canonical/k8s-snap/pause:3.10\"\n\
-             [image]\nformats = [\"raw\"]\n"
+             [image]\nformats = [\"raw\"]\n\
+             {snap_entries}"
         )
     };
     let cp_profile = write_profile(work.path(), "cp", &base, &[&double], &body("control-plane"));
@@ -1022,6 +1040,29 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             .any(|f| f["path"] == "/etc/systemd/system/containerd.service" && f["what"] == "mask"),
         "{}",
         report["system"]
+    );
+    // The three stand-in snaps, in install order, none vouched for by an assertion.
+    let reported: Vec<(&str, &str, bool)> = report["snaps"]
+        .as_array()
+        .expect("snaps")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or(""),
+                s["revision"].as_str().unwrap_or(""),
+                s["asserted"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            ("snapd", "x1", false),
+            ("core22", "x1", false),
+            ("k8s", "x1", false)
+        ],
+        "{}",
+        report["snaps"]
     );
 
     // No token anywhere in the built disk images.
@@ -1056,9 +1097,11 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         timeline(&ready)
     );
     vm.wait_for_text("k8s-double: images end", bound);
+    vm.wait_for_text("k8s-double: snaps end", bound);
     assert!(vm.powerdown(Duration::from_secs(180)), "no ACPI power-off");
     let serial = vm.serial();
     assert!(!serial.contains("cairn-agent: failed"), "{serial}");
+    assert_snaps_installed(&serial, &ready);
     assert_eq!(
         steps(&ready, "kubernetes"),
         [
@@ -1068,8 +1111,14 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             ("bootstrap".into(), "applied".into()),
             ("images".into(), "unchanged".into()),
             ("ready".into(), "unchanged".into()),
-            ("modes".into(), "unchanged".into()),
+            ("modes".into(), "applied".into()),
         ],
+        "{ready}"
+    );
+    // snapd wrote the kubelet's unit (0644) when it installed the k8s snap: the CIS preset makes it owner-only.
+    assert_eq!(
+        step(&ready, "modes")["detail"],
+        "1 files and folders of the distribution checked, made owner-only: /etc/systemd/system/snap.k8s.kubelet.service",
         "{ready}"
     );
     assert!(
@@ -1098,10 +1147,18 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
             .contains("k8s-double: kubelet kernel defaults ok: kernel.keys.root_maxbytes=25000000"),
         "{serial}"
     );
-    // The distribution's containerd (the double's unit, not the base's masked one) imported the archive in the
-    // background: the name, the pinned index digest.
+    // The distribution's containerd (the k8s snap's own service, started as k8sd starts it; not the base's masked
+    // one) imported the archive in the background: the name, the pinned index digest.
     assert!(
-        serial.contains("k8s-double: systemctl start k8s-double-containerd.service"),
+        serial.contains("k8s-double: the k8s snap, revision x1"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: snap start --enable k8s.containerd k8s.kubelet"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("k8s-double: containerd answers on /run/containerd/containerd.sock"),
         "{serial}"
     );
     assert!(
@@ -1127,9 +1184,11 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         timeline(&ready)
     );
     vm.wait_for_text("k8s-double: images end", bound);
+    vm.wait_for_text("k8s-double: snaps end", bound);
     assert!(vm.powerdown(Duration::from_secs(180)), "no ACPI power-off");
     let serial = vm.serial();
     assert!(!serial.contains("cairn-agent: failed"), "{serial}");
+    assert_snaps_installed(&serial, &ready);
     assert!(!serial.contains(TOKEN), "the token reached the console");
     let sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
     assert!(
@@ -1187,6 +1246,120 @@ fn booted_control_plane_and_worker_with_a_preloaded_rock() {
         Some(1),
         "the booted worker's disk holds the token"
     );
+    eprintln!(
+        "the boot test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The lines the test rock's snaps unit printed between its two marker lines, without their `ident[pid]: `.
+fn snaps_block(serial: &str) -> Vec<String> {
+    serial
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("k8s-double: snaps"))
+        .skip(1)
+        .take_while(|l| !l.trim_end().ends_with("k8s-double: snaps end"))
+        .filter_map(|l| {
+            ["snap[", "systemctl["]
+                .iter()
+                .find_map(|ident| l.split_once(ident))
+                .and_then(|(_, rest)| rest.split_once("]: "))
+                .map(|(_, text)| text.trim_end().to_string())
+        })
+        .collect()
+}
+
+/// The properties `systemctl show` printed for `unit` in the snaps unit's block.
+fn unit_properties(block: &[String], unit: &str) -> Vec<(String, String)> {
+    let mut props: Vec<Vec<(String, String)>> = Vec::new();
+    for line in block {
+        if let Some((k, v)) = line.split_once('=') {
+            if k == "Id" || props.is_empty() {
+                props.push(Vec::new());
+            }
+            if let Some(last) = props.last_mut() {
+                last.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    props
+        .into_iter()
+        .find(|p| p.iter().any(|(k, v)| k == "Id" && v == unit))
+        .unwrap_or_else(|| panic!("systemctl show printed nothing for {unit}: {block:?}"))
+}
+
+/// What the snaps phase did at first boot, as the node's line, the phase's own console line and the test rock's
+/// snaps unit show it: snapd seeded, nothing to acknowledge (unasserted stand-ins), the three snaps installed in
+/// order by the real snapd; `snap list` shows them at their local revision; the k8s snap's containerd and kubelet
+/// run, Debian's containerd is masked and never started.
+fn assert_snaps_installed(serial: &str, ready: &Value) {
+    assert_eq!(
+        steps(ready, "snaps"),
+        [
+            ("seeded".into(), "unchanged".into()),
+            ("ack".into(), "unchanged".into()),
+            ("install".into(), "applied".into()),
+        ],
+        "{ready}"
+    );
+    assert_eq!(step(ready, "ack")["detail"], "no assertions", "{ready}");
+    assert_eq!(
+        step(ready, "install")["detail"],
+        "installed snapd x1, core22 x1, k8s x1",
+        "{ready}"
+    );
+    let phase = serial
+        .lines()
+        .find_map(|l| {
+            l.split_once("cairn-agent: snaps ready ")
+                .map(|(_, j)| j.trim())
+        })
+        .unwrap_or_else(|| panic!("no `cairn-agent: snaps ready` line:\n{serial}"));
+    let phase: Value = serde_json::from_str(phase).expect("snaps phase json");
+    assert_eq!(steps(&phase, "snaps"), steps(ready, "snaps"), "{phase}");
+    let block = snaps_block(serial);
+    let listed: Vec<Vec<&str>> = block
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|cells: &Vec<&str>| cells.len() >= 3 && !cells[0].contains('='))
+        .collect();
+    assert_eq!(
+        listed.first().map(|h| h[..3].to_vec()),
+        Some(vec!["Name", "Version", "Rev"]),
+        "{block:?}"
+    );
+    for (name, version) in [
+        ("core22", "stand-in"),
+        ("k8s", k8s_double::SNAP_VERSION),
+        ("snapd", ""),
+    ] {
+        let row = listed
+            .iter()
+            .find(|cells| cells[0] == name)
+            .unwrap_or_else(|| panic!("`snap list` does not show {name}: {block:?}"));
+        assert_eq!(row[2], "x1", "{name}: {block:?}");
+        if !version.is_empty() {
+            assert_eq!(row[1], version, "{name}: {block:?}");
+        }
+    }
+    let debian = unit_properties(&block, "containerd.service");
+    for (k, v) in [
+        ("LoadState", "masked"),
+        ("ActiveState", "inactive"),
+        ("InvocationID", ""),
+    ] {
+        assert!(
+            debian.contains(&(k.to_string(), v.to_string())),
+            "Debian's containerd.service: {k} is not {v:?}: {debian:?}"
+        );
+    }
+    for unit in ["snap.k8s.containerd.service", "snap.k8s.kubelet.service"] {
+        let props = unit_properties(&block, unit);
+        assert!(
+            props.contains(&("ActiveState".to_string(), "active".to_string())),
+            "{unit}: {props:?}"
+        );
+    }
 }
 
 /// Whether `ctr -n k8s.io images ls`, as the test rock's unit prints it between its two marker lines, lists the

@@ -81,6 +81,8 @@ pub enum SnapError {
     Cache(#[from] CacheError),
     #[error("{path}: {source}")]
     Tree { path: String, source: TreeError },
+    #[error("/etc/passwd: {0}")]
+    Passwd(#[source] crate::filesystem::FilesystemError),
 }
 
 impl SnapError {
@@ -93,7 +95,10 @@ impl SnapError {
             | SnapError::Set { .. }
             | SnapError::NoSnapd => true,
             SnapError::Meta { source, .. } => matches!(**source, MetaError::Invalid(_)),
-            SnapError::Read { .. } | SnapError::Cache(_) | SnapError::Tree { .. } => false,
+            SnapError::Read { .. }
+            | SnapError::Cache(_)
+            | SnapError::Tree { .. }
+            | SnapError::Passwd(_) => false,
         }
     }
 }
@@ -341,9 +346,11 @@ fn check_set(snaps: &[Verified]) -> Result<(), SnapError> {
 }
 
 /// Puts the snaps, their assertions and the install plan in the image, and what snapd needs on a read-only
-/// root: `/snap` bound from the data partition at boot. Refuses an image without snapd.
+/// root: `/snap` bound from the data partition at boot, and root's home where snap-confine can reach it. Refuses
+/// an image without snapd.
 pub fn add_to_tree(
     tree: &mut Tree,
+    layer_tars: &[PathBuf],
     snaps: &[Verified],
     epoch: u64,
 ) -> Result<Vec<SnapReport>, SnapError> {
@@ -433,5 +440,101 @@ pub fn add_to_tree(
         "usr/lib/systemd/system/local-fs.target.wants/snap.mount",
         New::Other(meta(0o777), Special::Symlink(b"../snap.mount".to_vec())),
     )?;
+    root_home_under_var(tree, layer_tars, epoch)?;
     Ok(reports)
+}
+
+/// Where root's home is on a node: `/root` is a symlink to it there (disk/root.rs).
+const ROOT_HOME: &str = "/var/root";
+
+/// Gives root the home `/var/root` in `/etc/passwd`. Running a snap's command, snap-confine makes the user's data
+/// folder (`$HOME/snap/NAME/REV`) one component at a time with `O_NOFOLLOW`, so under the `/root` symlink every
+/// command of a snap run as root dies ("cannot create user data directory: /root/snap/k8s/x1: Not a
+/// directory", seen on the first booted node). The same folder, reached without a symlink, works.
+fn root_home_under_var(
+    tree: &mut Tree,
+    layer_tars: &[PathBuf],
+    epoch: u64,
+) -> Result<(), SnapError> {
+    let Some(bytes) =
+        crate::filesystem::read_file(tree, layer_tars, "etc/passwd").map_err(SnapError::Passwd)?
+    else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let Some(changed) = with_root_home(&text, ROOT_HOME) else {
+        return Ok(());
+    };
+    tree.set_file_data(b"etc/passwd", Data::Bytes(Arc::from(changed.into_bytes())));
+    // snap-confine's AppArmor profile lets it write `@{HOME}/snap/...` only, and @{HOME} is `/home/*/ /root/`:
+    // without this the same command fails "Permission denied" on /var/root/snap (seen on the second boot).
+    if tree.lookup(APPARMOR_HOME_D.as_bytes()).is_some() {
+        let mut m = Meta::new(0o644, 0, 0);
+        m.mtime = epoch;
+        tree.put(
+            format!("{APPARMOR_HOME_D}/cairn").as_bytes(),
+            New::File(m, Data::Bytes(Arc::from(APPARMOR_HOME.as_bytes()))),
+        )
+        .map_err(|source| SnapError::Tree {
+            path: format!("/{APPARMOR_HOME_D}/cairn"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// AppArmor's folder for site-specific home folders.
+const APPARMOR_HOME_D: &str = "etc/apparmor.d/tunables/home.d";
+const APPARMOR_HOME: &str = "# Written by cairn: root's home is /var/root on a node (/root is a symlink to it).\n@{HOME}+=/var/root/\n";
+
+/// `passwd` with the home of the user whose uid is 0 and home `/root` set to `home`; `None` when nothing changes.
+fn with_root_home(passwd: &str, home: &str) -> Option<String> {
+    let mut changed = false;
+    let lines: Vec<String> = passwd
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.split(':').collect();
+            if fields.len() == 7 && fields[2] == "0" && fields[5] == "/root" {
+                fields[5] = home;
+                changed = true;
+                fields.join(":")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    changed.then(|| {
+        let mut out = lines.join("\n");
+        if passwd.ends_with('\n') {
+            out.push('\n');
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_gets_its_home_under_var_and_nothing_else_changes() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+        assert_eq!(
+            with_root_home(passwd, ROOT_HOME).as_deref(),
+            Some(
+                "root:x:0:0:root:/var/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+            )
+        );
+        // Already elsewhere, or not uid 0: left alone.
+        assert_eq!(
+            with_root_home("root:x:0:0:root:/var/root:/bin/sh\n", ROOT_HOME),
+            None
+        );
+        assert_eq!(
+            with_root_home("toor:x:1000:0::/root:/bin/sh", ROOT_HOME),
+            None
+        );
+        assert_eq!(with_root_home("", ROOT_HOME), None);
+    }
 }

@@ -1,12 +1,13 @@
 //! The node's services once the distribution accepted a bootstrap or join, and the paths they use.
 //!
-//! k8sd starts the snap's services (containerd among them) and the join returns as soon as they are up; the image
-//! import runs later, in the background (k8sd pkg/k8sd/app/hooks_join.go, hooks_bootstrap.go; the side-load
-//! plugin of k8s-snap build-scripts/components/containerd/patches). The double does the same with stand-ins:
-//! - `K8S_DOUBLE_SERVICES=systemd` (the default, in the booted VM): `systemctl start k8s-double-containerd.service`
-//!   (Debian's containerd binary under a unit of the test rock, standing for `snap.k8s.containerd`, on the snap's
-//!   socket), then `systemctl start --no-block` of `k8s-double-kubelet.service` and, when archives wait,
-//!   `k8s-double-sideload.service`;
+//! k8sd starts the snap's services (containerd among them) with `snap start --enable k8s.containerd k8s.kubelet
+//! ...` (k8sd pkg/snap/snap.go StartServices, pkg/snap/util/services.go) and the join returns as soon as they are
+//! up; the image import runs later, in the background (k8sd pkg/k8sd/app/hooks_join.go, hooks_bootstrap.go; the
+//! side-load plugin of k8s-snap build-scripts/components/containerd/patches). The double does the same:
+//! - `K8S_DOUBLE_SERVICES=snap` (the default, in the booted VM, where the double is the `k8s` snap): `snap start
+//!   --enable k8s.containerd k8s.kubelet`, the snap's own daemons (`snap.k8s.containerd.service` runs Debian's
+//!   containerd on the snap's socket, and starts the background import as the snap's containerd plugin does;
+//!   `snap.k8s.kubelet.service` runs the kubelet stand-in), then waits for containerd to answer;
 //! - `K8S_DOUBLE_SERVICES=process` (host tests): no containerd is started (the one on
 //!   `K8S_DOUBLE_CONTAINERD_SOCKET`, if any, stands for it; the containerd folder is made as a started one would
 //!   make it), and the kubelet stand-in and the import run as detached processes of the double itself.
@@ -21,9 +22,11 @@ use crate::sideload::{self, SideLoadError};
 /// The snap's containerd socket folder under classic confinement (k8sd pkg/snap/snap.go ContainerdSocketDir):
 /// its existence before a bootstrap or join means another containerd runs on the node.
 pub const DEFAULT_CONTAINERD_DIR: &str = "/run/containerd";
-pub const CONTAINERD_UNIT: &str = "k8s-double-containerd.service";
-pub const KUBELET_UNIT: &str = "k8s-double-kubelet.service";
-pub const SIDELOAD_UNIT: &str = "k8s-double-sideload.service";
+/// The snap's services the double has stand-ins for, as k8sd names them to `snap start` (pkg/snap/service.go).
+pub const CONTAINERD_SERVICE: &str = "k8s.containerd";
+pub const KUBELET_SERVICE: &str = "k8s.kubelet";
+/// How long `snap start` may take: snapd runs `systemctl start` of a notify daemon, slow under emulation.
+const SNAP_START_LIMIT: Duration = Duration::from_secs(300);
 /// Selects what a run of the double is: unset, the `k8s` CLI; `sideload` or `kubelet`, a background stand-in.
 pub const MODE_ENV: &str = "K8S_DOUBLE_MODE";
 
@@ -42,16 +45,16 @@ pub fn containerd_socket() -> PathBuf {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Services {
-    Systemd,
+    Snap,
     Process,
 }
 
 fn services() -> Result<Services, String> {
     match std::env::var("K8S_DOUBLE_SERVICES").as_deref() {
-        Err(_) | Ok("systemd") => Ok(Services::Systemd),
+        Err(_) | Ok("snap") => Ok(Services::Snap),
         Ok("process") => Ok(Services::Process),
         Ok(other) => Err(format!(
-            "K8S_DOUBLE_SERVICES={other:?}: expected systemd or process"
+            "K8S_DOUBLE_SERVICES={other:?}: expected snap or process"
         )),
     }
 }
@@ -62,31 +65,29 @@ pub fn start(sideload_dir: &Path, console: &mut Console) -> Result<(), String> {
     let waiting = sideload::archives(sideload_dir).map_err(|e| e.to_string())?;
     let kubelet = crate::kubelet::enabled();
     match services()? {
-        Services::Systemd => {
-            // sd_booted(3): systemd is PID 1 when this folder exists.
-            if !Path::new("/run/systemd/system").is_dir() {
+        Services::Snap => {
+            // snap run sets SNAP_NAME: outside the installed snap there are no snap.k8s.* services to start.
+            if std::env::var("SNAP_NAME").as_deref() != Ok("k8s") {
                 return Err(
-                    "systemd is not PID 1 to start the services (K8S_DOUBLE_SERVICES=process on a host)"
+                    "not run as the k8s snap (SNAP_NAME is not k8s): no snap services to start \
+                     (K8S_DOUBLE_SERVICES=process on a host)"
                         .into(),
                 );
             }
-            systemctl(&["start", CONTAINERD_UNIT], console)?;
+            console.line(&format!(
+                "the k8s snap, revision {}",
+                std::env::var("SNAP_REVISION").unwrap_or_default()
+            ));
+            // One call, as k8sd makes it; snapd orders the kubelet after containerd (its `after:`).
+            let mut args = vec!["start", "--enable", CONTAINERD_SERVICE];
+            if kubelet {
+                args.push(KUBELET_SERVICE);
+            }
+            snap(&args, console)?;
             let ctr = sideload::find_tool("ctr").map_err(|e| e.to_string())?;
             let socket = containerd_socket();
             sideload::wait_for_containerd(&ctr, &socket).map_err(|e| e.to_string())?;
             console.line(&format!("containerd answers on {}", socket.display()));
-            let mut queued = Vec::new();
-            if kubelet {
-                queued.push(KUBELET_UNIT);
-            }
-            if !waiting.is_empty() {
-                queued.push(SIDELOAD_UNIT);
-            }
-            if !queued.is_empty() {
-                let mut args = vec!["start", "--no-block"];
-                args.extend(&queued);
-                systemctl(&args, console)?;
-            }
         }
         Services::Process => {
             console.line("services: no containerd started (K8S_DOUBLE_SERVICES=process)");
@@ -120,13 +121,13 @@ pub fn start(sideload_dir: &Path, console: &mut Console) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `systemctl ARGS`, at most a minute.
-fn systemctl(args: &[&str], console: &mut Console) -> Result<(), String> {
-    let systemctl = sideload::find_tool("systemctl").map_err(|e| e.to_string())?;
-    console.line(&format!("systemctl {}", args.join(" ")));
-    let mut cmd = Command::new(systemctl);
+/// Runs `snap ARGS` (Debian's snap command, talking to snapd), at most [`SNAP_START_LIMIT`].
+fn snap(args: &[&str], console: &mut Console) -> Result<(), String> {
+    let snap = sideload::find_tool("snap").map_err(|e| e.to_string())?;
+    console.line(&format!("snap {}", args.join(" ")));
+    let mut cmd = Command::new(snap);
     cmd.args(args);
-    sideload::run(cmd, Instant::now() + Duration::from_secs(60))
+    sideload::run(cmd, Instant::now() + SNAP_START_LIMIT)
         .map(drop)
         .map_err(|e: SideLoadError| e.to_string())
 }

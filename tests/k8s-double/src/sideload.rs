@@ -4,8 +4,9 @@
 //! As in the snap, this happens in the background, after the bootstrap or join has returned: the snap's containerd
 //! carries a plugin that, once containerd is up, imports each archive once, logs a failure and goes on, and renames
 //! only what it imported (k8s-snap build-scripts/components/containerd/patches/default/0001-side-load-images-plugin.patch).
-//! The double runs it as `K8S_DOUBLE_MODE=sideload` after [`delay`]: a unit (`k8s-double-sideload.service`, started
-//! with `--no-block`) under systemd, a detached process on the host.
+//! The double runs it as `K8S_DOUBLE_MODE=sideload` after [`delay`]: started in the background by the `k8s` snap's
+//! containerd service (its wrapper, beside containerd, as the plugin runs inside it) on a node, a detached process
+//! on the host.
 
 use std::fmt;
 use std::io::Read;
