@@ -82,6 +82,14 @@ pub fn add_profile_files(tree: &mut Tree, profile: &Profile) -> Result<(), Files
 }
 
 /// Adds cairn's own files, last, so nothing from a rock or the profile can shadow them.
+/// Every unit file cairn may install, as a path in the root (the SBOM lists those an image has).
+pub fn unit_paths() -> impl Iterator<Item = String> {
+    UNITS
+        .iter()
+        .chain([&SNAPS_UNIT, &KUBERNETES_UNIT])
+        .map(|(name, _, _)| format!("usr/lib/systemd/system/{name}"))
+}
+
 pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Result<(), FilesError> {
     let agent_size = std::fs::metadata(agent)
         .map_err(|source| FilesError::Source {

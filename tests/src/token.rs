@@ -504,7 +504,7 @@ fn serve(mut conn: TcpStream, state: &State) -> std::io::Result<()> {
         "token": token,
         "access_token": token,
         "expires_in": expires_in,
-        "issued_at": format_rfc3339(issued_at),
+        "issued_at": cairn_profile::time::rfc3339(issued_at),
     });
     respond(
         &mut conn,
@@ -514,28 +514,6 @@ fn serve(mut conn: TcpStream, state: &State) -> std::io::Result<()> {
         &serde_json::to_vec(&body).expect("token JSON"),
     );
     Ok(())
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic
-/// Gregorian), as the token spec's `issued_at`.
-pub fn format_rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
 }
 
 #[cfg(test)]
@@ -564,8 +542,14 @@ mod tests {
 
     #[test]
     fn rfc3339() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(cairn_profile::time::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            cairn_profile::time::rfc3339(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            cairn_profile::time::rfc3339(951_782_400),
+            "2000-02-29T00:00:00Z"
+        );
     }
 }

@@ -1193,21 +1193,9 @@ fn a_failed_build_leaves_every_previous_output_and_its_report() {
     );
 
     let profile = write_profile(work.path(), "set", &second.reference_by_digest, &[], "");
-    let failed = run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            cache.as_os_str(),
-            "--format".as_ref(),
-            "tar".as_ref(),
-            "--format".as_ref(),
-            "raw".as_ref(),
-        ],
-        &[],
-    );
+    let mut args = build_args(&profile, &out, &cache);
+    args.extend(["--format", "tar", "--format", "raw"].map(std::ffi::OsStr::new));
+    let failed = run_cairn(args, &[]);
     assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
     // The new tar was written before the raw step failed: it must not have replaced the old one, nor the report,
     // and nothing of the failed build is left in the folder.

@@ -25,21 +25,14 @@ fn fake_agent(dir: &Path) -> PathBuf {
 }
 
 fn build(profile: &Path, out: &Path, cache: &Path, agent: &Path) -> Output {
-    run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--cache".as_ref(),
-            cache.as_os_str(),
-            "--agent".as_ref(),
-            agent.as_os_str(),
-            "--format".as_ref(),
-            "tar".as_ref(),
-        ],
-        &[],
-    )
+    let mut args = cairn_e2e::cairn::build_args(profile, out, cache);
+    args.extend([
+        "--agent".as_ref(),
+        agent.as_os_str(),
+        "--format".as_ref(),
+        "tar".as_ref(),
+    ]);
+    run_cairn(args, &[])
 }
 
 fn preload_toml(entries: &[(&str, &str)]) -> String {

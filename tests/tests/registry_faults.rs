@@ -66,14 +66,7 @@ impl Setup {
         let out = self.work.path().join(format!("out-{tag}"));
         let cache = self.work.path().join(format!("cache-{tag}"));
         let output = run_cairn(
-            [
-                "build".as_ref(),
-                self.profile.as_os_str(),
-                "--out".as_ref(),
-                out.as_os_str(),
-                "--cache".as_ref(),
-                cache.as_os_str(),
-            ],
+            cairn_e2e::cairn::build_args(&self.profile, &out, &cache),
             env,
         );
         (output, out, cache)

@@ -77,17 +77,8 @@ fn profile(set: &Set, base: &Pushed, entries: &str, name: &str) -> PathBuf {
 }
 
 fn build(profile: &Path, work: &Path) -> std::process::Output {
-    run_cairn(
-        [
-            "build".as_ref(),
-            profile.as_os_str(),
-            "--out".as_ref(),
-            work.join("out").as_os_str(),
-            "--cache".as_ref(),
-            work.join("cache").as_os_str(),
-        ],
-        &[],
-    )
+    let (out, cache) = (work.join("out"), work.join("cache"));
+    run_cairn(cairn_e2e::cairn::build_args(profile, &out, &cache), &[])
 }
 
 #[test]

@@ -59,12 +59,7 @@ impl Du {
 
 /// Measures a cache without changing or locking it (entries that vanish meanwhile count as nothing).
 pub fn du(root: &Path) -> Result<Du, CacheError> {
-    if !root.is_dir() {
-        return Err(CacheError::Io {
-            path: root.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cache here"),
-        });
-    }
+    existing(root)?;
     let mut du = Du::default();
     for path in children(&root.join("blobs/sha256"))? {
         du.blobs.add(workdir::usage(&path));
@@ -82,15 +77,34 @@ pub fn du(root: &Path) -> Result<Du, CacheError> {
         }
     }
     for path in children(&root.join("tmp"))? {
-        let live = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(BUILD_PREFIX))
-            && workdir::is_live(&path);
         let u = workdir::usage(&path);
-        if live { &mut du.running } else { &mut du.dead }.add(u);
+        if running_build(&path) {
+            &mut du.running
+        } else {
+            &mut du.dead
+        }
+        .add(u);
     }
     Ok(du)
+}
+
+/// An error unless `root` is a cache folder there is.
+fn existing(root: &Path) -> Result<(), CacheError> {
+    if root.is_dir() {
+        return Ok(());
+    }
+    Err(CacheError::Io {
+        path: root.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cache here"),
+    })
+}
+
+/// Whether an entry of `tmp/` is the work folder of a build that still runs.
+fn running_build(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(BUILD_PREFIX))
+        && workdir::is_live(path)
 }
 
 /// What a profile set needs from the cache, and what could not be judged.
@@ -172,7 +186,7 @@ pub struct Pruned {
 /// Removes every blob and unpacked layer not in `keep`, every unpacked layer of an older format and everything
 /// in `tmp/`. Waits for running builds first (and holds them off meanwhile). With `dry`, only counts, unlocked.
 pub fn prune(root: &Path, keep: &BTreeSet<Digest>, dry: bool) -> Result<Pruned, CacheError> {
-    du(root)?;
+    existing(root)?;
     let _hold = if dry {
         None
     } else {
@@ -218,13 +232,7 @@ pub fn prune(root: &Path, keep: &BTreeSet<Digest>, dry: bool) -> Result<Pruned, 
     }
     // With the lock held no build runs, so all of tmp/ is debris; a dry run leaves running builds' folders out.
     for path in children(&root.join("tmp"))? {
-        let live = dry
-            && path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(BUILD_PREFIX))
-            && workdir::is_live(&path);
-        if !live {
+        if !(dry && running_build(&path)) {
             remove(&path, &mut pruned.debris)?;
         }
     }

@@ -35,17 +35,20 @@ pub struct Inputs<'a> {
     pub epoch: u64,
 }
 
-/// cairn's own files in the root, when present.
-const CAIRN_FILES: &[&str] = &[
-    contract::AGENT_IN_ROOT,
-    contract::BAKED_PROFILE_IN_ROOT,
-    contract::SNAPS_PLAN_IN_ROOT,
-    "usr/lib/systemd/system/cairn-agent.service",
-    "usr/lib/systemd/system/cairn-agent-network.service",
-    "usr/lib/systemd/system/cairn-agent-snaps.service",
-    "usr/lib/systemd/system/cairn-kubernetes.service",
-    "usr/lib/systemd/system/snap.mount",
-];
+/// cairn's own files that a root may have: its agent, the baked profile, the snaps' plan, its units and snapd's.
+fn cairn_files() -> Vec<String> {
+    [
+        contract::AGENT_IN_ROOT,
+        contract::BAKED_PROFILE_IN_ROOT,
+        contract::SNAPS_PLAN_IN_ROOT,
+        crate::snaps::SNAP_MOUNT_PATH,
+        crate::snaps::APPARMOR_HOME_PATH,
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(crate::files::unit_paths())
+    .collect()
+}
 
 /// SPDX identifiers take letters, digits, `.` and `-` only.
 fn spdx_id(kind: &str, i: usize, name: &str) -> String {
@@ -197,7 +200,7 @@ pub fn document(tree: &Tree, tars: &[PathBuf], inputs: &Inputs<'_>) -> Result<Ve
     let mut files = Vec::new();
     let mut file_ids = Vec::new();
     let mut sha1s = Vec::new();
-    for (i, path) in CAIRN_FILES.iter().enumerate() {
+    for (i, path) in cairn_files().iter().enumerate() {
         let Some(bytes) = filesystem::read_file(tree, tars, path)? else {
             continue;
         };

@@ -33,6 +33,9 @@ const SNAPD: &str = "usr/lib/snapd/snapd";
 /// snapd mounts each snap under `/snap`, which a read-only root cannot give it: this unit binds the data
 /// partition's `/var/lib/snapd/snap` there before snapd starts.
 const SNAP_MOUNT_UNIT: &str = include_str!("../units/snap.mount");
+/// The files cairn writes for snapd besides the snaps: the `/snap` mount unit and AppArmor's home folders.
+pub const SNAP_MOUNT_PATH: &str = "usr/lib/systemd/system/snap.mount";
+pub const APPARMOR_HOME_PATH: &str = "etc/apparmor.d/tunables/home.d/cairn";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapError {
@@ -430,7 +433,7 @@ pub fn add_to_tree(
     )?;
     put("var/lib/snapd/snap", New::Dir(meta(0o755)))?;
     put(
-        "usr/lib/systemd/system/snap.mount",
+        SNAP_MOUNT_PATH,
         New::File(
             meta(0o644),
             Data::Bytes(Arc::from(SNAP_MOUNT_UNIT.as_bytes())),
@@ -472,11 +475,11 @@ fn root_home_under_var(
         let mut m = Meta::new(0o644, 0, 0);
         m.mtime = epoch;
         tree.put(
-            format!("{APPARMOR_HOME_D}/cairn").as_bytes(),
+            APPARMOR_HOME_PATH.as_bytes(),
             New::File(m, Data::Bytes(Arc::from(APPARMOR_HOME.as_bytes()))),
         )
         .map_err(|source| SnapError::Tree {
-            path: format!("/{APPARMOR_HOME_D}/cairn"),
+            path: format!("/{APPARMOR_HOME_PATH}"),
             source,
         })?;
     }

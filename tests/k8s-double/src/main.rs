@@ -390,21 +390,29 @@ fn join_output(name: &str, format: Format) -> String {
     }
 }
 
+/// The node's record, or the distribution's answer to `command` on a node that is no member.
+fn member_record(state: &Path, command: &str) -> Result<Map<String, Value>, Failure> {
+    read_state(state)?.ok_or_else(|| {
+        Failure::new(
+            "The node is not part of a Kubernetes cluster. You can bootstrap a new cluster with:\n\n  sudo k8s bootstrap",
+            format!("{command}: the node is not part of a cluster"),
+        )
+    })
+}
+
+/// A text field of the node's record, empty when absent.
+fn field(record: &Map<String, Value>, key: &str) -> String {
+    record
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// `status`: ready once the node bootstrapped or joined (the double has nothing to wait for).
 fn status(state: &Path, format: Format, console: &mut Console) -> Result<(), Failure> {
-    let Some(record) = read_state(state)? else {
-        return Err(Failure::new(
-            "The node is not part of a Kubernetes cluster. You can bootstrap a new cluster with:\n\n  sudo k8s bootstrap",
-            "status: the node is not part of a cluster",
-        ));
-    };
-    let text = |key: &str| {
-        record
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let record = member_record(state, "status")?;
+    let text = |key: &str| field(&record, key);
     let role = text("role");
     // k8sd pkg/k8sd/api/endpoints.go: the cluster status endpoint's access handler is restrictWorkers
     // (pkg/k8sd/api/worker_access_handler.go), which answers 403 "this action is restricted on workers"; the CLI
@@ -525,19 +533,8 @@ fn kernel_refusal() -> Option<String> {
 /// two spaces, yaml is yaml.v2's. A worker's address is its host alone and it has no datastore role; a control
 /// plane's is its cluster member address with the port, `voter` (pkg/k8sd/api/impl/k8sd.go GetLocalNodeStatus).
 fn local_node_status(state: &Path, format: Format, console: &mut Console) -> Result<(), Failure> {
-    let Some(record) = read_state(state)? else {
-        return Err(Failure::new(
-            "The node is not part of a Kubernetes cluster. You can bootstrap a new cluster with:\n\n  sudo k8s bootstrap",
-            "local-node-status: the node is not part of a cluster",
-        ));
-    };
-    let text = |key: &str| {
-        record
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let record = member_record(state, "local-node-status")?;
+    let text = |key: &str| field(&record, key);
     let name = text("name");
     let address = text("address");
     let (address, role, datastore) = if text("role") == "worker" {
