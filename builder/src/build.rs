@@ -17,11 +17,13 @@ use crate::disk::{self, DiskError};
 use crate::files::{self, FilesError};
 use crate::output::{self, OutputError};
 use crate::preload::{self, PreloadError};
+use crate::progress;
 use crate::pull::{self, PullError};
 use crate::report::{Made, Report, ReportError};
 use crate::resolve::{self, LazyRegistry, ResolveError};
 use crate::sbom::{self, SbomError};
 use crate::snaps::{self, SnapError};
+use crate::space::{self, SpaceError};
 use crate::system::{self, SystemError};
 
 /// The epoch used when `SOURCE_DATE_EPOCH` is not set: never the wall clock.
@@ -61,6 +63,9 @@ pub enum BuildError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Snaps(#[from] SnapError),
+    /// Too little room for the build, found before any blob is pulled.
+    #[error(transparent)]
+    Space(#[from] SpaceError),
     #[error(transparent)]
     Sbom(#[from] SbomError),
     #[error(transparent)]
@@ -153,34 +158,40 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     let resolved = resolve::all(&mut registry, &cache, &rocks, profile.arch).await?;
     let preloads =
         preload::resolve_all(&mut registry, &cache, &profile.preloads, profile.arch).await?;
+    let needs = space::needs(&cache, &resolved, &preloads, &profile.formats);
+    space::check(&opts.out, cache.root(), &needs)?;
     let unpacked = pull::all(&mut registry, &cache, &resolved, &preloads).await?;
 
-    let t = Instant::now();
-    let (mut tree, tars) = assemble::rocks(&resolved, &unpacked)?;
-    files::add_profile_files(&mut tree, &profile)?;
-    let baked = system::bake(&mut tree, &tars, &profile)?;
-    files::add_cairn_files(&mut tree, &profile, &agent)?;
-    let archives = preload::add_archives(&mut tree, &cache, &preloads, epoch)?;
-    let snaps = snaps::add_to_tree(&mut tree, &tars, &snaps, epoch)?;
-    info!(ms = t.elapsed().as_millis() as u64, "assembled");
+    let (mut tree, tars, baked, archives, snaps) = progress::step("root tree", || {
+        let (mut tree, tars) = assemble::rocks(&resolved, &unpacked)?;
+        files::add_profile_files(&mut tree, &profile)?;
+        let baked = system::bake(&mut tree, &tars, &profile)?;
+        files::add_cairn_files(&mut tree, &profile, &agent)?;
+        let archives = preload::add_archives(&mut tree, &cache, &preloads, epoch)?;
+        let snaps = snaps::add_to_tree(&mut tree, &tars, &snaps, epoch)?;
+        Ok::<_, BuildError>((tree, tars, baked, archives, snaps))
+    })?;
     // From the root as assembled, before the disk formats move /var into the factory archive.
-    let sbom = sbom::document(
-        &tree,
-        &tars,
-        &sbom::Inputs {
-            profile: &profile,
-            rocks: &resolved,
-            preloads: &preloads,
-            snaps: &snaps,
-            epoch,
-        },
-    )?;
+    let sbom = progress::step("SBOM", || {
+        sbom::document(
+            &tree,
+            &tars,
+            &sbom::Inputs {
+                profile: &profile,
+                rocks: &resolved,
+                preloads: &preloads,
+                snaps: &snaps,
+                epoch,
+            },
+        )
+    })?;
 
     // The tar is the assembled root as it is; the disk formats rearrange the tree after it.
     // Every output is staged, and all of them are committed together at the end.
     let mut stage = output::Stage::new(&opts.out)?;
     let mut outputs = Vec::new();
     if profile.formats.contains(&Format::Tar) {
+        let _bar = progress::Bar::stage("tar");
         outputs.push(output::tar(&tree, &tars, epoch, &mut stage, &profile.name)?);
     }
     let mut disk_report = None;

@@ -1,7 +1,12 @@
 //! The `cairn` command: a thin shell over the library. Exit codes: 0 done, 1 the build failed, 2 bad input.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use cli::{MessageFormat, Out};
+use serde_json::json;
 
 use cairn::build::{BuildError, BuildOptions};
 use cairn::cache::maintain::{self, human};
@@ -53,6 +58,8 @@ fn exit_code(e: &Error) -> u8 {
             | BuildError::Agent(_)
             | BuildError::CacheLocation(_) => BAD_INPUT,
             BuildError::Snaps(e) if e.is_bad_input() => BAD_INPUT,
+            BuildError::Space(cairn::space::SpaceError::TooLittle { .. }) => BAD_INPUT,
+            BuildError::Space(_) => BUILD_FAILED,
             BuildError::Cache(_)
             | BuildError::Snaps(_)
             | BuildError::Sbom(_)
@@ -79,7 +86,8 @@ fn exit_code(e: &Error) -> u8 {
 #[command(
     name = "cairn",
     version,
-    about = "Builds immutable, verified node images from a TOML profile"
+    about = "Builds immutable, verified node images from a TOML profile",
+    after_help = "Start: `cairn init`, edit cairn.toml, `cairn pin cairn.toml`, `cairn build cairn.toml --out out`.\nExit codes: 0 done, 1 the work failed, 2 bad input (profile, options, environment)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,6 +101,15 @@ struct Cli {
     /// Colour on stderr: auto (a terminal, unless NO_COLOR is set), always or never.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     color: Color,
+    /// Results and errors as text, or as one JSON message each on stdout (log lines on stderr become JSON too).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        value_name = "FORMAT"
+    )]
+    message_format: MessageFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,8 +136,14 @@ impl Color {
 #[derive(Subcommand)]
 enum Command {
     /// Check a profile, offline.
+    #[command(
+        after_help = "Examples:\n  cairn validate profiles/worker.toml\n  cairn validate --message-format json cairn.toml | jq .warnings"
+    )]
     Validate { profile: PathBuf },
     /// Resolve each rock's tag to the digest its registry serves and rewrite the profile in place.
+    #[command(
+        after_help = "Examples:\n  cairn pin cairn.toml             # rewrite the digests in place\n  cairn pin --dry-run cairn.toml   # show what would change\n  cairn pin --check cairn.toml     # in CI: exit 1 when a pin is stale"
+    )]
     Pin {
         profile: PathBuf,
         /// Change nothing; exit 1 when a pin is stale (for CI).
@@ -131,6 +154,9 @@ enum Command {
         dry_run: bool,
     },
     /// Build the profile's outputs.
+    #[command(
+        after_help = "Examples:\n  cairn build cairn.toml --out out\n  cairn build cairn.toml --out out --format raw --format qcow2\n  SOURCE_DATE_EPOCH=1700000000 cairn build cairn.toml --out out   # the same bytes on every machine\n  cairn build cairn.toml --message-format json | jq -r .root_hash"
+    )]
     Build {
         profile: PathBuf,
         /// Output folder.
@@ -152,6 +178,9 @@ enum Command {
         action: CacheAction,
     },
     /// Write a commented profile to start from, `cairn.toml`, into the current folder.
+    #[command(
+        after_help = "Examples:\n  cairn init\n  cairn init --kubernetes worker --name edge-worker"
+    )]
     Init {
         /// A Canonical Kubernetes node of this role instead of a plain node.
         #[arg(long, value_name = "ROLE", value_parser = ["control-plane", "worker"])]
@@ -181,6 +210,9 @@ enum CacheAction {
         cache: Option<PathBuf>,
     },
     /// Remove everything the given profiles do not need, and what killed builds left. Waits for running builds.
+    #[command(
+        after_help = "Examples:\n  cairn cache prune --dry-run profiles/*.toml\n  cairn cache prune --all"
+    )]
     Prune {
         /// Profiles whose rocks stay cached.
         profiles: Vec<PathBuf>,
@@ -196,6 +228,18 @@ enum CacheAction {
     },
 }
 
+impl Command {
+    /// The profile this command works on, if any: named in the advice of its errors.
+    fn profile(&self) -> Option<&Path> {
+        match self {
+            Command::Validate { profile }
+            | Command::Pin { profile, .. }
+            | Command::Build { profile, .. } => Some(profile),
+            _ => None,
+        }
+    }
+}
+
 fn parse_format(s: &str) -> Result<Format, String> {
     Format::parse(s)
         .ok_or_else(|| format!("unknown format `{s}`: expected one of {}", Format::names()))
@@ -209,16 +253,33 @@ fn main() -> ExitCode {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_ansi(cli.color.on_stderr())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let out = Out {
+        json: cli.message_format == MessageFormat::Json,
+    };
+    if out.json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .without_time()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        // Live bars only for a person watching: a terminal, and not asked to be quiet.
+        if !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            cairn::progress::enable();
+        }
+        tracing_subscriber::fmt()
+            .with_writer(cairn::progress::Stderr)
+            .with_target(false)
+            .without_time()
+            .with_ansi(cli.color.on_stderr())
+            .with_env_filter(filter)
+            .init();
+    }
+    let profile_arg = cli.command.profile().map(Path::to_path_buf);
     let result: Result<(), Error> = match cli.command {
         Command::Validate { profile } => match Profile::load(&profile) {
             Ok(p) => {
@@ -238,18 +299,44 @@ fn main() -> ExitCode {
                         k.hardening.name()
                     ));
                 }
-                for r in p.placeholder_rocks() {
-                    eprintln!(
-                        "cairn: warning: {}: the all-zero placeholder digest: run `cairn pin {}` against a registry that serves the rock",
-                        r.label(),
-                        profile.display()
-                    );
+                let warnings: Vec<String> = p
+                    .placeholder_rocks()
+                    .map(|r| {
+                        format!(
+                            "{}: the all-zero placeholder digest: run `cairn pin {}` against a registry that serves the rock",
+                            r.label(),
+                            profile.display()
+                        )
+                    })
+                    .collect();
+                if !out.json {
+                    for w in &warnings {
+                        eprintln!("cairn: warning: {w}");
+                    }
                 }
-                println!(
-                    "{}: valid ({} {}, {what})",
-                    profile.display(),
-                    p.name,
-                    p.version
+                out.result(
+                    "validated",
+                    || {
+                        format!(
+                            "{}: valid ({} {}, {what})\n",
+                            profile.display(),
+                            p.name,
+                            p.version
+                        )
+                    },
+                    json!({
+                        "profile": profile,
+                        "name": p.name,
+                        "version": p.version,
+                        "rocks": p.rocks().count(),
+                        "preloads": p.preloads.len(),
+                        "snaps": p.snaps.len(),
+                        "kubernetes": p.kubernetes.as_ref().map(|k| json!({
+                            "role": k.role.name(),
+                            "hardening": k.hardening.name(),
+                        })),
+                        "warnings": warnings,
+                    }),
                 );
                 Ok(())
             }
@@ -274,13 +361,34 @@ fn main() -> ExitCode {
                 .and_then(|rt| Ok(rt.block_on(cairn::pin::pin(&profile, mode))?))
                 .and_then(|changes| {
                     let stale = changes.iter().filter(|c| c.old != c.new).count();
-                    for c in &changes {
-                        if c.old == c.new {
-                            println!("{}: unchanged {}", c.key, c.new);
-                        } else {
-                            println!("{}: {verb}{}\n  -> {}", c.key, c.old, c.new);
-                        }
-                    }
+                    out.result(
+                        "pinned",
+                        || {
+                            let mut text = String::new();
+                            for c in &changes {
+                                if c.old == c.new {
+                                    text.push_str(&format!("{}: unchanged {}\n", c.key, c.new));
+                                } else {
+                                    text.push_str(&format!(
+                                        "{}: {verb}{}\n  -> {}\n",
+                                        c.key, c.old, c.new
+                                    ));
+                                }
+                            }
+                            text
+                        },
+                        json!({
+                            "profile": profile,
+                            "written": mode == cairn::pin::Mode::Write,
+                            "stale": stale,
+                            "changes": changes.iter().map(|c| json!({
+                                "key": c.key,
+                                "old": c.old,
+                                "new": c.new,
+                                "changed": c.old != c.new,
+                            })).collect::<Vec<_>>(),
+                        }),
+                    );
                     if check && stale > 0 {
                         return Err(Error::Stale {
                             profile: profile.clone(),
@@ -292,14 +400,14 @@ fn main() -> ExitCode {
         }
         Command::Build {
             profile,
-            out,
+            out: out_dir,
             formats,
             cache,
             agent,
         } => {
             let opts = BuildOptions {
                 profile,
-                out,
+                out: out_dir,
                 formats,
                 cache,
                 agent,
@@ -307,13 +415,14 @@ fn main() -> ExitCode {
             runtime()
                 .and_then(|rt| Ok(rt.block_on(cairn::build::build(&opts))?))
                 .map(|built| {
-                    for o in &built.report.outputs {
-                        println!("{}  {}", o.sha256, opts.out.join(&o.file).display());
-                    }
-                    println!("report: {}", built.report_path.display());
+                    out.result(
+                        "built",
+                        || cli::built(&built, &opts.out),
+                        cli::built_json(&built, &opts.out),
+                    )
                 })
         }
-        Command::Cache { action } => cache(action),
+        Command::Cache { action } => cache(action, out),
         Command::Init {
             kubernetes,
             name,
@@ -326,11 +435,17 @@ fn main() -> ExitCode {
             };
             cairn::init::write(Path::new("."), kind, name.as_deref(), force)
                 .map(|path| {
-                    println!(
-                        "wrote {}: edit it, then `cairn pin {}` and `cairn build {}`",
-                        path.display(),
-                        cairn::init::FILE,
-                        cairn::init::FILE
+                    out.result(
+                        "initialized",
+                        || {
+                            format!(
+                                "wrote {}: edit it, then `cairn pin {}` and `cairn build {}`\n",
+                                path.display(),
+                                cairn::init::FILE,
+                                cairn::init::FILE
+                            )
+                        },
+                        json!({ "profile": path }),
                     )
                 })
                 .map_err(Error::Init)
@@ -346,10 +461,42 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cairn: error: {e}");
-            ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            // The library cannot know how the profile was named on this command line; its advice can.
+            let mut text = e.to_string();
+            if let Some(p) = &profile_arg {
+                text = text.replace("cairn pin PROFILE", &format!("cairn pin {}", p.display()));
+            }
+            if out.json {
+                println!("{}", cli::message("error", error_json(&e, &text, code)));
+            } else {
+                cairn::progress::suspend(|| eprintln!("cairn: error: {text}"));
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// An error's JSON message: its text, exit code, and where in the profile when it points into one.
+fn error_json(e: &Error, text: &str, code: u8) -> serde_json::Value {
+    let diagnostic = match e {
+        Error::Profile(p)
+        | Error::Build(BuildError::Profile(p))
+        | Error::Pin(PinError::Profile(p)) => p.diagnostic(),
+        _ => None,
+    };
+    json!({
+        "message": text,
+        "exit_code": code,
+        "bad_input": code == BAD_INPUT,
+        "at": diagnostic.map(|d| json!({
+            "file": d.file,
+            "line": d.line,
+            "column": d.column,
+            "key": d.key,
+            "message": d.message,
+        })),
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -359,23 +506,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(Error::Runtime)
 }
 
-fn cache(action: CacheAction) -> Result<(), Error> {
+fn cache(action: CacheAction, out: Out) -> Result<(), Error> {
     let row = |what: &str, a: maintain::Amount| {
-        println!("{what:<22}{:>8}  {:>10}", a.count, human(a.bytes));
+        format!("{what:<22}{:>8}  {:>10}\n", a.count, human(a.bytes))
     };
     match action {
         CacheAction::Du { cache } => {
             let root = Cache::locate(cache.as_deref())?;
             let du = maintain::du(&root)?;
-            println!("cache: {}", root.display());
-            row("blobs", du.blobs);
-            row("unpacked layers", du.unpacked);
-            if du.stale.count > 0 {
-                row("older-format layers", du.stale);
-            }
-            row("running builds", du.running);
-            row("left by killed builds", du.dead);
-            println!("{:<22}{:>8}  {:>10}", "total", "", human(du.total()));
+            out.result(
+                "cache-usage",
+                || {
+                    let mut s = format!("cache: {}\n", root.display());
+                    s += &row("blobs", du.blobs);
+                    s += &row("unpacked layers", du.unpacked);
+                    if du.stale.count > 0 {
+                        s += &row("older-format layers", du.stale);
+                    }
+                    s += &row("running builds", du.running);
+                    s += &row("left by killed builds", du.dead);
+                    s += &format!("{:<22}{:>8}  {:>10}\n", "total", "", human(du.total()));
+                    s
+                },
+                json!({ "cache": root, "usage": du, "total_bytes": du.total() }),
+            );
         }
         CacheAction::Prune {
             profiles,
@@ -395,16 +549,30 @@ fn cache(action: CacheAction) -> Result<(), Error> {
                 .map(|p| Profile::load(&p).map(|l| (p, l)))
                 .collect::<Result<Vec<_>, _>>()?;
             let needed = maintain::needed(&root, &loaded);
-            for key in &needed.unpinned {
-                eprintln!("cairn: warning: {key} has no digest: nothing cached is kept for it");
+            if !out.json {
+                for key in &needed.unpinned {
+                    eprintln!("cairn: warning: {key} has no digest: nothing cached is kept for it");
+                }
             }
             let pruned = maintain::prune(&root, &needed.blobs, dry_run)?;
             let verb = if dry_run { "would remove" } else { "removed" };
-            println!("cache: {}", root.display());
-            row(&format!("{verb} blobs"), pruned.blobs);
-            row(&format!("{verb} layers"), pruned.unpacked);
-            row(&format!("{verb} debris"), pruned.debris);
-            row("kept", pruned.kept);
+            out.result(
+                "cache-pruned",
+                || {
+                    let mut s = format!("cache: {}\n", root.display());
+                    s += &row(&format!("{verb} blobs"), pruned.blobs);
+                    s += &row(&format!("{verb} layers"), pruned.unpacked);
+                    s += &row(&format!("{verb} debris"), pruned.debris);
+                    s += &row("kept", pruned.kept);
+                    s
+                },
+                json!({
+                    "cache": root,
+                    "dry_run": dry_run,
+                    "removed": pruned,
+                    "unpinned": needed.unpinned,
+                }),
+            );
         }
     }
     Ok(())

@@ -36,7 +36,7 @@ pub enum Mode {
     Report,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Change {
     pub key: String,
     pub old: String,

@@ -202,7 +202,7 @@ pub async fn resolve_all(
                 OCI_MANIFEST.to_string()
             }
         });
-        info!(rock = %p.rock.key, name = %p.name, pinned = %pinned_digest, "resolved preload");
+        info!(rock = %p.rock.key, name = %p.name, pinned = %crate::progress::short(pinned_digest.as_str()), "resolved preload");
         out.push(ResolvedPreload {
             name: p.name.clone(),
             tag: p.tag().to_string(),

@@ -17,6 +17,7 @@ use crate::assemble::layer::{LayerError, Unpacked, unpack};
 use crate::assemble::{MAX_LAYERS, MAX_TOTAL_ENTRIES, UNPACK_AT_ONCE};
 use crate::cache::{Cache, CacheError};
 use crate::preload::ResolvedPreload;
+use crate::progress::{Bar, short};
 use crate::registry::{DownloadError, Registry, RegistryError, Sink};
 use crate::resolve::{Layer, LazyRegistry, ResolvedRock};
 
@@ -120,35 +121,48 @@ pub async fn all(
         let unpacking = Arc::clone(&unpacking);
         tasks.spawn(async move {
             let unpacked_index = cache.unpacked_dir(&layer.digest).join("index.json");
-            let blob = if unpacked_index.is_file() {
-                debug!(layer = %layer.digest, "cached");
-                cache.blob_path(&layer.digest)
+            let rock = key.rsplit(": ").next().unwrap_or(&key).to_string();
+            let (blob, cached) = if unpacked_index.is_file() {
+                debug!(rock = %rock, layer = %short(layer.digest.as_str()), "cached");
+                (cache.blob_path(&layer.digest), true)
             } else {
                 let t = Instant::now();
-                let path = ensure_layer(client.as_deref(), &cache, &reference, &layer)
+                let label = format!("{rock} {}", short(layer.digest.as_str()));
+                let path = ensure_layer(client.as_deref(), &cache, &reference, &layer, &label)
                     .await
                     .map_err(|e| PullError::Rock {
                         key: key.clone(),
                         source: Box::new(e),
                     })?;
-                info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "pulled");
-                path
+                info!(rock = %rock, layer = %short(layer.digest.as_str()), bytes = layer.size, ms = t.elapsed().as_millis() as u64, "pulled");
+                (path, false)
             };
             // Bounds the indexes being built at once: each may grow to a layer's limit before it is checked.
             let _permit = unpacking.acquire_owned().await;
             let t = Instant::now();
+            let bar = (!cached).then(|| {
+                Bar::stage(&format!("unpacking {rock} {}", short(layer.digest.as_str())))
+            });
             let unpacked =
                 tokio::task::spawn_blocking(move || unpack(&cache, &layer, &blob)).await??;
-            info!(layer = %digest, entries = unpacked.entries.len(), ms = t.elapsed().as_millis() as u64, "unpacked");
-            Ok::<_, PullError>((digest, key, Arc::new(unpacked)))
+            drop(bar);
+            if !cached {
+                info!(rock = %rock, layer = %short(digest.as_str()), entries = unpacked.entries.len(), ms = t.elapsed().as_millis() as u64, "unpacked");
+            }
+            Ok::<_, PullError>((digest, key, cached, Arc::new(unpacked)))
         });
     }
     let mut unpacked = BTreeMap::new();
     let mut entries = 0usize;
+    let mut cached = 0usize;
     while let Some(joined) = tasks.join_next().await {
-        let (digest, key, u) = joined??;
+        let (digest, key, was_cached, u) = joined??;
         entries = within_total(entries, u.entries.len(), MAX_TOTAL_ENTRIES, &key, &digest)?;
+        cached += usize::from(was_cached);
         unpacked.insert(digest, u);
+    }
+    if cached > 0 {
+        info!(layers = cached, "cached: unpacked already, nothing to pull");
     }
     // After the root's layers, so a blob shared with them is never fetched twice at once.
     let mut tasks = JoinSet::new();
@@ -159,14 +173,16 @@ pub async fn all(
         let key = p.rock.label.clone();
         tasks.spawn(async move {
             let t = Instant::now();
-            ensure_layer(client.as_deref(), &cache, &reference, &layer)
+            let rock = key.rsplit(": ").next().unwrap_or(&key).to_string();
+            let label = format!("{rock} {}", short(layer.digest.as_str()));
+            ensure_layer(client.as_deref(), &cache, &reference, &layer, &label)
                 .await
                 .map_err(|e| PullError::Preload {
                     key,
                     reference: reference.to_string(),
                     source: Box::new(e),
                 })?;
-            info!(layer = %layer.digest, bytes = layer.size, ms = t.elapsed().as_millis() as u64, "preload blob");
+            info!(rock = %rock, layer = %short(layer.digest.as_str()), bytes = layer.size, ms = t.elapsed().as_millis() as u64, "preload blob");
             Ok::<_, PullError>(())
         });
     }
@@ -196,12 +212,13 @@ fn within_total(
     Ok(count)
 }
 
-/// Makes sure the layer's blob is in the cache; returns its path.
+/// Makes sure the layer's blob is in the cache; returns its path. `label` names the transfer on a terminal's bar.
 pub async fn ensure_layer(
     registry: Option<&Registry>,
     cache: &Cache,
     reference: &Reference,
     layer: &Layer,
+    label: &str,
 ) -> Result<PathBuf, PullError> {
     let path = cache.blob_path(&layer.digest);
     if path.is_file() {
@@ -219,6 +236,7 @@ pub async fn ensure_layer(
         let mut sink = HashingFile {
             hasher: Sha256::new(),
             out: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()),
+            bar: Bar::bytes(label, layer.size),
         };
         let pulled = registry
             .blob(
@@ -276,15 +294,19 @@ pub async fn ensure_layer(
 struct HashingFile<'a> {
     hasher: Sha256,
     out: std::io::BufWriter<&'a mut std::fs::File>,
+    /// The transfer's line on a terminal.
+    bar: Bar,
 }
 
 impl Sink for HashingFile<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.hasher.update(bytes);
+        self.bar.inc(bytes.len() as u64);
         self.out.write_all(bytes)
     }
 
     fn restart(&mut self) -> std::io::Result<()> {
+        self.bar.reset();
         self.hasher = Sha256::new();
         self.out.flush()?;
         let file = self.out.get_mut();

@@ -261,7 +261,7 @@ pub async fn all(
                 },
                 e => e,
             })?;
-        info!(rock = %rock.key, manifest = %r.manifest_digest, layers = r.layers.len(), "resolved");
+        info!(rock = %rock.key, manifest = %crate::progress::short(r.manifest_digest.as_str()), layers = r.layers.len(), "resolved");
         resolved.push(r);
     }
     Ok(resolved)

@@ -47,6 +47,8 @@ pub enum Fault {
     StallAfter(u64),
     /// Forwards without the `Range` header: the registry answers 200 with the whole blob.
     IgnoreRange,
+    /// Forwards the body at most this many bytes a second (a slow link, for watching a transfer's progress).
+    Throttle { bytes_per_sec: u64 },
 }
 
 /// One request the proxy received.
@@ -261,6 +263,12 @@ async fn handle(
         Some(Fault::ResetAfter(n)) => Cut::new(body, n, End::Reset, fd).boxed(),
         Some(Fault::CloseAfter(n)) => Cut::new(body, n, End::Close, fd).boxed(),
         Some(Fault::StallAfter(n)) => Cut::new(body, n, End::Stall, fd).boxed(),
+        Some(Fault::Throttle { bytes_per_sec }) => Throttled {
+            inner: body,
+            bytes_per_sec: bytes_per_sec.max(1),
+            held: None,
+        }
+        .boxed(),
         _ => body.map_err(io::Error::other).boxed(),
     };
     Ok(Response::from_parts(parts, body))
@@ -397,5 +405,38 @@ impl Body for Cut {
             Some(Err(e)) => Poll::Ready(Some(Err(io::Error::other(e)))),
             None => Poll::Ready(None),
         }
+    }
+}
+
+/// A response body let through at a bounded rate: each frame is held for as long as its bytes take at that rate.
+struct Throttled {
+    inner: Incoming,
+    bytes_per_sec: u64,
+    held: Option<(Frame<Bytes>, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Body for Throttled {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if this.held.is_none() {
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                None => return Poll::Ready(None),
+            };
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            let wait = Duration::from_micros(len.saturating_mul(1_000_000) / this.bytes_per_sec);
+            this.held = Some((frame, Box::pin(tokio::time::sleep(wait))));
+        }
+        if let Some((_, sleep)) = this.held.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+        }
+        Poll::Ready(this.held.take().map(|(frame, _)| Ok(frame)))
     }
 }

@@ -288,7 +288,7 @@ fn a_missing_manifest_or_a_refusal_fails_at_once_with_advice() {
     assert!(
         err.contains(&format!("base.rock: {}", reference.replace(":v1@", "@")))
             && err.contains("the registry answered 404 Not Found (MANIFEST_UNKNOWN")
-            && err.contains("run `cairn pin PROFILE`"),
+            && err.contains(&format!("run `cairn pin {}`", s.profile.display())),
         "{err}"
     );
     assert_eq!(
@@ -327,4 +327,23 @@ fn a_missing_manifest_or_a_refusal_fails_at_once_with_advice() {
         assert_nothing_left(&out, &cache);
         s.proxy.clear();
     }
+
+    // Nothing listens where the profile points.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let nowhere = format!("127.0.0.1:{port}/e2e/none@{}", s.pushed.manifest_digest);
+    let profile = cairn_e2e::write_profile(s.work.path(), "faults", &nowhere, &[], "");
+    assert_eq!(profile, s.profile);
+    let (o, out, cache) = s.build("refused", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("base.rock: ")
+            && err.contains("cannot connect")
+            && err.contains("check the registry's address and that it is running"),
+        "{err}"
+    );
+    assert_nothing_left(&out, &cache);
 }

@@ -20,7 +20,7 @@ use crate::workdir::{self, Usage};
 const MANIFEST_MAX: u64 = 4 << 20;
 
 /// A count of entries and the disk they use.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Amount {
     pub count: u64,
     pub bytes: u64,
@@ -34,7 +34,7 @@ impl Amount {
 }
 
 /// What `cairn cache du` shows.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Du {
     pub blobs: Amount,
     /// Unpacked layers of the current format.
@@ -174,7 +174,7 @@ fn walk(root: &Path, digest: &Digest, keep: &mut BTreeSet<Digest>) {
 }
 
 /// What a prune removed (or, dry, would remove) and kept.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Pruned {
     pub blobs: Amount,
     pub unpacked: Amount,

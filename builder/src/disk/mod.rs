@@ -28,6 +28,7 @@ use tracing::info;
 
 use crate::assemble::tree::Tree;
 use crate::output::{self, OutputError};
+use crate::progress::step;
 use crate::report::Output;
 use crate::resolve::ResolvedRock;
 use boot::{Boot, BootError};
@@ -185,7 +186,7 @@ pub fn write(
     let mut outputs = Vec::new();
     if formats.contains(&Format::Qcow2) {
         let qcow = work.path().join("disk.qcow2");
-        qcow2(&raw, &qcow)?;
+        step("qcow2", || qcow2(&raw, &qcow))?;
         outputs.push(stage.add(&qcow, "qcow2", format!("{name}.qcow2"))?);
     }
     if formats.contains(&Format::Raw) {
@@ -228,35 +229,46 @@ pub fn build_raw(
     let boot = Boot::read(tree, tars, profile.arch)?;
     let kernel = format!("/{}", boot.kernel_path);
     let agent_bytes = std::fs::read(agent).map_err(io(agent))?;
-    let (initrd, initrd_modules) = initrd::build(tree, tars, &agent_bytes, epoch)?;
-    root::with_factory_var(tree, tars, epoch, &work.join("var.tar"))?;
+    let (initrd, initrd_modules) =
+        step("initrd", || initrd::build(tree, tars, &agent_bytes, epoch))?;
+    step("factory /var", || {
+        root::with_factory_var(tree, tars, epoch, &work.join("var.tar"))
+    })?;
 
     let pieces = Pieces::in_folder(work);
-    let written = squashfs::make(tree, tars, epoch, &pieces.root)?;
-    let v = verity::write_file(
-        &pieces.root,
-        &pieces.verity,
-        ids.salt(),
-        ids.uuid("verity superblock"),
-    )?;
+    let written = step("squashfs root", || {
+        squashfs::make(tree, tars, epoch, &pieces.root)
+    })?;
+    let v = step("dm-verity tree", || {
+        verity::write_file(
+            &pieces.root,
+            &pieces.verity,
+            ids.salt(),
+            ids.uuid("verity superblock"),
+        )
+    })?;
     let cmdline = boot::cmdline(profile, &v);
     let esp_files = boot.esp_files(profile, &cmdline, initrd);
     let staging = work.join("esp");
-    esp::make(
-        &pieces.esp,
-        ESP_SIZE,
-        ids.volume_id(),
-        &esp_files,
-        epoch,
-        &staging,
-    )?;
-    data::make(&pieces.data, DATA_SIZE, ids, epoch)?;
+    step("EFI system partition", || {
+        esp::make(
+            &pieces.esp,
+            ESP_SIZE,
+            ids.volume_id(),
+            &esp_files,
+            epoch,
+            &staging,
+        )
+    })?;
+    step("/var partition", || {
+        data::make(&pieces.data, DATA_SIZE, ids, epoch)
+    })?;
 
     let root_len = std::fs::metadata(&pieces.root)
         .map_err(io(&pieces.root))?
         .len();
     let table = layout::table(profile.arch, ids, &v, &pieces, root_len);
-    gpt::write(out, &table)?;
+    step("GPT disk", || gpt::write(out, &table))?;
 
     let mut dropped = written.dropped_xattrs;
     dropped.sort();

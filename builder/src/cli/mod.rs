@@ -1,0 +1,138 @@
+//! How the command line tells its results: plain text (a table on a terminal) or one JSON message per result and
+//! per error on stdout (`--message-format json`, as cargo does: each message has a `reason`).
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use cairn::build::Built;
+use cairn::cache::maintain::human;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
+}
+
+/// Where results go: stdout, as text or as JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    /// One result: its text, or its JSON message (`reason` first).
+    pub fn result(&self, reason: &str, text: impl FnOnce() -> String, fields: Value) {
+        if self.json {
+            println!("{}", message(reason, fields));
+        } else {
+            print!("{}", text());
+        }
+    }
+}
+
+/// `{"reason": REASON, ...fields}`.
+pub fn message(reason: &str, fields: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("reason".into(), Value::String(reason.into()));
+    if let Value::Object(f) = fields {
+        m.extend(f);
+    }
+    Value::Object(m)
+}
+
+/// What `cairn build` ends with. Off a terminal: `SHA256  PATH` per output (as sha256sum prints them, so
+/// `sha256sum -c` can check them) and the report's path. On a terminal: a table with sizes, the root hash and what
+/// to run next.
+pub fn built(built: &Built, out: &Path) -> String {
+    if std::io::stdout().is_terminal() {
+        table(built, out)
+    } else {
+        plain(built, out)
+    }
+}
+
+fn plain(built: &Built, out: &Path) -> String {
+    let mut s = String::new();
+    for o in &built.report.outputs {
+        s.push_str(&format!("{}  {}\n", o.sha256, out.join(&o.file).display()));
+    }
+    s.push_str(&format!("report: {}\n", built.report_path.display()));
+    s
+}
+
+fn table(built: &Built, out: &Path) -> String {
+    let rows: Vec<(String, String, &str)> = built
+        .report
+        .outputs
+        .iter()
+        .map(|o| {
+            (
+                out.join(&o.file).display().to_string(),
+                human(o.size),
+                o.sha256.as_str(),
+            )
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|r| r.0.chars().count())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let mut s = format!("\n{:<width$}  {:>10}  sha256\n", "output", "size");
+    for (path, size, sha) in &rows {
+        s.push_str(&format!("{path:<width$}  {size:>10}  {sha}\n"));
+    }
+    s.push_str(&format!("report: {}\n", built.report_path.display()));
+    if let Some(disk) = &built.report.disk {
+        s.push_str(&format!("\nroot hash  {}\n", disk.root_hash));
+    }
+    s.push_str("\nnext:\n");
+    for line in next_steps(built, out) {
+        s.push_str(&format!("  {line}\n"));
+    }
+    s
+}
+
+/// What a user runs after a build: boot or write the disk, or look inside.
+fn next_steps(built: &Built, out: &Path) -> Vec<String> {
+    let name = &built.report.name;
+    let mut next = Vec::new();
+    let has = |format: &str| built.report.outputs.iter().any(|o| o.format == format);
+    if has("raw") {
+        let raw = out.join(format!("{name}.raw"));
+        next.push(format!(
+            "qemu-system-x86_64 -machine q35 -m 2048 -nographic -bios /usr/share/ovmf/OVMF.fd -drive if=virtio,format=raw,file={}",
+            raw.display()
+        ));
+        next.push(format!(
+            "dd if={} of=/dev/DISK bs=4M conv=fsync   # write it to a machine's disk",
+            raw.display()
+        ));
+    } else if has("qcow2") {
+        next.push(format!(
+            "qemu-system-x86_64 -machine q35 -m 2048 -nographic -bios /usr/share/ovmf/OVMF.fd -drive if=virtio,format=qcow2,file={}",
+            out.join(format!("{name}.qcow2")).display()
+        ));
+    }
+    next.push(format!("cairn inspect {}", out.join(name).display()));
+    next
+}
+
+/// The JSON message of a finished build.
+pub fn built_json(built: &Built, out: &Path) -> Value {
+    json!({
+        "name": built.report.name,
+        "version": built.report.version,
+        "outputs": built.report.outputs.iter().map(|o| json!({
+            "format": o.format,
+            "path": out.join(&o.file),
+            "size": o.size,
+            "sha256": o.sha256,
+        })).collect::<Vec<_>>(),
+        "root_hash": built.report.disk.as_ref().map(|d| d.root_hash.clone()),
+        "report": built.report_path,
+        "used_network": built.used_network,
+    })
+}
