@@ -32,6 +32,11 @@ enum Error {
     Output(std::io::Error),
     #[error("{}: {stale} pin(s) stale: run `cairn pin {}`", profile.display(), profile.display())]
     Stale { profile: PathBuf, stale: usize },
+    #[error(transparent)]
+    Inspect(cairn::inspect::InspectError),
+    /// `cairn diff` exits as diff(1) does: any trouble is 2.
+    #[error(transparent)]
+    Diff(cairn::inspect::InspectError),
 }
 
 const BUILD_FAILED: u8 = 1;
@@ -72,6 +77,9 @@ fn exit_code(e: &Error) -> u8 {
         Error::Init(cairn::init::InitError::Write { .. }) => BUILD_FAILED,
         Error::Init(_) => BAD_INPUT,
         Error::Cache(CacheError::Io { .. }) => BUILD_FAILED,
+        Error::Inspect(e) if e.is_bad_input() => BAD_INPUT,
+        Error::Inspect(_) => BUILD_FAILED,
+        Error::Diff(_) => BAD_INPUT,
     }
 }
 
@@ -163,6 +171,23 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Show what a build made: rocks, contents by rock, biggest files, packages, partitions, kernel and command line.
+    Inspect {
+        /// The build: OUT/NAME (its outputs' common prefix), its report or one of its outputs.
+        build: PathBuf,
+        /// JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two builds: rocks, files, packages, partitions. Exits 0 when they are the same, 1 when they
+    /// differ, 2 on trouble (as diff(1)).
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell's completion script (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`).
     Completions {
         #[arg(value_enum)]
@@ -219,6 +244,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
+    // `cairn diff` exits 1 when the builds differ, as diff(1).
+    let mut differ = false;
     let result: Result<(), Error> = match cli.command {
         Command::Validate { profile } => match Profile::load(&profile) {
             Ok(p) => {
@@ -335,6 +362,25 @@ fn main() -> ExitCode {
                 })
                 .map_err(Error::Init)
         }
+        Command::Inspect { build, json } => cairn::inspect::inspect(&build)
+            .map_err(Error::Inspect)
+            .and_then(|i| {
+                if json {
+                    print_json(&i)
+                } else {
+                    print_text(&cairn::inspect::text::inspection(&i))
+                }
+            }),
+        Command::Diff { a, b, json } => cairn::inspect::diff::diff(&a, &b)
+            .map_err(Error::Diff)
+            .and_then(|d| {
+                differ = !d.same();
+                if json {
+                    print_json(&d)
+                } else {
+                    print_text(&cairn::inspect::text::diff(&d))
+                }
+            }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())
@@ -344,12 +390,25 @@ fn main() -> ExitCode {
             .map_err(Error::Output),
     };
     match result {
+        Ok(()) if differ => ExitCode::from(1),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cairn: error: {e}");
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Whole, with an error rather than print!'s panic when stdout is closed (`cairn inspect ... | head`).
+fn print_text(text: &str) -> Result<(), Error> {
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).map_err(Error::Output)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::Output(std::io::Error::other(e)))?;
+    text.push('\n');
+    print_text(&text)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
