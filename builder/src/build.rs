@@ -185,6 +185,11 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
             },
         )
     })?;
+    let contents = assemble::contents::summarize(
+        &tree,
+        &assemble::contents::RockLayers::of(&resolved),
+        profile.files.iter().map(|f| f.path.as_str()),
+    );
 
     // The tar is the assembled root as it is; the disk formats rearrange the tree after it.
     // Every output is staged, and all of them are committed together at the end.
@@ -218,6 +223,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         preloads: &preloads,
         archives: &archives,
         outputs,
+        contents,
         system: baked,
         snaps,
         disk: disk_report,

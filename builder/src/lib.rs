@@ -4,7 +4,8 @@
 //! [`cache`]) → [`assemble`] (layers merged into a tree) → [`files`] (the profile's and cairn's own files) →
 //! [`filesystem`] (the tree written out; [`output`] places it, [`disk`] makes the bootable image) → [`report`];
 //! [`preload`] stores workload rocks in the root as OCI archives. [`build`] runs them in turn, each stage with an
-//! error of its own that [`build::BuildError`] gathers; [`pin`] rewrites a profile's digests.
+//! error of its own that [`build::BuildError`] gathers; [`pin`] rewrites a profile's digests; [`inspect`] reads
+//! a build back (`cairn inspect`, `cairn diff`).
 
 pub mod agent;
 pub mod assemble;
@@ -14,6 +15,7 @@ pub mod disk;
 pub mod files;
 pub mod filesystem;
 pub mod init;
+pub mod inspect;
 pub mod output;
 pub mod pin;
 pub mod preload;

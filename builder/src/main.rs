@@ -37,6 +37,11 @@ enum Error {
     Output(std::io::Error),
     #[error("{}: {stale} pin(s) stale: run `cairn pin {}`", profile.display(), profile.display())]
     Stale { profile: PathBuf, stale: usize },
+    #[error(transparent)]
+    Inspect(cairn::inspect::InspectError),
+    /// `cairn diff` exits as diff(1) does: any trouble is 2.
+    #[error(transparent)]
+    Diff(cairn::inspect::InspectError),
 }
 
 const BUILD_FAILED: u8 = 1;
@@ -79,6 +84,9 @@ fn exit_code(e: &Error) -> u8 {
         Error::Init(cairn::init::InitError::Write { .. }) => BUILD_FAILED,
         Error::Init(_) => BAD_INPUT,
         Error::Cache(CacheError::Io { .. }) => BUILD_FAILED,
+        Error::Inspect(e) if e.is_bad_input() => BAD_INPUT,
+        Error::Inspect(_) => BUILD_FAILED,
+        Error::Diff(_) => BAD_INPUT,
     }
 }
 
@@ -192,6 +200,23 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Show what a build made: rocks, contents by rock, biggest files, packages, partitions, kernel and command line.
+    Inspect {
+        /// The build: OUT/NAME (its outputs' common prefix), its report or one of its outputs.
+        build: PathBuf,
+        /// JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two builds: rocks, files, packages, partitions. Exits 0 when they are the same, 1 when they
+    /// differ, 2 on trouble (as diff(1)).
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell's completion script (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`).
     Completions {
         #[arg(value_enum)]
@@ -280,6 +305,8 @@ fn main() -> ExitCode {
             .init();
     }
     let profile_arg = cli.command.profile().map(Path::to_path_buf);
+    // `cairn diff` exits 1 when the builds differ, as diff(1).
+    let mut differ = false;
     let result: Result<(), Error> = match cli.command {
         Command::Validate { profile } => match Profile::load(&profile) {
             Ok(p) => {
@@ -450,6 +477,32 @@ fn main() -> ExitCode {
                 })
                 .map_err(Error::Init)
         }
+        Command::Inspect { build, json } => cairn::inspect::inspect(&build)
+            .map_err(Error::Inspect)
+            .and_then(|i| {
+                if out.json {
+                    print_line(&cli::message("inspected", json!({ "inspection": i })))
+                } else if json {
+                    print_json(&i)
+                } else {
+                    print_text(&cairn::inspect::text::inspection(&i))
+                }
+            }),
+        Command::Diff { a, b, json } => cairn::inspect::diff::diff(&a, &b)
+            .map_err(Error::Diff)
+            .and_then(|d| {
+                differ = !d.same();
+                if out.json {
+                    print_line(&cli::message(
+                        "diffed",
+                        json!({ "same": d.same(), "diff": d }),
+                    ))
+                } else if json {
+                    print_json(&d)
+                } else {
+                    print_text(&cairn::inspect::text::diff(&d))
+                }
+            }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())
@@ -459,6 +512,7 @@ fn main() -> ExitCode {
             .map_err(Error::Output),
     };
     match result {
+        Ok(()) if differ => ExitCode::from(1),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = exit_code(&e);
@@ -497,6 +551,23 @@ fn error_json(e: &Error, text: &str, code: u8) -> serde_json::Value {
             "message": d.message,
         })),
     })
+}
+
+/// Whole, with an error rather than print!'s panic when stdout is closed (`cairn inspect ... | head`).
+fn print_text(text: &str) -> Result<(), Error> {
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).map_err(Error::Output)
+}
+
+/// One JSON message on one line (`--message-format json`).
+fn print_line(value: &serde_json::Value) -> Result<(), Error> {
+    print_text(&format!("{value}\n"))
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::Output(std::io::Error::other(e)))?;
+    text.push('\n');
+    print_text(&text)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {

@@ -33,6 +33,8 @@ pub struct Report {
     /// The `[[preload]]` rocks, stored in the root as OCI archives (not merged into it).
     pub preloads: Vec<PreloadReport>,
     pub outputs: Vec<Output>,
+    /// The root's regular files by origin (each rock and layer, the `[[file]]`s, cairn's own) and the biggest.
+    pub contents: crate::assemble::contents::Contents,
     /// The profile's machine-independent `[system]` settings, as written into the root.
     pub system: crate::system::Baked,
     /// The `[[snap]]` files stored in the image, in install order.
@@ -57,6 +59,7 @@ pub struct Made<'a> {
     /// Each preload's archive, in the order of `preloads`.
     pub archives: &'a [Archive],
     pub outputs: Vec<Output>,
+    pub contents: crate::assemble::contents::Contents,
     pub system: crate::system::Baked,
     pub snaps: Vec<crate::snaps::SnapReport>,
     pub disk: Option<DiskReport>,
@@ -77,6 +80,7 @@ impl Report {
             preloads,
             archives,
             outputs,
+            contents,
             system,
             snaps,
             disk,
@@ -101,6 +105,7 @@ impl Report {
                 .map(|(p, a)| PreloadReport::new(p, a))
                 .collect(),
             outputs,
+            contents,
             system,
             snaps,
             disk,

@@ -12,6 +12,7 @@
 //! - [`push`]: push them with the registry HTTP API v2 (and read back).
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
 //! - [`output`]: reading cairn's tar outputs back.
+//! - [`inspect`]: running `cairn inspect` and `cairn diff`, reading their JSON.
 //! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
 //! - [`snap`]: real snap files (squashfs with meta/snap.yaml) and assertion files in snapd's layout.
 //! - [`k8s_double`], [`k8s_snaps`]: the k8s double as the `k8s` snap, the stand-in snapd and base snaps, the
@@ -21,6 +22,7 @@ pub mod cairn;
 pub mod containerd;
 pub mod fault_proxy;
 pub mod image;
+pub mod inspect;
 pub mod k8s_double;
 pub mod k8s_snaps;
 pub mod output;

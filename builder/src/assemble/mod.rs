@@ -1,5 +1,6 @@
 //! Assemble: every rock's layers, unpacked (once, into the cache) and merged in order into one tree.
 
+pub mod contents;
 pub mod layer;
 pub mod tree;
 

@@ -14,7 +14,7 @@ pub mod initrd;
 pub mod layout;
 pub mod root;
 pub mod squashfs;
-mod tools;
+pub(crate) mod tools;
 pub mod verity;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
-//! The host tools the disk formats run, each with the Debian package that provides it (rocks/setup-host installs
-//! them all), run through the shared [`cairn_profile::command`] runner.
+//! The host tools the disk formats run (and `cairn inspect` reads them with), each with the Debian package that
+//! provides it (rocks/setup-host installs them all), run through the shared [`cairn_profile::command`] runner.
 
 use cairn_profile::command::Command;
 
@@ -9,6 +9,9 @@ pub enum Tool {
     Mke2fs,
     Mformat,
     Mcopy,
+    Mtype,
+    Mdir,
+    Unsquashfs,
     Sfdisk,
     QemuImg,
 }
@@ -20,6 +23,9 @@ impl Tool {
             Tool::Mke2fs => "mke2fs",
             Tool::Mformat => "mformat",
             Tool::Mcopy => "mcopy",
+            Tool::Mtype => "mtype",
+            Tool::Mdir => "mdir",
+            Tool::Unsquashfs => "unsquashfs",
             Tool::Sfdisk => "sfdisk",
             Tool::QemuImg => "qemu-img",
         }
@@ -27,9 +33,9 @@ impl Tool {
 
     pub fn package(self) -> &'static str {
         match self {
-            Tool::Mksquashfs => "squashfs-tools",
+            Tool::Mksquashfs | Tool::Unsquashfs => "squashfs-tools",
             Tool::Mke2fs => "e2fsprogs",
-            Tool::Mformat | Tool::Mcopy => "mtools",
+            Tool::Mformat | Tool::Mcopy | Tool::Mtype | Tool::Mdir => "mtools",
             Tool::Sfdisk => "fdisk",
             Tool::QemuImg => "qemu-utils",
         }
