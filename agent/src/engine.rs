@@ -1,6 +1,6 @@
 //! The step engine: every phase (init, system, network, kubernetes) is a list of steps, and this is the one
-//! place that runs them in order, times them, journals them, skips what an earlier run completed, prints the
-//! plan for `--dry-run` and reports each outcome.
+//! place that runs them in order, times them, journals them, skips what an earlier run completed, works out for
+//! `--dry-run` what each step would change, and reports each outcome.
 //!
 //! A step is a value that knows its name, what it will do (`describe`), how a rerun treats it (`resume`) and how
 //! to apply itself to its phase's context. The initrd has no journal yet (/var is not mounted): it records its
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dry::Change;
 use crate::report::StepReport;
 use crate::state::State;
 use crate::target::{Target, TargetError};
@@ -142,11 +143,26 @@ impl Resume {
 /// One step of a phase; `C` is what the phase's steps share (the target, what earlier steps found).
 pub trait Step<C> {
     fn name(&self) -> &'static str;
-    /// One line for `--dry-run`.
+    /// What the step does, in one line.
     fn describe(&self) -> String;
     fn resume(&self) -> Resume;
     /// Applies the step; `state` is the phase's journal, for the rare step that records more than its completion.
     fn apply(&self, cx: &mut C, state: &mut State) -> Result<Done, StepError>;
+    /// How `--dry-run` treats the step: `None` (the default) applies it to the phase's dry target, which records
+    /// each write instead of making it; a step that runs commands or waits on the node says instead what it
+    /// would do, given what `cx` knows.
+    fn dry(&self, _cx: &C) -> Option<Intent> {
+        None
+    }
+}
+
+/// What a step that is not applied in a dry run says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// What it would do (run a command, wait): a dry run cannot know what that changes.
+    Would(String),
+    /// Why nothing would change.
+    Nothing(String),
 }
 
 /// Why a phase stopped.
@@ -298,10 +314,68 @@ pub fn skipped<'a>(phase: Phase, names: impl IntoIterator<Item = &'a str>) -> Ve
     recorder.into_reports()
 }
 
-/// `--dry-run`: the phase's plan on stdout, one line a step.
-pub fn print_plan<C, S: Step<C>>(header: &str, steps: &[S]) {
-    println!("{header}");
-    for s in steps {
-        println!("  {:<10} {}", s.name(), s.describe());
+/// What a dry run found for one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// Journaled by an earlier, interrupted run with the same inputs: a run skips it.
+    Journaled,
+    /// Applied to the dry target: the changes it would make (none: nothing would change).
+    Changes(Vec<Change>),
+    /// A step that is not applied dry: what it says it would do.
+    Said(Intent),
+    /// It would fail, with this error.
+    Fails(String),
+    /// An earlier step would fail.
+    NotRun,
+}
+
+/// The outcome of a dry run of a phase's steps.
+pub struct DryRan {
+    pub steps: Vec<(&'static str, Planned)>,
+    /// The first step that would fail, and why.
+    pub error: Option<PhaseError>,
+}
+
+/// `--dry-run` of a phase's `steps`, as [`run`] would take them: a step journaled with its digest is skipped, the
+/// others are applied to `cx`, whose target must be dry ([`Target::dry`]), and each one's recorded changes
+/// collected; after a step that would fail, the rest would not run. Nothing is journaled: `state` is only read.
+pub fn dry_run<C, S: Step<C>>(
+    phase: Phase,
+    steps: &[S],
+    cx: &mut C,
+    target: &Target,
+    state: &State,
+) -> DryRan {
+    let mut out = Vec::new();
+    let mut error = None;
+    // Steps get a copy of the journal: one that records more than its completion records it nowhere.
+    let mut scratch = state.clone();
+    for step in steps {
+        if error.is_some() {
+            out.push((step.name(), Planned::NotRun));
+            continue;
+        }
+        let journaled = state.step_digest(phase.name(), step.name());
+        let planned = match (step.resume(), step.dry(cx)) {
+            (Resume::Digest(d), _) if journaled == Some(d.as_str()) => Planned::Journaled,
+            (_, Some(intent)) => Planned::Said(intent),
+            (_, None) => {
+                let applied = step.apply(cx, &mut scratch);
+                let changes = target.take_changes();
+                match applied {
+                    Ok(_) => Planned::Changes(changes),
+                    Err(source) => {
+                        let said = source.to_string();
+                        error = Some(PhaseError::Step {
+                            step: step.name(),
+                            source,
+                        });
+                        Planned::Fails(said)
+                    }
+                }
+            }
+        };
+        out.push((step.name(), planned));
     }
+    DryRan { steps: out, error }
 }

@@ -2,11 +2,12 @@
 //!
 //! [`datasources`] (where instance data comes from) → [`plan`] (the steps, from profile and instance) →
 //! [`apply`] (each step on a [`target::Target`]) → [`kubernetes`] (the distribution's phase) → [`report`] (status
-//! JSON and console lines). [`engine`] runs every phase's steps, journaled in [`state`]; [`run`] drives the
-//! phases; [`init`] is the initrd's /init.
+//! JSON and console lines). [`engine`] runs every phase's steps, journaled in [`state`] (or, for `--dry-run`,
+//! recorded by [`dry`]); [`run`] drives the phases; [`init`] is the initrd's /init.
 
 pub mod apply;
 pub mod datasources;
+pub mod dry;
 pub mod engine;
 pub mod init;
 pub mod kubernetes;

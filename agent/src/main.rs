@@ -10,22 +10,133 @@ use cairn_agent::report::STATUS_FILE;
 use cairn_agent::run::{self, BAKED_PROFILE, Exit, Options, Phase};
 use cairn_agent::target::Target;
 
-const USAGE: &str = "usage:
-  cairn-agent run system|network|snaps|kubernetes
-                                          apply a phase on the running system (the units' entry point)
-  cairn-agent apply --root DIR [--instance FILE] [--cmdline TEXT] [--imds-endpoint URL]
-                    [--fw-cfg DIR] [--esp DIR] [--dmi DIR] [--dry-run]
-                    [--kubernetes [--k8s PATH] [--containerd-socket PATH] [--kubelet-healthz URL]
-                                  [--images-wait SECS] [--kubelet-wait SECS]]
-                                          apply to a root folder, touching nothing else but what
-                                          the kubernetes phase's k8s command and containerd do
-  cairn-agent status [--root DIR]         print the status JSON
-  cairn-agent check [PROFILE]             check a profile the way the agent reads it
-  cairn-agent --version
-  cairn-agent --help";
+/// The commands, each with its usage: `cairn-agent COMMAND --help` prints that command's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Run,
+    Apply,
+    Status,
+    Check,
+}
 
-fn usage(problem: &str) -> ExitCode {
-    eprintln!("cairn-agent: {problem}\n{USAGE}");
+const CMDS: [Cmd; 4] = [Cmd::Run, Cmd::Apply, Cmd::Status, Cmd::Check];
+
+const OVERVIEW: &str = "cairn-agent: the first-boot agent of cairn images
+
+usage: cairn-agent COMMAND [OPTIONS]
+
+commands:
+  run PHASE          apply a phase on the running system, once (the units' entry point)
+  apply --root DIR   apply the system and network phases to a root folder, or show what they
+                     would change there (--dry-run)
+  status             print the node's status JSON
+  check [PROFILE]    check a profile the way the agent reads it
+  help [COMMAND]     this help, or a command's
+
+options:
+  -h, --help         this help; `cairn-agent COMMAND --help` for a command's
+  -V, --version      print the version
+
+Exit codes: 0 done, 1 a step failed, 2 bad input or usage.";
+
+const RUN_USAGE: &str = "usage: cairn-agent run PHASE
+
+Applies one phase on the running system, once, from the local instance sources (or the network's, for the
+network phase); a phase done on an earlier boot applies nothing. What the units run: the console gets
+`cairn-agent: PHASE ready {json}` or `failed {json}`, an error is also one line on stderr.
+
+phases:
+  system       machine id, hostname, users, files (cairn-agent.service)
+  network      what instance data on the network adds (cairn-agent-network.service)
+  snaps        the image's snaps, installed by its snapd (cairn-agent-snaps.service)
+  kubernetes   the Kubernetes node (cairn-kubernetes.service)
+
+options:
+  -h, --help   this help";
+
+const APPLY_USAGE: &str = "usage: cairn-agent apply --root DIR [OPTIONS]
+
+Runs the system phase, then the network phase, on the root folder DIR, touching nothing outside it: no live
+hostname and no systemctl calls. Each phase prints `cairn-agent: PHASE ready {json}`; an error is one line on
+stderr, and the status (DIR/var/lib/cairn/status.json) has it.
+
+options:
+  --root DIR                 the root folder (required)
+  --instance FILE            instance data from FILE instead of the sources
+  --cmdline TEXT             the kernel command line (cairn.instance=, cairn.datasource=, cairn.verity=)
+  --fw-cfg DIR               QEMU fw_cfg's sysfs folder (default DIR/sys/firmware/qemu_fw_cfg)
+  --esp DIR                  the EFI system partition (default DIR/efi or DIR/boot/efi, if a folder)
+  --dmi DIR                  the DMI sysfs folder (default DIR/sys/class/dmi/id)
+  --imds-endpoint URL        the EC2 instance metadata service to ask (IMDSv2)
+  --dry-run                  show what each step would change on DIR, given what it holds and the agent's
+                             journal there; write nothing
+  --kubernetes               run the kubernetes phase too, with:
+    --k8s PATH               the distribution's command (default /snap/bin/k8s, /usr/local/bin/k8s, /usr/bin/k8s)
+    --containerd-socket PATH containerd's socket (default /run/containerd/containerd.sock)
+    --kubelet-healthz URL    the kubelet's health endpoint (default http://127.0.0.1:10248/healthz)
+    --images-wait SECS       how long the preloaded images may take to reach containerd (default 300)
+    --kubelet-wait SECS      how long the kubelet may take to be healthy (default 300)
+  -h, --help                 this help";
+
+const STATUS_USAGE: &str = "usage: cairn-agent status [--root DIR]
+
+Prints the node's status JSON (/var/lib/cairn/status.json, or DIR's): `ready`, this boot's `steps`, the last run
+(`last_run`: phase, outcome, RFC 3339 times, error), the last good provisioning (`last_good`, kept whatever later
+runs do) and when the node was first ready (`provisioned`), the agent's version and the image's (`image`: profile,
+version, root hash). Exits 1 when there is no status yet.
+
+options:
+  --root DIR   a root folder's status instead of the running system's
+  -h, --help   this help";
+
+const CHECK_USAGE: &str = "usage: cairn-agent check [PROFILE]
+
+Checks a profile the way the agent reads it; PROFILE defaults to the baked one, /usr/lib/cairn/profile.toml.
+Exits 2 when it is not valid, naming the line.
+
+options:
+  -h, --help   this help";
+
+impl Cmd {
+    fn parse(name: &str) -> Option<Cmd> {
+        CMDS.into_iter().find(|c| c.name() == name)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Cmd::Run => "run",
+            Cmd::Apply => "apply",
+            Cmd::Status => "status",
+            Cmd::Check => "check",
+        }
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            Cmd::Run => RUN_USAGE,
+            Cmd::Apply => APPLY_USAGE,
+            Cmd::Status => STATUS_USAGE,
+            Cmd::Check => CHECK_USAGE,
+        }
+    }
+}
+
+fn is_help(arg: &str) -> bool {
+    arg == "--help" || arg == "-h"
+}
+
+/// A usage error: the problem, then the command's usage line and where its help is, on stderr; exit 2.
+fn usage(cmd: Option<Cmd>, problem: &str) -> ExitCode {
+    match cmd {
+        Some(c) => {
+            let synopsis = c.usage().lines().next().unwrap_or_default();
+            eprintln!(
+                "cairn-agent: {problem}\n{synopsis}\n(`cairn-agent {} --help` for more)",
+                c.name()
+            );
+        }
+        None => eprintln!("cairn-agent: {problem}\n(`cairn-agent --help` for the commands)"),
+    }
     ExitCode::from(2)
 }
 
@@ -39,22 +150,50 @@ fn main() -> ExitCode {
         cairn_agent::init::main();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else {
-        return usage("no command");
+    let Some(first) = args.first() else {
+        return usage(None, "no command");
     };
     let rest = &args[1..];
-    // `--help` or `-h` anywhere asks for the usage, which is then the answer, not an error.
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
+    let cmd = match first.as_str() {
+        "--help" | "-h" => {
+            println!("{OVERVIEW}");
+            return ExitCode::SUCCESS;
+        }
+        "--version" | "-V" => {
+            println!("cairn-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        "help" => match rest {
+            [] => {
+                println!("{OVERVIEW}");
+                return ExitCode::SUCCESS;
+            }
+            [name] => match Cmd::parse(name) {
+                Some(c) => {
+                    println!("{}", c.usage());
+                    return ExitCode::SUCCESS;
+                }
+                None => return usage(None, &format!("no command `{name}`")),
+            },
+            _ => return usage(None, "help takes one command"),
+        },
+        other => match Cmd::parse(other) {
+            Some(c) => c,
+            None => return usage(None, &format!("unknown command `{other}`")),
+        },
+    };
+    // `--help` or `-h` anywhere after a command asks for its usage, which is then the answer, not an error.
+    if rest.iter().any(|a| is_help(a)) {
+        println!("{}", cmd.usage());
         return ExitCode::SUCCESS;
     }
-    match command.as_str() {
-        "--version" => {
-            println!("cairn-agent {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        "check" => {
-            let path = rest.first().map(String::as_str).unwrap_or(BAKED_PROFILE);
+    match cmd {
+        Cmd::Check => {
+            let path = match rest {
+                [] => BAKED_PROFILE,
+                [p] if !p.starts_with('-') => p.as_str(),
+                _ => return usage(Some(cmd), "check takes one profile"),
+            };
             match cairn_profile::Profile::load_baked(Path::new(path)) {
                 Ok(p) => {
                     println!("{path}: profile {} {} is valid", p.name, p.version);
@@ -66,13 +205,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        "run" => {
+        Cmd::Run => {
             let phase = match rest {
                 [p] if p == "system" => Phase::System,
                 [p] if p == "network" => Phase::Network,
                 [p] if p == "snaps" => Phase::Snaps,
                 [p] if p == "kubernetes" => Phase::Kubernetes,
-                _ => return usage("run takes one phase: system, network, snaps or kubernetes"),
+                _ => {
+                    return usage(
+                        Some(cmd),
+                        "run takes one phase: system, network, snaps or kubernetes",
+                    );
+                }
             };
             let mut sources = datasources::Config::live();
             // fw_cfg's sysfs folder appears only once its module is loaded.
@@ -86,15 +230,15 @@ fn main() -> ExitCode {
             };
             exit(run::run_phase(&opts, phase))
         }
-        "apply" => match apply_options(rest) {
+        Cmd::Apply => match apply_options(rest) {
             Ok((opts, with_kubernetes)) => exit(run::apply_root(&opts, with_kubernetes)),
-            Err(problem) => usage(&problem),
+            Err(problem) => usage(Some(cmd), &problem),
         },
-        "status" => {
+        Cmd::Status => {
             let target = match rest {
                 [] => Target::live(),
                 [flag, dir] if flag == "--root" => Target::root_dir(Path::new(dir)),
-                _ => return usage("status takes an optional --root DIR"),
+                _ => return usage(Some(cmd), "status takes an optional --root DIR"),
             };
             match target.read_string(STATUS_FILE) {
                 Ok(Some(text)) => {
@@ -111,7 +255,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        other => usage(&format!("unknown command `{other}`")),
     }
 }
 

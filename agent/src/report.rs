@@ -2,7 +2,9 @@
 //!
 //! When a phase ends: `cairn-agent: PHASE ready {json}` or `cairn-agent: PHASE failed {json}`; when the last phase
 //! the node needs ends: `cairn-agent: ready {json}` (or `failed` as soon as a phase fails), carrying every phase's
-//! steps. The same JSON is kept in /var/lib/cairn/status.json and /run/cairn/status.json.
+//! steps. The same JSON, the node's [`NodeStatus`], is kept in /var/lib/cairn/status.json and
+//! /run/cairn/status.json: this boot's steps, whether the node is ready, the last run, the last good provisioning
+//! (which no later failure erases), the agent's version and the image's.
 
 use std::io::Write;
 
@@ -64,6 +66,146 @@ impl Status {
             ..self.clone()
         }
     }
+}
+
+/// What the node runs: the baked profile's name and version, and the root hash the node booted
+/// (`cairn.verity=` on the kernel command line; none for a root folder given no `--cmdline`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub root_hash: Option<String>,
+}
+
+/// How a phase's run ended, for the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// The node is ready after it.
+    Ready,
+    /// The phase completed; the node's later phases have yet to run.
+    Done,
+    Failed,
+}
+
+/// The last phase run, whatever its outcome. Times are RFC 3339, UTC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub phase: Phase,
+    pub outcome: RunOutcome,
+    pub started: String,
+    pub finished: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// The last run after which the node was ready: what it ran and found, kept whatever later runs do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastGood {
+    pub phase: Phase,
+    pub instance: String,
+    pub finished: String,
+    pub agent_version: String,
+    pub image: Image,
+    pub steps: Vec<StepReport>,
+}
+
+/// The node's status: the last run's [`Status`] fields as they always were (`phase`, `instance`, `steps`,
+/// `note`), and what a reader needs beside them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    #[serde(flatten)]
+    pub status: Status,
+    /// The node was provisioned (its last phase completed, now or on an earlier run) and no run failed since.
+    pub ready: bool,
+    pub agent_version: String,
+    pub image: Image,
+    pub last_run: LastRun,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_good: Option<LastGood>,
+    /// When the node was first ready.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub provisioned: Option<String>,
+}
+
+/// One phase's run, as [`NodeStatus::after`] takes it: times in UNIX seconds.
+pub struct Run {
+    pub phase: Phase,
+    pub ok: bool,
+    /// The node's last phase: the node is ready once it completes.
+    pub last: bool,
+    pub started: u64,
+    pub finished: u64,
+    pub error: Option<String>,
+}
+
+/// What the status file kept of earlier runs; a file that does not parse keeps nothing.
+#[derive(Debug, Default, Deserialize)]
+struct Earlier {
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    last_good: Option<LastGood>,
+    #[serde(default)]
+    provisioned: Option<String>,
+}
+
+impl NodeStatus {
+    /// The node's status after `run`: `status` is this boot's so far, and the status file's last good
+    /// provisioning is carried over unless this run is a newer one.
+    pub fn after(target: &Target, status: Status, run: Run, image: Image) -> NodeStatus {
+        let earlier: Earlier = target
+            .read(STATUS_FILE)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let finished = cairn_profile::time::rfc3339(run.finished);
+        let agent_version = env!("CARGO_PKG_VERSION").to_string();
+        let now_ready = run.ok && run.last;
+        let outcome = match (run.ok, now_ready) {
+            (false, _) => RunOutcome::Failed,
+            (true, true) => RunOutcome::Ready,
+            (true, false) => RunOutcome::Done,
+        };
+        let last_good = if now_ready {
+            Some(LastGood {
+                phase: run.phase,
+                instance: status.instance.clone(),
+                finished: finished.clone(),
+                agent_version: agent_version.clone(),
+                image: image.clone(),
+                steps: status.steps.clone(),
+            })
+        } else {
+            earlier.last_good
+        };
+        let provisioned = earlier
+            .provisioned
+            .or_else(|| now_ready.then(|| finished.clone()));
+        NodeStatus {
+            status,
+            ready: run.ok && (run.last || earlier.ready),
+            agent_version,
+            image,
+            last_run: LastRun {
+                phase: run.phase,
+                outcome,
+                started: cairn_profile::time::rfc3339(run.started),
+                finished,
+                error: run.error,
+            },
+            last_good,
+            provisioned,
+        }
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
 
     pub fn save(&self, target: &Target) -> Result<(), TargetError> {
         let mut json = serde_json::to_vec_pretty(self)
@@ -99,7 +241,8 @@ impl Status {
     }
 }
 
-/// Where the lines go: the console on the running system, stdout for a root folder.
+/// Where the lines go: the console on the running system, stdout for a root folder. Errors and warnings are text
+/// on stderr besides, once.
 pub struct Console {
     live: bool,
 }
@@ -107,6 +250,15 @@ pub struct Console {
 impl Console {
     pub fn new(live: bool) -> Console {
         Console { live }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// `cairn-agent: TEXT` on stderr: what a person at a terminal reads (on a node the unit's journal, too).
+    pub fn error(&self, text: &str) {
+        eprintln!("cairn-agent: {text}");
     }
 
     pub fn line(&self, text: &str) {
@@ -121,6 +273,118 @@ impl Console {
         }
         print!("{line}");
         let _ = std::io::stdout().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasources::test_support::TempDir;
+
+    fn status(phase: Phase, outcome: Outcome) -> Status {
+        Status {
+            phase,
+            instance: "file".into(),
+            steps: vec![StepReport {
+                phase,
+                name: "hostname".into(),
+                outcome,
+                ms: 1,
+                error: None,
+                detail: None,
+            }],
+            note: None,
+        }
+    }
+
+    fn run(phase: Phase, ok: bool, last: bool, at: u64) -> Run {
+        Run {
+            phase,
+            ok,
+            last,
+            started: at,
+            finished: at + 1,
+            error: (!ok).then(|| "hostname: broken".to_string()),
+        }
+    }
+
+    #[test]
+    fn the_good_provisioning_outlives_later_failures() {
+        let tmp = TempDir::new();
+        let t = Target::root_dir(tmp.path());
+        let image = Image {
+            profile: Some("edge".into()),
+            version: Some("1.0.0".into()),
+            root_hash: None,
+        };
+        let after = |s, r| {
+            let node = NodeStatus::after(&t, s, r, image.clone());
+            node.save(&t).unwrap();
+            node
+        };
+        // First boot, system then network: ready once the last phase is done.
+        let first = after(
+            status(Phase::System, Outcome::Applied),
+            run(Phase::System, true, false, 0),
+        );
+        assert!(!first.ready);
+        assert_eq!(first.last_run.outcome, RunOutcome::Done);
+        assert_eq!(first.last_good, None);
+        let good = after(
+            status(Phase::Network, Outcome::Applied),
+            run(Phase::Network, true, true, 100),
+        );
+        assert!(good.ready);
+        assert_eq!(good.last_run.outcome, RunOutcome::Ready);
+        assert_eq!(good.provisioned.as_deref(), Some("1970-01-01T00:01:41Z"));
+        let kept = good.last_good.clone().unwrap();
+        assert_eq!(kept.finished, "1970-01-01T00:01:41Z");
+        assert_eq!(kept.steps, good.status.steps);
+
+        // A later boot: a provisioned node's first phase keeps it ready; a failure does not, and keeps the record.
+        let later = after(
+            status(Phase::System, Outcome::Skipped),
+            run(Phase::System, true, false, 200),
+        );
+        assert!(later.ready);
+        assert_eq!(later.last_good.as_ref(), Some(&kept));
+        let failed = after(
+            status(Phase::Network, Outcome::Failed),
+            run(Phase::Network, false, true, 300),
+        );
+        assert!(!failed.ready);
+        assert_eq!(failed.last_run.outcome, RunOutcome::Failed);
+        assert_eq!(failed.last_run.error.as_deref(), Some("hostname: broken"));
+        assert_eq!(failed.last_run.started, "1970-01-01T00:05:00Z");
+        assert_eq!(failed.last_good.as_ref(), Some(&kept));
+        assert_eq!(failed.provisioned, good.provisioned);
+        // Not ready again until the last phase completes again.
+        let partial = after(
+            status(Phase::System, Outcome::Skipped),
+            run(Phase::System, true, false, 400),
+        );
+        assert!(!partial.ready);
+        let again = after(
+            status(Phase::Network, Outcome::Skipped),
+            run(Phase::Network, true, true, 500),
+        );
+        assert!(again.ready);
+        assert_eq!(again.provisioned, good.provisioned);
+        assert_eq!(again.last_good.unwrap().finished, "1970-01-01T00:08:21Z");
+
+        // What the file says reads back whole; a damaged file keeps nothing.
+        let text = t.read_string(STATUS_FILE).unwrap().unwrap();
+        let read: NodeStatus = serde_json::from_str(&text).unwrap();
+        assert!(read.ready && read.status.phase == Phase::Network);
+        t.write(STATUS_FILE, b"{\"ready\": tru", Owner::ROOT_0644)
+            .unwrap();
+        let fresh = NodeStatus::after(
+            &t,
+            status(Phase::System, Outcome::Failed),
+            run(Phase::System, false, true, 600),
+            image.clone(),
+        );
+        assert_eq!((fresh.last_good, fresh.provisioned), (None, None));
     }
 }
 

@@ -7,15 +7,17 @@
 //! nothing: instance data that changed since is reported (`instance changed since first boot, not applied`),
 //! never applied.
 
+use std::cell::Cell;
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_profile::{Instance, Merged, Profile};
 use sha2::{Digest, Sha256};
 
 use crate::datasources::{self, DatasourceError, Detected, Found};
-use crate::engine::{self, PhaseError, Step};
+use crate::engine::{self, Intent, PhaseError, Planned, Step};
 use crate::plan::{self, SystemContext};
-use crate::report::{Console, Status, StepReport};
+use crate::report::{Console, Image, NodeStatus, Run, Status, StepReport};
 use crate::state::{InstanceRecord, State};
 use crate::target::{Target, TargetError};
 
@@ -87,27 +89,31 @@ pub(crate) struct Loaded {
     pub(crate) merged: Merged,
 }
 
+/// The note of a phase that completed on an earlier boot, given other instance data now.
+pub const INSTANCE_CHANGED: &str = "instance changed since first boot, not applied";
+
 /// Runs one phase.
 pub fn run_phase(opts: &Options, phase: Phase) -> Exit {
-    Runner {
-        opts,
-        console: Console::new(opts.target.is_live()),
-    }
-    .phase(phase)
+    Runner::new(opts).phase(phase)
 }
 
 /// `apply --root`: the system phase, then the network phase when the instance data comes from the network,
-/// then the kubernetes phase when `with_kubernetes` (the profile must have `[kubernetes]`).
+/// then the kubernetes phase when `with_kubernetes` (the profile must have `[kubernetes]`). A dry run ends with
+/// a line adding up what the phases would change.
 pub fn apply_root(opts: &Options, with_kubernetes: bool) -> Exit {
     let mut phases = vec![Phase::System, Phase::Network];
     if with_kubernetes {
         phases.push(Phase::Kubernetes);
     }
+    let runner = Runner::new(opts);
     for phase in phases {
-        match run_phase(opts, phase) {
+        match runner.phase(phase) {
             Exit::Done => {}
             other => return other,
         }
+    }
+    if opts.dry_run {
+        println!("{}", runner.dry.get().summary());
     }
     Exit::Done
 }
@@ -115,6 +121,51 @@ pub fn apply_root(opts: &Options, with_kubernetes: bool) -> Exit {
 pub(crate) struct Runner<'a> {
     pub(crate) opts: &'a Options,
     pub(crate) console: Console,
+    /// What the phases work on: the options' target, or in a dry run its dry twin, which writes nothing.
+    pub(crate) target: Target,
+    /// A dry run's count so far.
+    dry: Cell<DryTally>,
+}
+
+/// What a dry run found, over its phases.
+#[derive(Debug, Clone, Copy, Default)]
+struct DryTally {
+    changes: usize,
+    /// Steps that would run commands or wait, whose changes a dry run cannot know.
+    would: usize,
+    /// Instance data to be fetched, whose changes are known only then.
+    fetch: bool,
+}
+
+impl DryTally {
+    fn summary(self) -> String {
+        if self.changes == 0 && self.would == 0 && !self.fetch {
+            return "dry run: nothing would change".into();
+        }
+        let mut parts = vec![format!("{} changes would be made", self.changes)];
+        if self.would > 0 {
+            parts.push(format!("{} steps would run commands or wait", self.would));
+        }
+        if self.fetch {
+            parts.push("the instance data would be fetched".into());
+        }
+        format!("dry run: {}; nothing was written", parts.join(", "))
+    }
+}
+
+/// What a phase learnt about the node before it ended, for its report.
+#[derive(Default)]
+struct Seen {
+    /// The instance data's source, or `none`.
+    instance: String,
+    image: Image,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What a phase's run came to, before it is reported.
@@ -139,14 +190,37 @@ pub(crate) enum Journal {
     Ended(Ending),
 }
 
-impl Runner<'_> {
-    fn phase(&self, phase: Phase) -> Exit {
-        let mut instance = "none".to_string();
-        let ending = self.phase_ending(phase, &mut instance);
-        self.report(phase, &instance, ending)
+impl<'a> Runner<'a> {
+    fn new(opts: &'a Options) -> Runner<'a> {
+        Runner {
+            opts,
+            console: Console::new(opts.target.is_live()),
+            target: if opts.dry_run {
+                opts.target.dry()
+            } else {
+                opts.target.clone()
+            },
+            dry: Cell::default(),
+        }
     }
 
-    fn phase_ending(&self, phase: Phase, instance: &mut String) -> Ending {
+    fn phase(&self, phase: Phase) -> Exit {
+        let started = now();
+        let mut seen = Seen {
+            instance: "none".into(),
+            image: Image {
+                root_hash: datasources::cmdline_value(
+                    &self.opts.sources.cmdline,
+                    cairn_profile::contract::VERITY_KEY,
+                ),
+                ..Image::default()
+            },
+        };
+        let ending = self.phase_ending(phase, &mut seen);
+        self.report(phase, seen, ending, started)
+    }
+
+    fn phase_ending(&self, phase: Phase, seen: &mut Seen) -> Ending {
         let failed = |error: RunError| Ending::Failed {
             steps: vec![],
             error,
@@ -155,6 +229,9 @@ impl Runner<'_> {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
+        seen.image.profile = Some(profile.name.clone());
+        seen.image.version = Some(profile.version.clone());
+        let instance = &mut seen.instance;
         let (loaded, network_source) = match self.instance(phase, &profile, instance) {
             Ok(Some(l)) => l,
             Ok(None) => return Ending::Quiet,
@@ -168,7 +245,7 @@ impl Runner<'_> {
             _ => {}
         }
         let steps = plan::system(&loaded.merged);
-        let mut cx = SystemContext::new(&self.opts.target);
+        let mut cx = SystemContext::new(&self.target);
         let journal = self.journal(phase, &loaded.record, last, |_| {
             steps
                 .iter()
@@ -180,7 +257,6 @@ impl Runner<'_> {
 
     fn profile(&self) -> Result<Profile, RunError> {
         let path = self
-            .opts
             .target
             .resolve(BAKED_PROFILE, true)
             .map_err(RunError::BakedProfilePath)?;
@@ -222,9 +298,13 @@ impl Runner<'_> {
             (Phase::Network | Phase::Kubernetes, Detected::Network(src)) => {
                 if self.opts.dry_run {
                     println!(
-                        "{phase} phase: would fetch instance data from {}",
+                        "{phase} phase: would fetch instance data from {}; what it adds is known only then",
                         src.describe()
                     );
+                    self.dry.set(DryTally {
+                        fetch: true,
+                        ..self.dry.get()
+                    });
                     return Ok(None);
                 }
                 *instance = src.kind().as_str().into();
@@ -273,7 +353,7 @@ impl Runner<'_> {
         last: bool,
         done_names: impl FnOnce(&State) -> Vec<&'static str>,
     ) -> Journal {
-        let state = match State::load(&self.opts.target) {
+        let state = match State::load(&self.target) {
             Ok(s) => s,
             Err(e) => {
                 return Journal::Ended(Ending::Failed {
@@ -288,8 +368,8 @@ impl Runner<'_> {
         }
     }
 
-    /// A phase's steps through the engine, once: the plan on a dry run (whatever the journal says), else every
-    /// step journaled in the phase's `journal` (see [`Runner::journal`]), then the phase marked complete.
+    /// A phase's steps through the engine, once: every step journaled in the phase's `journal` (see
+    /// [`Runner::journal`]), then the phase marked complete; on a dry run, what each would change.
     pub(crate) fn steps<C, S: Step<C>>(
         &self,
         phase: Phase,
@@ -299,18 +379,14 @@ impl Runner<'_> {
         journal: Journal,
         last: bool,
     ) -> Ending {
-        if self.opts.dry_run {
-            engine::print_plan(
-                &format!("{phase} phase, instance: {}", record.source),
-                steps,
-            );
-            return Ending::Quiet;
-        }
         let mut state = match journal {
             Journal::Open(s) => s,
-            Journal::Ended(ending) => return ending,
+            Journal::Ended(ending) => return self.ended(phase, ending),
         };
-        let target = &self.opts.target;
+        if self.opts.dry_run {
+            return self.dry_steps(phase, record, steps, cx, &state);
+        }
+        let target = &self.target;
         state.instance.insert(phase.name().into(), record.clone());
         let ran = engine::run(phase, steps, cx, target, &mut state);
         if let Some(e) = ran.error {
@@ -332,36 +408,128 @@ impl Runner<'_> {
         }
     }
 
+    /// The ending of a phase that has nothing to run (see [`Runner::journal`]); a dry run says why instead.
+    pub(crate) fn ended(&self, phase: Phase, ending: Ending) -> Ending {
+        if !self.opts.dry_run {
+            return ending;
+        }
+        match ending {
+            Ending::Done { note, .. } if note.as_deref() == Some(INSTANCE_CHANGED) => {
+                println!("{phase} phase: instance changed since first boot; would not apply");
+                Ending::Quiet
+            }
+            Ending::Done { .. } => {
+                println!("{phase} phase: done on an earlier boot; nothing would change");
+                Ending::Quiet
+            }
+            other => other,
+        }
+    }
+
+    /// `--dry-run` of a phase's steps: each one's changes against what the root holds and its journal, on
+    /// stdout, one line a change; nothing is written.
+    fn dry_steps<C, S: Step<C>>(
+        &self,
+        phase: Phase,
+        record: &InstanceRecord,
+        steps: &[S],
+        cx: &mut C,
+        state: &State,
+    ) -> Ending {
+        let ran = engine::dry_run(phase, steps, cx, &self.target, state);
+        let mut tally = self.dry.get();
+        println!("{phase} phase, instance: {}", record.source);
+        for (name, planned) in &ran.steps {
+            let lines = match planned {
+                Planned::Journaled => {
+                    vec!["nothing would change: applied by an earlier run (journaled)".into()]
+                }
+                Planned::Changes(c) if c.is_empty() => vec!["nothing would change".into()],
+                Planned::Changes(c) => {
+                    tally.changes += c.len();
+                    c.iter().flat_map(|c| c.lines()).collect()
+                }
+                Planned::Said(Intent::Would(text)) => {
+                    tally.would += 1;
+                    vec![text.clone()]
+                }
+                Planned::Said(Intent::Nothing(why)) => vec![format!("nothing would change: {why}")],
+                Planned::Fails(e) => vec![format!("would fail: {e}")],
+                Planned::NotRun => vec!["would not run: an earlier step would fail".into()],
+            };
+            for (i, line) in lines.iter().enumerate() {
+                let shown = if i == 0 { *name } else { "" };
+                println!("  {shown:<10} {line}");
+            }
+        }
+        self.dry.set(tally);
+        match ran.error {
+            Some(e) => Ending::Failed {
+                steps: vec![],
+                error: e.into(),
+            },
+            None => Ending::Quiet,
+        }
+    }
+
     /// Saves the status and prints the phase line, and the whole-node line when the phase failed or was the
-    /// node's last.
-    fn report(&self, phase: Phase, instance: &str, ending: Ending) -> Exit {
+    /// node's last. A failure is one line of text on stderr; on the running system the console gets its JSON
+    /// lines too (the serial console's reader and the boot tests wait for them), for a root folder only the
+    /// status file has it.
+    fn report(&self, phase: Phase, seen: Seen, ending: Ending, started: u64) -> Exit {
         let (steps, note, ok, last, exit) = match ending {
             Ending::Quiet => return Exit::Done,
             Ending::Done { steps, note, last } => (steps, note, true, last, Exit::Done),
             Ending::Failed { steps, error } => {
                 let exit = error.exit();
-                (steps, Some(error.to_string()), false, true, exit)
+                let text = error.to_string();
+                if self.opts.dry_run {
+                    self.console
+                        .error(&format!("dry run: {phase} phase would fail: {text}"));
+                    return exit;
+                }
+                self.console.error(&format!("{phase} phase failed: {text}"));
+                (steps, Some(text), false, true, exit)
             }
-        };
-        let status = Status {
-            phase,
-            instance: instance.into(),
-            steps,
-            note,
         };
         if self.opts.dry_run {
             return exit;
         }
-        let word = if ok { "ready" } else { "failed" };
-        let node = status.merged_with_boot(&self.opts.target);
-        if let Err(e) = node.save(&self.opts.target) {
-            self.console
-                .line(&format!("warning: status not saved: {e}"));
+        let status = Status {
+            phase,
+            instance: seen.instance,
+            steps,
+            note,
+        };
+        let run = Run {
+            phase,
+            ok,
+            last,
+            started,
+            finished: now(),
+            error: (!ok).then(|| status.note.clone()).flatten(),
+        };
+        let node = NodeStatus::after(
+            &self.target,
+            status.merged_with_boot(&self.target),
+            run,
+            seen.image,
+        );
+        if let Err(e) = node.save(&self.target) {
+            let warning = format!("warning: status not saved: {e}");
+            if self.console.is_live() {
+                self.console.line(&warning);
+            } else {
+                self.console.error(&warning);
+            }
         }
-        self.console
-            .line(&format!("{phase} {word} {}", status.json()));
-        if last || !ok {
-            self.console.line(&format!("{word} {}", node.json()));
+        if ok || self.console.is_live() {
+            let word = if ok { "ready" } else { "failed" };
+            self.console
+                .line(&format!("{phase} {word} {}", status.json()));
+            if last || !ok {
+                self.console.line(&format!("{word} {}", node.json()));
+            }
         }
         exit
     }
@@ -393,9 +561,7 @@ fn already_done(
         return None;
     }
     let note = match state.instance.get(phase.name()) {
-        Some(first) if first != record => {
-            Some("instance changed since first boot, not applied".to_string())
-        }
+        Some(first) if first != record => Some(INSTANCE_CHANGED.to_string()),
         _ => None,
     };
     Some(Ending::Done {

@@ -15,7 +15,7 @@ use cairn_profile::command::Command;
 use cairn_profile::contract::{SNAPS_DIR, SNAPS_PLAN};
 use cairn_profile::{Profile, StoredSnap};
 
-use crate::engine::{Done, Phase, Resume, Step, StepError};
+use crate::engine::{Done, Intent, Phase, Resume, Step, StepError};
 use crate::run::{Ending, Journal, Loaded, Runner};
 use crate::state::State;
 use crate::target::Target;
@@ -182,6 +182,17 @@ impl<'a> Step<Snaps<'a>> for StepName {
         Resume::Rerun
     }
 
+    /// Every step drives snapd: said, never run dry.
+    fn dry(&self, _cx: &Snaps<'a>) -> Option<Intent> {
+        Some(Intent::Would(match self {
+            StepName::Seeded => "would wait for snapd to be seeded".into(),
+            StepName::Ack => format!("would `snap ack` each assertion of {SNAPS_DIR}"),
+            StepName::Install => format!(
+                "would `snap install` each snap of {SNAPS_PLAN} not there at its revision, in order"
+            ),
+        }))
+    }
+
     fn apply(&self, cx: &mut Snaps<'a>, _state: &mut State) -> Result<Done, StepError> {
         match self {
             StepName::Seeded => cx.seeded(),
@@ -212,14 +223,14 @@ pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded, last: boo
     if profile.snaps.is_empty() {
         return Ending::Quiet;
     }
-    // Installed on an earlier boot: nothing to read or run (a dry run plans whatever the journal says).
+    // Installed on an earlier boot: nothing to read or run (a dry run says so).
     let journal = match runner.journal(Phase::Snaps, &loaded.record, last, |_| {
         StepName::ALL.iter().map(|s| s.name()).collect()
     }) {
-        Journal::Ended(ending) if !runner.opts.dry_run => return ending,
+        Journal::Ended(ending) => return runner.ended(Phase::Snaps, ending),
         journal => journal,
     };
-    let target = &runner.opts.target;
+    let target = &runner.target;
     let plan = match read_plan(target) {
         Ok(p) => p,
         Err(e) => {

@@ -9,6 +9,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::dry::{Change, Pending, Shared};
+
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct TargetError {
@@ -34,6 +36,8 @@ pub struct Target {
     root: PathBuf,
     /// The running system: live calls (hostname, sysctl, modules, systemctl) are allowed.
     live: bool,
+    /// A dry run's record: writes are recorded there instead of made (see [`Target::dry`]).
+    dry: Option<Shared>,
 }
 
 /// Ownership and permissions of a file to write.
@@ -59,6 +63,7 @@ impl Target {
         Target {
             root: PathBuf::from("/"),
             live: true,
+            dry: None,
         }
     }
 
@@ -66,11 +71,48 @@ impl Target {
         Target {
             root: root.to_path_buf(),
             live: false,
+            dry: None,
+        }
+    }
+
+    /// The same system for a dry run: it reads what is there, and records each write, folder, link, removal or
+    /// copy it would make instead of making it ([`Target::take_changes`]); later reads see the recorded writes.
+    pub fn dry(&self) -> Target {
+        Target {
+            dry: Some(Shared::default()),
+            ..self.clone()
         }
     }
 
     pub fn is_live(&self) -> bool {
         self.live
+    }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry.is_some()
+    }
+
+    /// Whether calls that change the running system (its hostname, sysctls, systemctl) are made: on the live
+    /// system, outside a dry run.
+    pub fn changes_live(&self) -> bool {
+        self.live && self.dry.is_none()
+    }
+
+    /// A dry run's changes since the last call; always none outside a dry run.
+    pub fn take_changes(&self) -> Vec<Change> {
+        self.dry.as_ref().map(Shared::take).unwrap_or_default()
+    }
+
+    /// Records a change said in words, in a dry run; nothing otherwise.
+    pub fn say(&self, change: impl Into<String>) {
+        if let Some(d) = &self.dry {
+            d.record(Change::Said(change.into()), None);
+        }
+    }
+
+    /// A dry run's view of `host`, when a recorded change touched it.
+    fn pending(&self, host: &Path) -> Option<Pending> {
+        self.dry.as_ref().and_then(|d| d.pending(host))
     }
 
     pub fn root(&self) -> &Path {
@@ -119,6 +161,11 @@ impl Target {
 
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TargetError> {
         let host = self.resolve(path, true)?;
+        match self.pending(&host) {
+            Some(Pending::File(bytes, _)) => return Ok(Some(bytes)),
+            Some(Pending::Gone) => return Ok(None),
+            _ => {}
+        }
         match fs::read(&host) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -153,6 +200,10 @@ impl Target {
                     gid: 0,
                 }
             };
+            if let Some(dry) = &self.dry {
+                changed |= self.dry_dir(dry, &host, &so_far, want, i + 1 == parts.len())?;
+                continue;
+            }
             match fs::symlink_metadata(&host) {
                 Ok(m) if m.is_dir() => {
                     if i + 1 == parts.len() {
@@ -181,6 +232,9 @@ impl Target {
             self.ensure_parent(parent)?;
         }
         let host = self.resolve(path, true)?;
+        if let Some(dry) = &self.dry {
+            return Ok(self.dry_write(dry, &host, path, content, owner));
+        }
         if let Ok(m) = fs::symlink_metadata(&host)
             && m.is_file()
             && fs::read(&host).is_ok_and(|old| old == content)
@@ -195,13 +249,25 @@ impl Target {
     /// fsync, rename, like [`Target::write`]. The parent folder must exist.
     pub fn copy_in(&self, from: &Path, path: &str, owner: Owner) -> Result<(), TargetError> {
         let host = self.resolve(path, true)?;
+        if let Some(dry) = &self.dry {
+            let bytes = fs::metadata(from)
+                .map_err(|e| TargetError::io(path, e))?
+                .len();
+            let change = Change::Copy {
+                path: path.into(),
+                from: from.to_path_buf(),
+                bytes,
+            };
+            dry.record(change, None);
+            return Ok(());
+        }
         let mut src = fs::File::open(from).map_err(|e| TargetError::io(path, e))?;
         replace(&host, path, owner, |f| io::copy(&mut src, f).map(|_| ()))
     }
 
     fn ensure_parent(&self, parent: &str) -> Result<(), TargetError> {
         let host = self.resolve(parent, true)?;
-        if host.is_dir() {
+        if host.is_dir() || matches!(self.pending(&host), Some(Pending::Dir(_))) {
             return Ok(());
         }
         self.ensure_dir(
@@ -225,6 +291,28 @@ impl Target {
             self.ensure_parent(parent)?;
         }
         let host = self.resolve(path, false)?;
+        if let Some(dry) = &self.dry {
+            let old = match self.pending(&host) {
+                Some(Pending::Link(to)) => Some(to),
+                Some(Pending::Gone) => None,
+                Some(_) => Some("a file".into()),
+                None => match fs::read_link(&host) {
+                    Ok(to) => Some(to.display().to_string()),
+                    Err(_) if fs::symlink_metadata(&host).is_ok() => Some("a file".into()),
+                    Err(_) => None,
+                },
+            };
+            if old.as_deref() == Some(target) {
+                return Ok(false);
+            }
+            let change = Change::Symlink {
+                path: path.into(),
+                to: target.into(),
+                old,
+            };
+            dry.record(change, Some((host, Pending::Link(target.into()))));
+            return Ok(true);
+        }
         if fs::read_link(&host).is_ok_and(|t| t == Path::new(target)) {
             return Ok(false);
         }
@@ -240,6 +328,20 @@ impl Target {
     /// Removes a file or symlink if present; returns whether it was there.
     pub fn remove(&self, path: &str) -> Result<bool, TargetError> {
         let host = self.resolve(path, false)?;
+        if let Some(dry) = &self.dry {
+            let there = match self.pending(&host) {
+                Some(Pending::Gone) => false,
+                Some(_) => true,
+                None => fs::symlink_metadata(&host).is_ok(),
+            };
+            if there {
+                dry.record(
+                    Change::Remove { path: path.into() },
+                    Some((host, Pending::Gone)),
+                );
+            }
+            return Ok(there);
+        }
         match fs::remove_file(&host) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -249,7 +351,94 @@ impl Target {
 
     pub fn exists(&self, path: &str) -> bool {
         self.resolve(path, false)
-            .is_ok_and(|p| fs::symlink_metadata(p).is_ok())
+            .is_ok_and(|p| match self.pending(&p) {
+                Some(Pending::Gone) => false,
+                Some(_) => true,
+                None => fs::symlink_metadata(p).is_ok(),
+            })
+    }
+
+    /// A dry [`Target::write`]: what the file is (recorded earlier, or on disk) against what it would be.
+    fn dry_write(
+        &self,
+        dry: &Shared,
+        host: &Path,
+        path: &str,
+        content: &[u8],
+        owner: Owner,
+    ) -> bool {
+        let now = match self.pending(host) {
+            Some(Pending::File(bytes, o)) => Some((bytes, o)),
+            Some(_) => None,
+            None => match fs::symlink_metadata(host) {
+                Ok(m) if m.is_file() => fs::read(host).ok().map(|b| (b, owner_of(&m))),
+                _ => None,
+            },
+        };
+        let change = match now {
+            Some((bytes, o)) if bytes == content => {
+                if o == owner {
+                    return false;
+                }
+                Change::Owner {
+                    path: path.into(),
+                    old: o,
+                    new: owner,
+                }
+            }
+            old => Change::Write {
+                path: path.into(),
+                old,
+                new: content.to_vec(),
+                owner,
+            },
+        };
+        let pending = Pending::File(content.to_vec(), owner);
+        dry.record(change, Some((host.to_path_buf(), pending)));
+        true
+    }
+
+    /// A dry [`Target::ensure_dir`] for one folder on the way (`last`: the one whose owner is set).
+    fn dry_dir(
+        &self,
+        dry: &Shared,
+        host: &Path,
+        shown: &str,
+        want: Owner,
+        last: bool,
+    ) -> Result<bool, TargetError> {
+        let now = match self.pending(host) {
+            Some(Pending::Dir(o)) => Some(o),
+            Some(Pending::Gone) => None,
+            Some(_) => return Err(TargetError::new(shown, "exists and is not a directory")),
+            None => match fs::symlink_metadata(host) {
+                Ok(m) if m.is_dir() => Some(owner_of(&m)),
+                Ok(_) => return Err(TargetError::new(shown, "exists and is not a directory")),
+                Err(_) => None,
+            },
+        };
+        let change = match now {
+            Some(o) if !last || o == want => return Ok(false),
+            Some(o) => Change::Owner {
+                path: shown.into(),
+                old: o,
+                new: want,
+            },
+            None => Change::MakeDir {
+                path: shown.into(),
+                owner: want,
+            },
+        };
+        dry.record(change, Some((host.to_path_buf(), Pending::Dir(want))));
+        Ok(true)
+    }
+}
+
+fn owner_of(m: &fs::Metadata) -> Owner {
+    Owner {
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
     }
 }
 
@@ -362,5 +551,82 @@ mod tests {
         assert!(!t.remove("/etc/l").unwrap());
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("etc/x")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temp files left");
+    }
+
+    #[test]
+    fn a_dry_target_records_instead_of_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/kept"), "same").unwrap();
+        fs::set_permissions(
+            dir.path().join("etc/kept"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let t = Target::root_dir(dir.path()).dry();
+        let before: Vec<_> = walk(dir.path());
+        let m = fs::metadata(dir.path().join("etc/kept")).unwrap();
+        let kept = Owner {
+            mode: 0o644,
+            uid: m.uid(),
+            gid: m.gid(),
+        };
+        assert!(!t.write("/etc/kept", b"same", kept).unwrap());
+        assert!(t.write("/etc/x/y", b"one", Owner::ROOT_0644).unwrap());
+        // A later read sees the write, and the same write again changes nothing more.
+        assert_eq!(t.read("/etc/x/y").unwrap().as_deref(), Some(&b"one"[..]));
+        assert!(!t.write("/etc/x/y", b"one", Owner::ROOT_0644).unwrap());
+        assert!(t.exists("/etc/x"));
+        assert!(t.symlink("/etc/l", "/usr/share/zoneinfo/UTC").unwrap());
+        assert!(t.remove("/etc/kept").unwrap());
+        assert!(!t.exists("/etc/kept"));
+        assert!(!t.remove("/etc/kept").unwrap());
+        assert_eq!(
+            t.take_changes(),
+            [
+                Change::MakeDir {
+                    path: "/etc/x".into(),
+                    owner: Owner {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0
+                    }
+                },
+                Change::Write {
+                    path: "/etc/x/y".into(),
+                    old: None,
+                    new: b"one".to_vec(),
+                    owner: Owner::ROOT_0644
+                },
+                Change::Symlink {
+                    path: "/etc/l".into(),
+                    to: "/usr/share/zoneinfo/UTC".into(),
+                    old: None
+                },
+                Change::Remove {
+                    path: "/etc/kept".into()
+                },
+            ]
+        );
+        assert!(t.take_changes().is_empty());
+        assert_eq!(walk(dir.path()), before, "a dry target wrote");
+    }
+
+    /// Every path under `root` with its metadata's mode and mtime.
+    fn walk(root: &Path) -> Vec<(PathBuf, u32, i64)> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                if m.is_dir() {
+                    todo.push(p.clone());
+                }
+                out.push((p, m.mode(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
+            }
+        }
+        out.sort();
+        out
     }
 }

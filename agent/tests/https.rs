@@ -604,11 +604,17 @@ fn the_agent_applies_instance_data_fetched_over_https() {
     let o = apply(&root, &url);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("cairn-agent: failed {"), "{out}");
+    // The failure is one line of text on stderr; stdout carries no failure JSON.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.matches(" phase failed: ").count(), 1, "{out}");
     assert!(
-        out.contains(&format!(
-            "cairn.instance={url}: the TLS certificate of localhost was refused: unknown issuer"
+        stderr.contains(&format!(
+            "cairn-agent: network phase failed: cairn.instance={url}: the TLS certificate of localhost was refused: unknown issuer"
         )),
+        "{out}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("failed {"),
         "{out}"
     );
     let hostname = std::fs::read_to_string(root.join("etc/hostname")).unwrap_or_default();

@@ -13,11 +13,13 @@
 //! - [`cairn`]: profile fixtures and running the `cairn` binary.
 //! - [`output`]: reading cairn's tar outputs back.
 //! - [`inspect`]: running `cairn inspect` and `cairn diff`, reading their JSON.
+//! - [`agent_root`]: a small hand-made root for `cairn-agent apply --root`, and the agent's status read back.
 //! - [`rocks`]: the rocks `rocks/` recipes build, pushed to the shared registry.
 //! - [`snap`]: real snap files (squashfs with meta/snap.yaml) and assertion files in snapd's layout.
 //! - [`k8s_double`], [`k8s_snaps`]: the k8s double as the `k8s` snap, the stand-in snapd and base snaps, the
 //!   test rock that shows a booted node on its console.
 
+pub mod agent_root;
 pub mod cairn;
 pub mod containerd;
 pub mod fault_proxy;

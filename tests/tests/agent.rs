@@ -5,156 +5,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use cairn_e2e::cairn::{output_text as text, write_file as write};
+use cairn_e2e::agent_root::{
+    ID, KEY2, STATUS_FILES, apply, failed_status, line_json, read, small_root,
+};
+use cairn_e2e::cairn::output_text as text;
 use cairn_e2e::output::snapshot;
-use cairn_e2e::run_agent;
-
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2Utb3BzLWtleS1mb3ItdGVzdHM ops@example";
-const KEY2: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNlY29uZC1rZXktZm9yLWluc3RhbmNl ops@instance";
-
-const PROFILE: &str = r#"schema = 1
-name = "edge"
-version = "1.0.0"
-arch = "amd64"
-[base]
-rock = "localhost:5000/cairn/node-base:bookworm@sha256:0000000000000000000000000000000000000000000000000000000000000000"
-[system]
-hostname = "edge-{machine-id:8}"
-timezone = "Europe/Paris"
-sysctl = { "net.ipv4.ip_forward" = "1", "vm.swappiness" = "10" }
-modules = ["overlay", "br_netfilter"]
-services = { enable = ["containerd"], disable = ["ssh"] }
-[[user]]
-name = "ops"
-groups = ["sudo"]
-ssh-keys = ["KEY"]
-"#;
-
-/// A small Debian-shaped root with a baked profile; `/home` links to `/var/home` as in cairn images.
-fn small_root(dir: &Path, machine_id: &str) -> PathBuf {
-    let root = dir.join("root");
-    write(
-        &root,
-        "/etc/passwd",
-        "root:x:0:0:root:/root:/bin/bash\n",
-        0o644,
-    );
-    write(
-        &root,
-        "/etc/group",
-        "root:x:0:\nsudo:x:27:\nshadow:x:42:\n",
-        0o644,
-    );
-    write(&root, "/etc/shadow", "root:*:19000:0:99999:7:::\n", 0o640);
-    write(
-        &root,
-        "/etc/gshadow",
-        "root:*::\nsudo:*::\nshadow:*::\n",
-        0o640,
-    );
-    write(&root, "/etc/hosts", "127.0.0.1\tlocalhost\n", 0o644);
-    write(&root, "/etc/machine-id", machine_id, 0o444);
-    write(&root, "/bin/bash", "", 0o755);
-    write(&root, "/usr/share/zoneinfo/Europe/Paris", "TZif2", 0o644);
-    let units = [
-        (
-            "containerd.service",
-            "[Unit]\nDescription=containerd\n[Install]\nWantedBy=multi-user.target\n",
-        ),
-        (
-            "ssh.service",
-            "[Unit]\nDescription=ssh\n[Install]\nWantedBy=multi-user.target\n",
-        ),
-        (
-            "systemd-networkd.service",
-            "[Unit]\nDescription=networkd\n[Install]\nWantedBy=multi-user.target\nAlso=systemd-networkd.socket systemd-networkd-wait-online.service\n",
-        ),
-        (
-            "systemd-networkd.socket",
-            "[Install]\nWantedBy=sockets.target\n",
-        ),
-        (
-            "systemd-networkd-wait-online.service",
-            "[Install]\nWantedBy=network-online.target\n",
-        ),
-    ];
-    for (name, text) in units {
-        write(
-            &root,
-            &format!("/usr/lib/systemd/system/{name}"),
-            text,
-            0o644,
-        );
-    }
-    // ssh is enabled by the image itself, on the read-only part: disabling it must mask it.
-    std::fs::create_dir_all(root.join("usr/lib/systemd/system/multi-user.target.wants"))
-        .expect("mkdir");
-    std::os::unix::fs::symlink(
-        "../ssh.service",
-        root.join("usr/lib/systemd/system/multi-user.target.wants/ssh.service"),
-    )
-    .expect("symlink");
-    std::fs::create_dir_all(root.join("var/home")).expect("mkdir");
-    std::os::unix::fs::symlink("/var/home", root.join("home")).expect("symlink");
-    write(
-        &root,
-        "/usr/lib/cairn/profile.toml",
-        &PROFILE.replace("KEY", KEY),
-        0o644,
-    );
-    root
-}
-
-const ID: &str = "0123456789abcdef0123456789abcdef\n";
-
-fn apply(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut args = vec![
-        "apply".to_string(),
-        "--root".to_string(),
-        root.display().to_string(),
-    ];
-    // Point every source somewhere empty unless the test says otherwise.
-    for (flag, default) in [
-        ("--fw-cfg", "no-fw-cfg"),
-        ("--esp", "no-esp"),
-        ("--dmi", "no-dmi"),
-    ] {
-        if !extra.contains(&flag) {
-            args.push(flag.into());
-            args.push(
-                root.parent()
-                    .expect("parent")
-                    .join(default)
-                    .display()
-                    .to_string(),
-            );
-        }
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    run_agent(args, env)
-}
-
-fn read(root: &Path, path: &str) -> String {
-    std::fs::read_to_string(root.join(path.trim_start_matches('/')))
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// The JSON of the console line `cairn-agent: PREFIX {json}`.
-fn line_json(o: &Output, prefix: &str) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cairn-agent: {prefix} ")))
-        .unwrap_or_else(|| panic!("no `cairn-agent: {prefix}` line in:\n{}", text(o)));
-    serde_json::from_str(line).expect("the line carries JSON")
-}
-
-const STATUS_FILES: &[&str] = &["var/lib/cairn/status.json", "run/cairn/status.json"];
 
 #[test]
 fn applies_every_key_once_and_a_second_run_changes_nothing() {
@@ -282,7 +139,7 @@ fn applies_every_key_once_and_a_second_run_changes_nothing() {
     );
     assert_eq!(snapshot(&root, STATUS_FILES), before);
 
-    // --dry-run prints the plan and writes nothing.
+    // --dry-run shows the changes against what is there and writes nothing (tests/agent_cli.rs has the rest).
     let fresh = tempfile::tempdir().expect("tempdir");
     let root2 = small_root(fresh.path(), ID);
     let before2 = snapshot(&root2, &[]);
@@ -290,7 +147,7 @@ fn applies_every_key_once_and_a_second_run_changes_nothing() {
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     assert!(
         String::from_utf8_lossy(&dry.stdout)
-            .contains("hostname   hostname from template `edge-{machine-id:8}`"),
+            .contains("  hostname   write /etc/hostname: edge-01234567 (now: absent)\n"),
         "{}",
         text(&dry)
     );
@@ -366,7 +223,7 @@ fn local_sources_in_order_and_their_bad_input() {
     let before = snapshot(&root, &[]);
     let o = apply(&root, &["--fw-cfg", fw_s, "--esp", esp_s], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let failed = line_json(&o, "failed");
+    let failed = failed_status(&root, &o);
     let note = failed["note"].as_str().unwrap_or("");
     assert!(note.contains("opt/cairn/instance.toml:2:12"), "{note}");
     assert_eq!(failed["instance"], "fw_cfg");
@@ -400,7 +257,7 @@ fn local_sources_in_order_and_their_bad_input() {
     let root3 = small_root(dir3.path(), ID);
     let o = apply(&root3, &["--esp", esp_s], &[]);
     assert_eq!(o.status.code(), Some(2));
-    let note = line_json(&o, "failed")["note"]
+    let note = failed_status(&root3, &o)["note"]
         .as_str()
         .unwrap_or("")
         .to_string();
@@ -433,7 +290,7 @@ fn instance_data_that_is_not_text_fails_naming_the_source_and_the_position() {
         let root = small_root(&dir.path().join(run), ID);
         let o = apply(&root, args, &[]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        line_json(&o, "failed")["note"]
+        failed_status(&root, &o)["note"]
             .as_str()
             .unwrap_or("")
             .to_string()
@@ -582,7 +439,7 @@ fn a_v1_only_metadata_service_is_refused() {
         &[],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let failed = line_json(&o, "failed");
+    let failed = failed_status(&root, &o);
     assert_eq!(failed["instance"], "ec2");
     let note = failed["note"].as_str().unwrap_or("").to_ascii_lowercase();
     assert!(note.contains("imdsv2") || note.contains("token"), "{note}");
@@ -618,37 +475,10 @@ fn an_unreachable_instance_url_fails_naming_it() {
         &[],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let failed = line_json(&o, "failed");
+    let failed = failed_status(&root, &o);
     assert_eq!(failed["instance"], "cmdline");
     assert!(
         failed["note"].as_str().unwrap_or("").contains(&url),
         "{failed}"
-    );
-}
-
-#[test]
-fn help_is_an_answer_and_a_wrong_command_is_usage() {
-    for args in [
-        &["--help"][..],
-        &["-h"],
-        &["apply", "--help"],
-        &["run", "-h"],
-    ] {
-        let o = run_agent(args, &[]);
-        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            out.contains("cairn-agent run system|network|snaps|kubernetes")
-                && out.contains("cairn-agent apply --root DIR"),
-            "{args:?}: {out}"
-        );
-        assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o));
-    }
-    let o = run_agent(["frobnicate"], &[]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("unknown command `frobnicate`"),
-        "{}",
-        text(&o)
     );
 }

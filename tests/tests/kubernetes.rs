@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use cairn_e2e::agent_root::failed_status;
 use cairn_e2e::cairn::{output_text as text, write_file as write};
 use cairn_e2e::k8s_double::{self, KERNEL_DEFAULTS, double_bin};
 use cairn_e2e::k8s_snaps;
@@ -485,7 +486,7 @@ fn a_joining_control_plane_shares_the_clusters_encryption_key() {
     let instance_arg = instance.display().to_string();
     let o = apply(&root, &["--instance", &instance_arg], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let failed = line_json(&text(&o), "failed");
+    let failed = failed_status(&root, &o);
     assert!(
         failed["note"].as_str().unwrap_or_default().contains(
             "a control plane joining a cluster hardened with cis shares its secrets encryption key: its instance data needs [kubernetes] encryption-key"
@@ -534,7 +535,7 @@ fn a_worker_without_a_join_token_fails_saying_so() {
     let root = small_root(dir.path(), &kubernetes_profile("worker", ""));
     let o = apply(&root, &["--instance", "/dev/null"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let failed = line_json(&text(&o), "failed");
+    let failed = failed_status(&root, &o);
     assert_eq!(failed["phase"], "kubernetes", "{failed}");
     assert!(
         failed["note"]
@@ -562,7 +563,7 @@ fn a_worker_joins_with_the_token_from_the_esp_which_is_then_removed() {
     std::fs::write(&panic, "0\n").expect("write");
     let o = apply(&root, &["--esp", &esp_arg], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let failed = line_json(&text(&o), "failed");
+    let failed = failed_status(&root, &o);
     // A worker judges its readiness by what it can see: its kubelet's health, never `k8s status`.
     assert!(
         failed["note"]
@@ -951,7 +952,7 @@ fn the_images_check_waits_for_the_background_import_and_names_what_is_missing() 
         "4",
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let failed = line_json(&text(&o), "failed");
+    let failed = failed_status(&root, &o);
     assert_eq!(
         failed["note"],
         format!(

@@ -8,6 +8,8 @@ use super::StepError;
 use crate::target::{Owner, Target};
 
 const MACHINE_ID: &str = "/etc/machine-id";
+/// A dry run's stand-in for the id a root folder would be given: a real run makes a random one.
+pub const NEW_MACHINE_ID: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// The machine's id. systemd makes it at first boot; on a root folder one is made when the file is empty.
 pub fn machine_id(target: &Target) -> Result<(String, bool), StepError> {
@@ -21,6 +23,11 @@ pub fn machine_id(target: &Target) -> Result<(String, bool), StepError> {
         return Err(StepError::refused(format!(
             "{MACHINE_ID} holds no machine id: systemd should have made one at boot"
         )));
+    }
+    if target.is_dry() {
+        let now = if id.is_empty() { "empty" } else { "not an id" };
+        target.say(format!("write {MACHINE_ID}: a new random id (now: {now})"));
+        return Ok((NEW_MACHINE_ID.into(), true));
     }
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
@@ -66,11 +73,22 @@ pub fn hostname(target: &Target, template: &str, machine_id: &str) -> Result<boo
     changed |= target.write("/etc/hosts", new_hosts.as_bytes(), Owner::ROOT_0644)?;
     if target.is_live() {
         let current = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        if current.trim() != name {
+        if current.trim() != name && target.is_dry() {
+            target.say(format!(
+                "set the running hostname: {name} (now: {})",
+                current.trim()
+            ));
+            changed = true;
+        } else if current.trim() != name {
             std::fs::write("/proc/sys/kernel/hostname", &name)
                 .map_err(|e| StepError::io(format!("setting the hostname to {name}"), e))?;
             changed = true;
         }
+    }
+    if machine_id == NEW_MACHINE_ID && template.contains("{machine-id") {
+        target.say(format!(
+            "(the x's in {name} stand for the new machine id's digits)"
+        ));
     }
     Ok(changed)
 }

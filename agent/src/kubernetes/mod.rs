@@ -23,7 +23,7 @@ use cairn_profile::kubernetes::{EncryptionKey, Hardening, JoinToken, Kubernetes,
 use cairn_profile::{Profile, Role};
 
 use crate::datasources::Found;
-use crate::engine::{Done, Phase, Resume, Step, StepError};
+use crate::engine::{Done, Intent, Phase, Resume, Step, StepError};
 use crate::run::{Ending, Exit, Journal, Loaded, Runner};
 use crate::state::State;
 use crate::target::{Owner, Target, TargetError};
@@ -320,6 +320,42 @@ impl<'a> Step<Node<'a>> for StepName {
         Resume::Rerun
     }
 
+    /// Files are written dry; the distribution's commands, the waits and the modes pass are said instead.
+    fn dry(&self, node: &Node<'a>) -> Option<Intent> {
+        Some(match self {
+            StepName::Preload | StepName::Hardening | StepName::Config => return None,
+            StepName::Bootstrap | StepName::Join => match node.membership {
+                Membership::Member { .. } => Intent::Nothing(format!(
+                    "the node is a member already ({SENTINEL}), it never bootstraps or joins twice"
+                )),
+                Membership::Bootstrap => Intent::Would(format!(
+                    "would run `k8s bootstrap` as {} at {}, unless `k8s local-node-status` says the node is a member",
+                    node.name, node.address
+                )),
+                Membership::Join(_) => Intent::Would(format!(
+                    "would run `k8s join-cluster` as {} at {} with the instance's token, unless `k8s local-node-status` says the node is a member",
+                    node.name, node.address
+                )),
+            },
+            StepName::Images if node.preloads.is_empty() => {
+                Intent::Nothing("no preloaded images".into())
+            }
+            StepName::Images => Intent::Would(format!(
+                "would wait for each of the {} preloaded images in containerd's {NAMESPACE} namespace (not tried in a dry run)",
+                node.preloads.len()
+            )),
+            StepName::Ready => {
+                Intent::Would("would wait for the node to be ready (not tried in a dry run)".into())
+            }
+            StepName::Modes if node.kubernetes.hardening == Hardening::None => {
+                Intent::Nothing("hardening none".into())
+            }
+            StepName::Modes => Intent::Would(
+                "would make the distribution's files owner-only and etcd's folders 0700, where they are not".into(),
+            ),
+        })
+    }
+
     fn apply(&self, node: &mut Node<'a>, state: &mut State) -> Result<Done, StepError> {
         match self {
             StepName::Preload => node.preload(),
@@ -335,7 +371,7 @@ impl<'a> Step<Node<'a>> for StepName {
 
 /// Runs the phase for a profile with `[kubernetes]`.
 pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded) -> Ending {
-    let target = &runner.opts.target;
+    let target = &runner.target;
     let Some(kubernetes) = loaded.merged.kubernetes.as_ref() else {
         runner
             .console
@@ -343,7 +379,7 @@ pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded) -> Ending
         return Ending::Quiet;
     };
     // A node is provisioned once: a phase done on an earlier boot reads nothing more (the join token, for one,
-    // may be gone from the instance data by then). A dry run plans whatever the journal says.
+    // may be gone from the instance data by then); a dry run says so.
     let journal = match runner.journal(Phase::Kubernetes, &loaded.record, true, |state| {
         let recorded = state.steps.get(PHASE);
         StepName::ALL
@@ -352,7 +388,7 @@ pub(crate) fn run(runner: &Runner, profile: &Profile, loaded: &Loaded) -> Ending
             .map(|s| s.name())
             .collect()
     }) {
-        Journal::Ended(ending) if !runner.opts.dry_run => return ending,
+        Journal::Ended(ending) => return runner.ended(Phase::Kubernetes, ending),
         journal => journal,
     };
     let mut node = match Node::new(target, &runner.opts.kubernetes, profile, loaded, kubernetes) {

@@ -100,7 +100,7 @@ impl Node<'_> {
                 text.as_bytes(),
                 OWNER_0600,
             )?;
-            if t.is_live() {
+            if t.changes_live() {
                 for (k, v) in sysctls {
                     // The profile's own [system] sysctl is applied later in the boot order (90-cairn.conf) and
                     // wins: it is the platform team's explicit choice.
@@ -170,7 +170,7 @@ impl Node<'_> {
                 }
             }
             if !masked.is_empty() {
-                if changed && t.is_live() {
+                if changed && t.changes_live() {
                     services::reload_live(&[], &masked)?;
                 }
                 detail.push_str(&format!(", masked: {}", masked.join(" ")));
