@@ -91,12 +91,18 @@ pub async fn all(
             limit: MAX_LAYERS,
         });
     }
-    let mut distinct: BTreeMap<Digest, (Layer, Reference, String)> = BTreeMap::new();
+    // Each layer with where it comes from: the rock's reference, its label (`FILE:LINE:COL: key`) and key.
+    let mut distinct: BTreeMap<Digest, (Layer, Reference, String, String)> = BTreeMap::new();
     for r in rocks {
         for l in &r.layers {
-            distinct
-                .entry(l.digest.clone())
-                .or_insert_with(|| (l.clone(), r.reference.clone(), r.label.clone()));
+            distinct.entry(l.digest.clone()).or_insert_with(|| {
+                (
+                    l.clone(),
+                    r.reference.clone(),
+                    r.label.clone(),
+                    r.key.clone(),
+                )
+            });
         }
     }
     // A preload's layers stay compressed: only their blobs are needed, never an unpacked form.
@@ -115,13 +121,12 @@ pub async fn all(
     let client: Option<Arc<Registry>> = need_network.then(|| registry.get());
     let unpacking = Arc::new(Semaphore::new(UNPACK_AT_ONCE));
     let mut tasks = JoinSet::new();
-    for (digest, (layer, reference, key)) in distinct {
+    for (digest, (layer, reference, key, rock)) in distinct {
         let cache = Arc::clone(cache);
         let client = client.clone();
         let unpacking = Arc::clone(&unpacking);
         tasks.spawn(async move {
             let unpacked_index = cache.unpacked_dir(&layer.digest).join("index.json");
-            let rock = key.rsplit(": ").next().unwrap_or(&key).to_string();
             let (blob, cached) = if unpacked_index.is_file() {
                 debug!(rock = %rock, layer = %short(layer.digest.as_str()), "cached");
                 (cache.blob_path(&layer.digest), true)
@@ -171,9 +176,9 @@ pub async fn all(
         let client = client.clone();
         let reference = p.reference().clone();
         let key = p.rock.label.clone();
+        let rock = p.rock.key.clone();
         tasks.spawn(async move {
             let t = Instant::now();
-            let rock = key.rsplit(": ").next().unwrap_or(&key).to_string();
             let label = format!("{rock} {}", short(layer.digest.as_str()));
             ensure_layer(client.as_deref(), &cache, &reference, &layer, &label)
                 .await

@@ -88,41 +88,48 @@ pub fn check(out: &Path, cache: &Path, needs: &Needs) -> Result<(), SpaceError> 
     let out_fs = stat(out)?;
     let cache_fs = stat(cache)?;
     if out_fs.id == cache_fs.id {
+        let what = format!(
+            "{} for the outputs and {} for the cache, on one file system",
+            human(needs.out),
+            human(needs.cache)
+        );
         let needed = needs.out.saturating_add(needs.cache);
-        if needed > out_fs.free {
-            return Err(SpaceError::TooLittle {
-                path: out.to_path_buf(),
-                free: out_fs.free,
-                needed,
-                what: format!(
-                    "{} for the outputs and {} for the cache, on one file system",
-                    human(needs.out),
-                    human(needs.cache)
-                ),
-                option: "--out or --cache",
-            });
-        }
+        return fits(out, &out_fs, needed, what, "--out or --cache");
+    }
+    fits(
+        cache,
+        &cache_fs,
+        needs.cache,
+        "the layers to pull and unpack".into(),
+        "--cache",
+    )?;
+    fits(
+        out,
+        &out_fs,
+        needs.out,
+        "the outputs, staged together".into(),
+        "--out",
+    )
+}
+
+/// `needed` bytes in the file system `fs` of `path`, or the error saying what they are for.
+fn fits(
+    path: &Path,
+    fs: &Fs,
+    needed: u64,
+    what: String,
+    option: &'static str,
+) -> Result<(), SpaceError> {
+    if needed <= fs.free {
         return Ok(());
     }
-    if needs.cache > cache_fs.free {
-        return Err(SpaceError::TooLittle {
-            path: cache.to_path_buf(),
-            free: cache_fs.free,
-            needed: needs.cache,
-            what: "the layers to pull and unpack".into(),
-            option: "--cache",
-        });
-    }
-    if needs.out > out_fs.free {
-        return Err(SpaceError::TooLittle {
-            path: out.to_path_buf(),
-            free: out_fs.free,
-            needed: needs.out,
-            what: "the outputs, staged together".into(),
-            option: "--out",
-        });
-    }
-    Ok(())
+    Err(SpaceError::TooLittle {
+        path: path.to_path_buf(),
+        free: fs.free,
+        needed,
+        what,
+        option,
+    })
 }
 
 struct Fs {
