@@ -29,4 +29,4 @@ target/release/cairn pin profiles/quickstart.toml
 target/release/cairn build profiles/quickstart.toml --out out
 
 step "boot it (QEMU, UEFI, no network out) to the agent's ready line"
-bash profiles/boot.sh out/quickstart.raw
+target/release/cairn boot out/quickstart

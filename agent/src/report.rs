@@ -8,6 +8,7 @@
 
 use std::io::Write;
 
+use cairn_profile::contract::CONSOLE_AGENT;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Outcome, Phase};
@@ -258,11 +259,11 @@ impl Console {
 
     /// `cairn-agent: TEXT` on stderr: what a person at a terminal reads (on a node the unit's journal, too).
     pub fn error(&self, text: &str) {
-        eprintln!("cairn-agent: {text}");
+        eprintln!("{CONSOLE_AGENT}{text}");
     }
 
     pub fn line(&self, text: &str) {
-        let line = format!("cairn-agent: {text}\n");
+        let line = format!("{CONSOLE_AGENT}{text}\n");
         if self.live
             && let Ok(mut console) = std::fs::OpenOptions::new()
                 .append(true)

@@ -5,10 +5,11 @@
 //! [`filesystem`] (the tree written out; [`output`] places it, [`disk`] makes the bootable image) → [`report`];
 //! [`preload`] stores workload rocks in the root as OCI archives. [`build`] runs them in turn, each stage with an
 //! error of its own that [`build::BuildError`] gathers; [`pin`] rewrites a profile's digests; [`inspect`] reads
-//! a build back (`cairn inspect`, `cairn diff`).
+//! a build back (`cairn inspect`, `cairn diff`); [`boot`] boots it under QEMU to the node's verdict (`cairn boot`).
 
 pub mod agent;
 pub mod assemble;
+pub mod boot;
 pub mod build;
 pub mod cache;
 pub mod disk;

@@ -42,6 +42,16 @@ enum Error {
     /// `cairn diff` exits as diff(1) does: any trouble is 2.
     #[error(transparent)]
     Diff(cairn::inspect::InspectError),
+    #[error(transparent)]
+    Boot(cairn::boot::BootError),
+    /// The guest booted, and the node did not come up.
+    #[error("{disk}: {outcome} after {seconds:.0} s: {note}")]
+    NotReady {
+        disk: String,
+        outcome: &'static str,
+        seconds: f64,
+        note: String,
+    },
 }
 
 const BUILD_FAILED: u8 = 1;
@@ -87,6 +97,8 @@ fn exit_code(e: &Error) -> u8 {
         Error::Inspect(e) if e.is_bad_input() => BAD_INPUT,
         Error::Inspect(_) => BUILD_FAILED,
         Error::Diff(_) => BAD_INPUT,
+        Error::Boot(e) if e.is_bad_input() => BAD_INPUT,
+        Error::Boot(_) | Error::NotReady { .. } => BUILD_FAILED,
     }
 }
 
@@ -118,6 +130,12 @@ struct Cli {
         value_name = "FORMAT"
     )]
     message_format: MessageFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AccelArg {
+    Tcg,
+    Kvm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -216,6 +234,33 @@ enum Command {
         /// JSON on stdout instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Boot a build's disk under QEMU (UEFI, no network out) until the node says ready or failed, then power it
+    /// off. Exits 0 when it is ready, 1 when it failed or timed out. The disk is not written.
+    #[command(
+        after_help = "Examples:\n  cairn boot out/node                         # the build's raw (or qcow2) disk, checked against its report\n  cairn boot out/node --instance instance.toml --console out/console.log\n  cairn boot out/node --accel kvm --timeout 120   # on a runner with /dev/kvm\n  cairn boot --message-format json out/node | jq .status.ready"
+    )]
+    Boot {
+        /// The build: OUT/NAME, its report or one of its outputs; or any disk file (.raw, .qcow2).
+        build: PathBuf,
+        /// Instance data (TOML) for the agent, passed by QEMU's fw_cfg.
+        #[arg(long, value_name = "FILE")]
+        instance: Option<PathBuf>,
+        /// Seconds to wait for the node's ready or failed line.
+        #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+        timeout: u64,
+        /// QEMU's accelerator.
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: AccelArg,
+        /// The guest's memory, in MiB.
+        #[arg(long, default_value_t = 1024, value_name = "MIB")]
+        memory: u32,
+        /// The guest's CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Keep the whole serial console in this file.
+        #[arg(long, value_name = "FILE")]
+        console: Option<PathBuf>,
     },
     /// Print a shell's completion script (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`).
     Completions {
@@ -503,6 +548,30 @@ fn main() -> ExitCode {
                     print_text(&cairn::inspect::text::diff(&d))
                 }
             }),
+        Command::Boot {
+            build,
+            instance,
+            timeout,
+            accel,
+            memory,
+            cpus,
+            console,
+        } => {
+            let options = cairn::boot::Options {
+                instance,
+                timeout: std::time::Duration::from_secs(timeout),
+                accel: match accel {
+                    AccelArg::Tcg => cairn::boot::Accel::Tcg,
+                    AccelArg::Kvm => cairn::boot::Accel::Kvm,
+                },
+                memory_mib: memory,
+                cpus,
+                console,
+            };
+            cairn::boot::boot(&build, &options)
+                .map_err(Error::Boot)
+                .and_then(|b| boot_result(&b, out))
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())
@@ -529,6 +598,25 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A boot's result: on stdout, the node's verdict; a node that did not come up is an error (exit 1) besides.
+fn boot_result(b: &cairn::boot::Booted, out: Out) -> Result<(), Error> {
+    use cairn::boot::Outcome;
+    out.result(
+        "booted",
+        || cli::booted(b),
+        json!({ "ok": b.outcome == Outcome::Ready, "boot": b }),
+    );
+    if b.outcome == Outcome::Ready {
+        return Ok(());
+    }
+    Err(Error::NotReady {
+        disk: b.disk.display().to_string(),
+        outcome: b.outcome.name(),
+        seconds: b.seconds,
+        note: b.note.clone().unwrap_or_default(),
+    })
 }
 
 /// An error's JSON message: its text, exit code, and where in the profile when it points into one.

@@ -5,17 +5,18 @@
 //! Needs `CAIRN_NODE_BASE_LAYOUT`: the OCI layout `rocks/node-base/build` writes (tests/run.sh sets it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use cairn_e2e::cairn::output_text;
 use cairn_e2e::output::read_tar;
 use cairn_e2e::qemu::Vm;
 use cairn_e2e::rocks::{build_profile, node_base, node_base_layout, run};
-use cairn_e2e::{run_agent, write_profile};
+use cairn_e2e::{run_agent, run_cairn_with_timeout, write_profile};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -877,23 +878,146 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
         f.seek(SeekFrom::Start(root_offset + 100)).expect("seek");
         f.write_all(&[b[0] ^ 0x01]).expect("write");
     }
-    let mut vm = Vm::boot(&tampered, None);
-    let (failed, _) = vm.wait_for("cairn-init: failed ", bound);
-    let failed = json(&failed, "cairn-init: failed ");
+    // Booted as CI boots an image: `cairn boot` says failed (exit 1), naming why, and the disk stays as it was.
+    let before = sha256_of(&tampered);
+    let console = work.path().join("tampered.console.log");
+    let o = run_cairn_with_timeout(
+        [
+            OsStr::new("--message-format"),
+            OsStr::new("json"),
+            OsStr::new("boot"),
+            tampered.as_os_str(),
+            OsStr::new("--console"),
+            console.as_os_str(),
+        ],
+        &[],
+        Duration::from_secs(900),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let booted: serde_json::Value = stdout
+        .lines()
+        .find(|l| l.contains("\"booted\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no booted message: {}", output_text(&o)));
+    let boot = &booted["boot"];
+    assert_eq!(booted["ok"], false, "{booted}");
+    assert_eq!(boot["outcome"], "failed", "{booted}");
     assert!(
-        failed["note"]
+        boot["note"]
             .as_str()
             .unwrap_or("")
             .contains("did not verify"),
-        "{failed}"
+        "{booted}"
+    );
+    assert_eq!(boot["status"]["phase"], "init", "{booted}");
+    assert_eq!(
+        boot["powered_off"], true,
+        "the initrd did not power the machine off: {booted}"
     );
     assert!(
-        vm.wait_exit(Duration::from_secs(120)),
-        "the initrd did not power the machine off"
+        boot["lines"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|l| l.as_str().unwrap_or("").starts_with("cairn-init: failed "))),
+        "{booted}"
     );
+    let error: serde_json::Value = stdout
+        .lines()
+        .find(|l| l.contains("\"error\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no error message: {}", output_text(&o)));
+    assert_eq!(error["exit_code"], 1, "{error}");
+    let console = std::fs::read_to_string(&console).expect("the console was kept");
+    assert!(console.contains("cairn-init: failed "), "{console}");
     assert!(
-        !vm.serial().contains("Welcome to"),
+        !console.contains("Welcome to"),
         "an unverified root was booted"
+    );
+    assert_eq!(sha256_of(&tampered), before, "cairn boot wrote to the disk");
+}
+
+/// The CI example as a CI job runs it on a profile of the node base: a stale pin stops it (exit 1) before
+/// anything is built; a fresh one is built, its sums checked, inspected, and booted by `cairn boot` to ready,
+/// with the node reporting the build's own root hash.
+#[test]
+fn the_ci_example_checks_the_pins_builds_and_boots() {
+    let pinned = node_base();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/ci.sh");
+    let extra = "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\"]\n";
+    let ci = |profile: &Path, out: &Path| {
+        let o = Command::new("bash")
+            .arg(&script)
+            .arg(profile)
+            .arg(out)
+            .env("CAIRN", cairn_e2e::cairn_bin())
+            .env("CAIRN_CACHE", work.path().join("cache"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("CAIRN_BOOT_ARGS", "--timeout 600")
+            .output()
+            .expect("run profiles/ci.sh");
+        (o.status.code(), output_text(&o))
+    };
+
+    // A rock's tag that now names another digest: the job stops at the pin check.
+    let (repo, _) = pinned.split_once('@').expect("pinned");
+    let stale = format!("{repo}@sha256:{}", "1".repeat(64));
+    let profile = write_profile(&work.path().join("stale"), "node", &stale, &[], extra);
+    let out = work.path().join("stale-out");
+    let (code, text) = ci(&profile, &out);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("stale"), "{text}");
+    assert!(
+        !out.join("node.raw").exists(),
+        "built despite a stale pin: {text}"
+    );
+
+    let profile = write_profile(&work.path().join("fresh"), "node", &pinned, &[], extra);
+    let out = work.path().join("out");
+    let (code, text) = ci(&profile, &out);
+    assert_eq!(code, Some(0), "{text}");
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).expect("SHA256SUMS");
+    assert!(
+        sums.contains(&format!(
+            "{}  {}",
+            sha256_of(&out.join("node.raw")),
+            out.join("node.raw").display()
+        )),
+        "{sums}"
+    );
+    let inspection = std::fs::read_to_string(out.join("node.inspect.txt")).expect("inspection");
+    assert!(inspection.contains(&pinned), "{inspection}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("node.manifest.json")).expect("report"))
+            .expect("json");
+    let root_hash = report["disk"]["root_hash"].as_str().expect("root hash");
+    assert!(
+        text.contains(&format!("ready: {} after", out.join("node.raw").display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("root hash {}", &root_hash[..12])),
+        "{text}"
+    );
+    let console = std::fs::read_to_string(out.join("node.console.log")).expect("console kept");
+    let ready = console
+        .lines()
+        .find_map(|l| {
+            l.split_once("cairn-agent: ready ")
+                .map(|(_, j)| j.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no ready line: {console}"));
+    let ready: serde_json::Value = serde_json::from_str(&ready).expect("ready json");
+    assert_eq!(ready["image"]["root_hash"], root_hash, "{ready}");
+    assert_eq!(ready["ready"], true, "{ready}");
+    // The disk that shipped is the one that was built: booting wrote nothing to it.
+    assert_eq!(
+        sha256_of(&out.join("node.raw")),
+        report["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["format"] == "raw"))
+            .and_then(|o| o["sha256"].as_str())
+            .expect("raw sha256")
     );
 }
 

@@ -134,6 +134,19 @@ pub const INSTANCE_KEY: &str = "cairn.instance";
 /// `cairn.datasource=NAME`: asks the agent for one network datasource explicitly.
 pub const DATASOURCE_KEY: &str = "cairn.datasource";
 
+/// QEMU's fw_cfg entry the agent reads instance data from: `-fw_cfg name=opt/cairn/instance.toml,file=FILE`.
+pub const FW_CFG_INSTANCE: &str = "opt/cairn/instance.toml";
+
+/// The console lines' prefixes. The initrd says `cairn-init: ready {json}` or `cairn-init: failed {json}`; the
+/// agent says `cairn-agent: PHASE ready {json}` as each phase ends, then, for the whole node,
+/// `cairn-agent: ready {status}` (or `cairn-agent: failed {status}` as soon as a phase fails). Tests and
+/// `cairn boot` wait for these.
+pub const CONSOLE_INIT: &str = "cairn-init: ";
+pub const CONSOLE_AGENT: &str = "cairn-agent: ";
+/// The word after the prefix on a whole-node line (and the initrd's).
+pub const CONSOLE_READY: &str = "ready ";
+pub const CONSOLE_FAILED: &str = "failed ";
+
 #[cfg(test)]
 mod tests {
     use super::*;

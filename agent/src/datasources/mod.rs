@@ -86,7 +86,7 @@ pub const DEFAULT_FW_CFG_DIR: &str = "/sys/firmware/qemu_fw_cfg";
 /// The kernel module that makes [`DEFAULT_FW_CFG_DIR`].
 pub const FW_CFG_MODULE: &str = "qemu_fw_cfg";
 /// The fw_cfg entry name (`-fw_cfg name=opt/cairn/instance.toml,file=...`).
-pub const FW_CFG_NAME: &str = "opt/cairn/instance.toml";
+pub const FW_CFG_NAME: &str = cairn_profile::contract::FW_CFG_INSTANCE;
 /// The file's path on the EFI system partition.
 pub const ESP_FILE: &str = "cairn/instance.toml";
 /// Where the kernel exposes DMI (SMBIOS) strings.

@@ -27,7 +27,7 @@ const SYSROOT: &str = "/sysroot";
 const FACTORY_DONE: &str = "/sysroot/var/lib/cairn/factory-unpacked";
 
 fn console(line: &str) {
-    let text = format!("cairn-init: {line}\n");
+    let text = format!("{}{line}\n", contract::CONSOLE_INIT);
     if let Ok(mut c) = std::fs::OpenOptions::new()
         .append(true)
         .open("/dev/console")

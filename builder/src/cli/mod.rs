@@ -100,6 +100,12 @@ fn next_steps(built: &Built, out: &Path) -> Vec<String> {
     let name = &built.report.name;
     let mut next = Vec::new();
     let has = |format: &str| built.report.outputs.iter().any(|o| o.format == format);
+    if has("raw") || has("qcow2") {
+        next.push(format!(
+            "cairn boot {}   # boot it under QEMU until the node says ready",
+            out.join(name).display()
+        ));
+    }
     if has("raw") {
         let raw = out.join(format!("{name}.raw"));
         next.push(format!(
@@ -118,6 +124,41 @@ fn next_steps(built: &Built, out: &Path) -> Vec<String> {
     }
     next.push(format!("cairn inspect {}", out.join(name).display()));
     next
+}
+
+/// What `cairn boot` says on stdout: the verdict, and for a ready node what it booted.
+pub fn booted(b: &cairn::boot::Booted) -> String {
+    let mut s = format!(
+        "{}: {} after {:.1} s",
+        b.outcome.name(),
+        b.disk.display(),
+        b.seconds
+    );
+    let status = b.status.as_ref();
+    let field =
+        |f: &dyn Fn(&Value) -> &Value| status.map(f).and_then(Value::as_str).map(str::to_string);
+    let mut about = Vec::new();
+    if let Some(profile) = field(&|s| &s["image"]["profile"]) {
+        let version = field(&|s| &s["image"]["version"]).unwrap_or_default();
+        about.push(format!("{profile} {version}").trim_end().to_string());
+    }
+    if let Some(hash) = field(&|s| &s["image"]["root_hash"]) {
+        about.push(format!("root hash {}", cairn::progress::short(&hash)));
+    }
+    if let Some(instance) = field(&|s| &s["instance"]) {
+        about.push(format!("instance {instance}"));
+    }
+    if !about.is_empty() {
+        s.push_str(&format!(" ({})", about.join(", ")));
+    }
+    s.push('\n');
+    if let Some(note) = &b.note {
+        s.push_str(&format!("  {note}\n"));
+    }
+    if let Some(c) = &b.console {
+        s.push_str(&format!("console: {}\n", c.display()));
+    }
+    s
 }
 
 /// The JSON message of a finished build.
