@@ -9,6 +9,7 @@ pub mod command;
 pub mod contract;
 mod control;
 mod diagnostic;
+pub mod gpt;
 pub mod hardening;
 mod instance;
 pub mod kubernetes;

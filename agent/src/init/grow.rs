@@ -7,9 +7,9 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 
-use super::gpt::{GptError, Table};
 use super::partitions::Part;
 use super::sys;
+use cairn_profile::gpt::{GptError, Table};
 
 /// Partitions end on 1 MiB boundaries.
 const ALIGN_BYTES: u64 = 1 << 20;
@@ -209,9 +209,9 @@ pub fn grow_ext4(mount: &str, bytes: u64) -> Result<bool, String> {
 mod tests {
     use std::io::Cursor;
 
-    use super::super::gpt::Header;
-    use super::super::gpt::tests::disk;
     use super::*;
+    use cairn_profile::gpt::Header;
+    use cairn_profile::gpt::fixture::disk;
 
     const ESP: [u8; 16] = [1; 16];
     const VAR: [u8; 16] = [2; 16];

@@ -8,7 +8,6 @@
 //! that did not verify. A panic does the same (its hook reports and powers off): process 1 never just dies.
 
 mod dm;
-mod gpt;
 mod grow;
 mod partitions;
 mod sys;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use cairn_profile::Arch;
 use cairn_profile::contract::{self, RootTypes, RootUuids};
 
-use super::gpt::{self, GptError, Table};
 use super::sys;
+use cairn_profile::gpt::{self, GptError, Table};
 
 /// `_IO(0x12, 104)`: the logical block size of a block device, an `int`.
 const BLKSSZGET: libc::c_ulong = 0x1268;

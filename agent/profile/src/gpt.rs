@@ -1,4 +1,4 @@
-//! The GPT as the initrd reads and rewrites it: the primary header and its entry array, validated before any field
+//! The GPT as the initrd reads and rewrites it, and `cairn inspect` reads it: the primary header and its entry array, validated before any field
 //! is used (signature, header size, header CRC32, entry size and count, entries CRC32, extents), so that a damaged
 //! or hostile table is an error, never a panic. Pure: the caller reads the bytes, with the disk's logical block
 //! size.
@@ -341,5 +341,7 @@ pub fn guid_text(b: &[u8; 16]) -> String {
     )
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod fixture;
 #[cfg(test)]
-pub(super) mod tests;
+mod tests;
