@@ -111,12 +111,8 @@ impl Accel {
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Instance data, passed as QEMU's fw_cfg entry the agent reads.
-    pub instance: Option<PathBuf>,
+    pub machine: Machine,
     pub timeout: Duration,
-    pub accel: Accel,
-    pub memory_mib: u32,
-    pub cpus: u32,
     /// Where to keep the whole serial console.
     pub console: Option<PathBuf>,
 }
@@ -124,13 +120,96 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            instance: None,
+            machine: Machine::default(),
             timeout: Duration::from_secs(600),
+            console: None,
+        }
+    }
+}
+
+/// The serial console's file and the monitor's socket in a boot's folder.
+pub const SERIAL_LOG: &str = "serial.log";
+pub const MONITOR_SOCKET: &str = "monitor.sock";
+
+/// The machine a boot runs.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Instance data, passed as QEMU's fw_cfg entry the agent reads.
+    pub instance: Option<PathBuf>,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
+impl Default for Machine {
+    fn default() -> Machine {
+        Machine {
+            instance: None,
             accel: Accel::Tcg,
             memory_mib: 1024,
             cpus: 2,
-            console: None,
         }
+    }
+}
+
+/// QEMU for `disk` (of `format`, booted and written in place): UEFI with a fresh copy of OVMF's variables in
+/// `dir`, the serial console to `dir`/[`SERIAL_LOG`], the monitor on `dir`/[`MONITOR_SOCKET`], no network out,
+/// stdin and stdout closed. The boot tests run their guests with it too.
+pub fn qemu(
+    disk: &Path,
+    format: &str,
+    dir: &Path,
+    machine: &Machine,
+) -> Result<std::process::Command, BootError> {
+    let vars = dir.join("vars.fd");
+    std::fs::copy(OVMF_VARS, &vars).map_err(io(OVMF_VARS))?;
+    let mut cmd = std::process::Command::new(QEMU);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["-accel", machine.accel.name(), "-machine", "q35"])
+        .args(["-m", &machine.memory_mib.to_string()])
+        .args(["-smp", &machine.cpus.to_string()])
+        .args(["-display", "none", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format={format}", disk.display()))
+        // A NIC, or systemd-networkd-wait-online stalls; restrict=on lets nothing leave the machine.
+        .args(["-nic", "user,restrict=on,model=virtio-net-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join(SERIAL_LOG).display()))
+        .arg("-monitor")
+        .arg(format!(
+            "unix:{},server,nowait",
+            dir.join(MONITOR_SOCKET).display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if let Some(path) = &machine.instance {
+        cmd.arg("-fw_cfg").arg(format!(
+            "name={},file={}",
+            contract::FW_CFG_INSTANCE,
+            std::path::absolute(path)
+                .map_err(io(path.display().to_string()))?
+                .display()
+        ));
+    }
+    Ok(cmd)
+}
+
+/// Presses the ACPI power button on the monitor at `socket`, once.
+pub fn press_power_button(socket: &Path) {
+    if let Ok(mut s) = UnixStream::connect(socket) {
+        let _ = s.write_all(b"system_powerdown\n");
+        // Let the monitor read the command before the connection closes.
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -232,7 +311,7 @@ fn subject(target: &Path) -> Result<Subject, BootError> {
 /// Boots `target` and waits for its verdict.
 pub fn boot(target: &Path, options: &Options) -> Result<Booted, BootError> {
     let subject = subject(target)?;
-    if let Some(path) = &options.instance {
+    if let Some(path) = &options.machine.instance {
         let text = std::fs::read_to_string(path).map_err(|source| BootError::InstanceRead {
             path: path.clone(),
             source,
@@ -258,52 +337,16 @@ pub fn boot(target: &Path, options: &Options) -> Result<Booted, BootError> {
         .arg(&backing)
         .arg(&overlay)
         .run()?;
-    let vars = work.path().join("vars.fd");
-    std::fs::copy(OVMF_VARS, &vars).map_err(io(OVMF_VARS))?;
-    let serial = work.path().join("serial.log");
-    let monitor = work.path().join("monitor.sock");
+    let serial = work.path().join(SERIAL_LOG);
+    let monitor = work.path().join(MONITOR_SOCKET);
     let qemu_log = work.path().join("qemu.log");
-    let mut cmd = std::process::Command::new(QEMU);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .args(["-accel", options.accel.name(), "-machine", "q35"])
-        .args(["-m", &options.memory_mib.to_string()])
-        .args(["-smp", &options.cpus.to_string()])
-        .args(["-display", "none", "-no-reboot"])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-        // A NIC, or systemd-networkd-wait-online stalls; restrict=on lets nothing leave the machine.
-        .args(["-nic", "user,restrict=on,model=virtio-net-pci"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-monitor")
-        .arg(format!("unix:{},server,nowait", monitor.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&qemu_log).map_err(io("QEMU's log"))?);
-    if let Some(path) = &options.instance {
-        cmd.arg("-fw_cfg").arg(format!(
-            "name={},file={}",
-            contract::FW_CFG_INSTANCE,
-            std::path::absolute(path)
-                .map_err(io(path.display().to_string()))?
-                .display()
-        ));
-    }
+    let mut cmd = qemu(&overlay, "qcow2", work.path(), &options.machine)?;
+    cmd.stderr(std::fs::File::create(&qemu_log).map_err(io("QEMU's log"))?);
     tracing::info!(
         "booting {} ({}, {} MiB, timeout {} s)",
         subject.disk.display(),
-        options.accel.name(),
-        options.memory_mib,
+        options.machine.accel.name(),
+        options.machine.memory_mib,
         options.timeout.as_secs()
     );
     let child = cmd.spawn().map_err(|source| BootError::Spawn { source })?;
@@ -549,9 +592,7 @@ impl Guest {
             if self.exited() {
                 return true;
             }
-            if let Ok(mut s) = UnixStream::connect(&self.monitor) {
-                let _ = s.write_all(b"system_powerdown\n");
-            }
+            press_power_button(&self.monitor);
             if self.wait_exit(PRESS_EVERY.min(until.saturating_duration_since(Instant::now()))) {
                 return true;
             }

@@ -558,14 +558,16 @@ fn main() -> ExitCode {
             console,
         } => {
             let options = cairn::boot::Options {
-                instance,
-                timeout: std::time::Duration::from_secs(timeout),
-                accel: match accel {
-                    AccelArg::Tcg => cairn::boot::Accel::Tcg,
-                    AccelArg::Kvm => cairn::boot::Accel::Kvm,
+                machine: cairn::boot::Machine {
+                    instance,
+                    accel: match accel {
+                        AccelArg::Tcg => cairn::boot::Accel::Tcg,
+                        AccelArg::Kvm => cairn::boot::Accel::Kvm,
+                    },
+                    memory_mib: memory,
+                    cpus,
                 },
-                memory_mib: memory,
-                cpus,
+                timeout: std::time::Duration::from_secs(timeout),
                 console,
             };
             cairn::boot::boot(&build, &options)

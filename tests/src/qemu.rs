@@ -1,16 +1,12 @@
 //! Booting a disk image under QEMU with UEFI (OVMF), software emulation (`-accel tcg`: KVM does not work on these
 //! machines) and no way out: the only NIC is `-nic user,restrict=on`. The serial console goes to a file the test
 //! reads; the guest is shut down with ACPI (`system_powerdown` on the monitor), and QEMU is killed by its own pid
-//! only when a bound is reached.
+//! only when a bound is reached. The machine is `cairn boot`'s own (`cairn::boot::qemu`), on the disk itself
+//! rather than an overlay: a test's second boot sees what the first wrote.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 pub struct Vm {
     child: Child,
@@ -22,50 +18,13 @@ impl Vm {
     /// Boots `disk` (raw); `fw_cfg` is instance data passed as `opt/cairn/instance.toml`.
     pub fn boot(disk: &Path, fw_cfg: Option<&Path>) -> Vm {
         let dir = tempfile::tempdir().expect("tempdir");
-        let vars = dir.path().join("vars.fd");
-        std::fs::copy(OVMF_VARS, &vars)
-            .unwrap_or_else(|e| panic!("{OVMF_VARS}: {e} (rocks/setup-host installs ovmf)"));
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        // A NIC is needed or systemd-networkd-wait-online stalls; restrict=on lets nothing leave the machine.
-        .args(["-nic", "user,restrict=on,model=virtio-net-pci"])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("serial.log").display()))
-        .arg("-monitor")
-        .arg(format!(
-            "unix:{},server,nowait",
-            dir.path().join("monitor.sock").display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        if let Some(f) = fw_cfg {
-            cmd.arg("-fw_cfg")
-                .arg(format!("name=opt/cairn/instance.toml,file={}", f.display()));
-        }
+        let machine = cairn::boot::Machine {
+            instance: fw_cfg.map(Path::to_path_buf),
+            ..cairn::boot::Machine::default()
+        };
+        let mut cmd = cairn::boot::qemu(disk, "raw", dir.path(), &machine)
+            .unwrap_or_else(|e| panic!("{e} (rocks/setup-host installs ovmf)"));
+        cmd.stderr(Stdio::piped());
         let child = cmd
             .spawn()
             .expect("start qemu-system-x86_64 (rocks/setup-host installs it)");
@@ -78,7 +37,7 @@ impl Vm {
 
     pub fn serial(&self) -> String {
         String::from_utf8_lossy(
-            &std::fs::read(self.dir.path().join("serial.log")).unwrap_or_default(),
+            &std::fs::read(self.dir.path().join(cairn::boot::SERIAL_LOG)).unwrap_or_default(),
         )
         .into_owned()
     }
@@ -140,14 +99,10 @@ impl Vm {
     /// Presses the ACPI power button and waits for the guest to stop. The press is repeated every 10 s: one that
     /// comes before the guest's logind listens is lost.
     pub fn powerdown(&mut self, timeout: Duration) -> bool {
-        let sock = self.dir.path().join("monitor.sock");
+        let sock = self.dir.path().join(cairn::boot::MONITOR_SOCKET);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(mut s) = UnixStream::connect(&sock) {
-                let _ = s.write_all(b"system_powerdown\n");
-                // Let the monitor read the command before the connection closes.
-                std::thread::sleep(Duration::from_millis(500));
-            }
+            cairn::boot::press_power_button(&sock);
             let wait =
                 Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()));
             let until = Instant::now() + wait;
