@@ -74,6 +74,8 @@ fn exit_code(e: &Error) -> u8 {
             | BuildError::CacheLocation(_) => BAD_INPUT,
             BuildError::Snaps(e) if e.is_bad_input() => BAD_INPUT,
             BuildError::Space(cairn::space::SpaceError::TooLittle { .. }) => BAD_INPUT,
+            // image.slot-size too small for the root: the profile's to fix.
+            BuildError::Disk(cairn::disk::DiskError::Layout(_)) => BAD_INPUT,
             BuildError::Space(_) => BUILD_FAILED,
             BuildError::Cache(_)
             | BuildError::Snaps(_)

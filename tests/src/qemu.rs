@@ -63,7 +63,9 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             let serial = self.serial();
-            if let Some(line) = serial.lines().find(|l| matches(l)) {
+            // Complete lines only: the agent's line is some 2 KB, and QEMU may have written half of it.
+            let complete = &serial[..serial.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(line) = complete.lines().find(|l| matches(l)) {
                 return (line.to_string(), self.started.elapsed());
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_e2e::cairn::{assert_ok, stderr};
+use cairn_e2e::cairn::{assert_ok, build_args, stderr};
 use cairn_e2e::inspect::{build, cairn, inspect_json, json, report, strings};
 use cairn_e2e::output::read_tar;
 use cairn_e2e::{Compression, Image, LayerBuilder, Pushed, push_image, registry, write_profile};
@@ -325,7 +325,10 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
         .iter()
         .position(|l| l.trim_start().starts_with("# "))
         .expect("partition header");
-    for (n, name) in ["esp", "root-a", "root-a-verity", "var"].iter().enumerate() {
+    for (n, name) in ["esp", "root-a", "root-a-verity", "_empty", "_empty", "var"]
+        .iter()
+        .enumerate()
+    {
         let row: Vec<&str> = lines[header + 1 + n].split_whitespace().collect();
         assert_eq!(
             (row[0], row[1]),
@@ -392,8 +395,10 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
         )
     );
     assert_eq!(p["changed"].as_array().unwrap().len(), 1);
-    assert_eq!(strings(&d["partitions"], "name"), ["root-a"]);
+    // Slot B is sized as slot A is: the root partitions of both slots grew (their verity slots hold either tree).
+    assert_eq!(strings(&d["partitions"], "name"), ["root-a", "_empty"]);
     assert_eq!(d["partitions"][0]["what"], serde_json::json!(["size"]));
+    assert_eq!(d["partitions"][1]["what"], serde_json::json!(["size"]));
 
     let o = cairn(&["diff".as_ref(), one.as_os_str(), two.as_os_str()]);
     assert_eq!(o.status.code(), Some(1));
@@ -405,7 +410,8 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
         "size 10 B -> 11 B, content".into(),
         "~  base-files  amd64  12.4 -> 12.5".into(),
         "~ root-a  size 16.0 MiB -> 48.0 MiB".into(),
-        "differ: 1 rock, 5 files, 2 packages, 1 partition".into(),
+        "~ _empty  size 16.0 MiB -> 48.0 MiB".into(),
+        "differ: 1 rock, 5 files, 2 packages, 2 partitions".into(),
     ] {
         assert!(text.contains(&want), "`{want}` missing from:\n{text}");
     }
@@ -567,4 +573,78 @@ fn inspect_refuses_a_damaged_output_and_wrong_paths_and_reads_a_qcow2() {
     assert_eq!(t["packages"]["list"], raw["packages"]["list"]);
     assert_eq!(strings(&t["read"], "format"), ["tar"]);
     assert!(t.get("disk").is_none());
+}
+
+/// `image.slot-size` sets both slots' root partitions (their verity partitions follow from it); a slot too small
+/// for the root is refused, exit 2, at the key's position, with nothing written.
+#[test]
+fn a_slot_size_sets_both_slots_and_one_too_small_for_the_root_is_refused_at_its_place() {
+    let rocks = push_rocks("e2e/slots");
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let cache = work.path().join("cache");
+    let sized = |dir: &Path, extra: &str| {
+        write_profile(
+            dir,
+            "slots",
+            &rocks.base.reference_by_digest,
+            &[&rocks.two.reference_by_digest],
+            &format!(
+                "{extra}[system]\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\"]\nslot-size = \"64M\"\n"
+            ),
+        )
+    };
+    let p = sized(&work.path().join("fits"), "");
+    let out = work.path().join("out");
+    build(&p, &out, &cache, &[]);
+    let i = inspect_json(&out.join("slots"));
+    let parts: Vec<(String, u64)> = i["partitions"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["size"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts[1..5],
+        [
+            ("root-a".to_string(), 64 << 20),
+            ("root-a-verity".to_string(), 1 << 20),
+            ("_empty".to_string(), 64 << 20),
+            ("_empty".to_string(), 1 << 20),
+        ],
+        "{i}"
+    );
+
+    // 70 MiB that squashfs cannot compress, in a 64 MiB slot.
+    let dir = work.path().join("small");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("blob"), incompressible(70 << 20)).expect("write");
+    let p = sized(&dir, "[[file]]\npath = \"/opt/blob\"\nsource = \"blob\"\n");
+    let text = std::fs::read_to_string(&p).expect("profile");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("slot-size"))
+        .expect("slot-size line")
+        + 1;
+    let out = work.path().join("small-out");
+    let o = cairn(&build_args(&p, &out, &cache));
+
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{}:{line}:13: image.slot-size: a slot of 67108864 bytes cannot hold this root of ",
+            p.display()
+        )),
+        "{err}"
+    );
+    assert!(!out.join("slots.raw").exists(), "a raw was written");
+    assert!(
+        !out.join("slots.manifest.json").exists(),
+        "a report was written"
+    );
 }

@@ -508,6 +508,15 @@ fn the_disk_image_is_verified_and_deterministic() {
                 "root-a-verity".to_string(),
                 "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5".to_string()
             ),
+            // Slot B: the same types, named empty until an update writes it.
+            (
+                "_empty".to_string(),
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709".to_string()
+            ),
+            (
+                "_empty".to_string(),
+                "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5".to_string()
+            ),
             (
                 "var".to_string(),
                 "4D21B016-B534-45C2-A9FB-5C16E091FD2D".to_string()
@@ -545,8 +554,35 @@ fn the_disk_image_is_verified_and_deterministic() {
         dir.join("hash"),
         dir.join("var"),
     );
-    for (i, p) in [&esp, &root, &hash, &var].iter().enumerate() {
+    for (i, p) in [(0, &esp), (1, &root), (2, &hash), (5, &var)] {
         extract(&raw, part(i).0, part(i).1, p);
+    }
+    // Slot B is slot A's size, holds nothing yet, and is not the root the initrd looks for.
+    assert_eq!((part(3).1, part(4).1), (part(1).1, part(2).1));
+    for i in [3, 4] {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&raw).expect("open");
+        f.seek(SeekFrom::Start(part(i).0)).expect("seek");
+        let mut left = part(i).1;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            f.read_exact(&mut buf[..n]).expect("read");
+            assert!(
+                buf[..n].iter().all(|b| *b == 0),
+                "slot B partition {i} is not empty"
+            );
+            left -= n as u64;
+        }
+        let uuid = parts[i]["uuid"]
+            .as_str()
+            .unwrap_or("")
+            .replace('-', "")
+            .to_lowercase();
+        assert!(
+            !root_hash.contains(&uuid),
+            "slot B partition {i} has a root hash's GUID"
+        );
     }
 
     // The loader entry carries the root hash; veritysetup accepts the pair with it.
@@ -723,7 +759,7 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("node.manifest.json")).expect("report"))
             .expect("json");
-    let var_size = report["disk"]["partition_table"]["partitions"][3]["size"]
+    let var_size = report["disk"]["partition_table"]["partitions"][5]["size"]
         .as_u64()
         .expect("var size");
     let pristine = work.path().join("pristine.raw");

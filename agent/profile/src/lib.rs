@@ -26,7 +26,9 @@ pub use kubernetes::{
     Component, Distribution, Features, Hardening, JoinToken, Kubernetes, KubernetesInstance,
     Preload, Role,
 };
-pub use model::{Arch, FileContent, FileEntry, Format, Profile, Rock, SCHEMA, reserved_path};
+pub use model::{
+    Arch, FileContent, FileEntry, Format, Profile, Rock, SCHEMA, SlotSize, reserved_path,
+};
 pub use reference::{Digest, Reference, ReferenceError};
 pub use snap::{Snap, StoredSnap};
 pub use system::{Services, System, User};

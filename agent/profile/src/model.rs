@@ -90,6 +90,46 @@ impl Rock {
     }
 }
 
+/// `image.slot-size`: the size of each root slot (A and B) on the disk, as the profile sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSize {
+    pub bytes: u64,
+    /// `FILE:LINE:COLUMN: image.slot-size`, how a failure about it starts.
+    pub label: String,
+}
+
+impl SlotSize {
+    /// The smallest slot: less would not hold a kernel's modules.
+    pub const MIN: u64 = 64 << 20;
+    /// The largest: 1 TiB.
+    pub const MAX: u64 = 1 << 40;
+}
+
+/// `image.slot-size` as written: bytes, or a number with a binary unit (`"2G"`, `"1536MiB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Parses `"2G"`, `"2GiB"`, `"1536M"`, `"1536 MiB"` or a plain number of bytes; units are binary.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1u64 << shift)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileContent {
     Inline(String),
@@ -120,6 +160,8 @@ pub struct Profile {
     pub layers: Vec<Rock>,
     pub files: Vec<FileEntry>,
     pub formats: Vec<Format>,
+    /// Each root slot's size; None: the root's size and a quarter, in 16 MiB steps.
+    pub slot_size: Option<SlotSize>,
     pub system: System,
     pub users: Vec<User>,
     pub kubernetes: Option<Kubernetes>,
@@ -262,6 +304,8 @@ pub(crate) struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawImage {
     formats: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(rename = "slot-size")]
+    slot_size: Option<Spanned<RawSize>>,
 }
 
 pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
@@ -463,7 +507,12 @@ impl Checker<'_> {
             }
             files.push(entry);
         }
-        let formats = match raw.image.and_then(|i| i.formats) {
+        let (raw_formats, raw_slot) = match raw.image {
+            Some(i) => (i.formats, i.slot_size),
+            None => (None, None),
+        };
+        let slot_size = raw_slot.map(|v| self.slot_size(&v)).transpose()?;
+        let formats = match raw_formats {
             None => vec![Format::Tar],
             Some(list) => {
                 if list.get_ref().is_empty() {
@@ -515,6 +564,7 @@ impl Checker<'_> {
             layers,
             files,
             formats,
+            slot_size,
             system,
             users,
             kubernetes,
@@ -557,6 +607,46 @@ impl Checker<'_> {
             }
         }
         Ok(())
+    }
+
+    fn slot_size(&self, v: &Spanned<RawSize>) -> Result<SlotSize, Error> {
+        const KEY: &str = "image.slot-size";
+        let bytes = match v.get_ref() {
+            RawSize::Bytes(n) => u64::try_from(*n).ok(),
+            RawSize::Text(t) => parse_size(t),
+        };
+        let Some(bytes) = bytes else {
+            return self.err(
+                v.span(),
+                KEY,
+                "a size in bytes, or a number with K, M, G or T (binary units: \"2G\", \"1536MiB\")",
+            );
+        };
+        if !(SlotSize::MIN..=SlotSize::MAX).contains(&bytes) {
+            return self.err(
+                v.span(),
+                KEY,
+                format!(
+                    "{bytes} bytes: a slot is {} MiB to {} GiB",
+                    SlotSize::MIN >> 20,
+                    SlotSize::MAX >> 30
+                ),
+            );
+        }
+        if bytes % (1 << 20) != 0 {
+            return self.err(
+                v.span(),
+                KEY,
+                format!(
+                    "{bytes} bytes is not a whole number of MiB (partitions are aligned to 1 MiB)"
+                ),
+            );
+        }
+        let d = Diagnostic::at(self.file, self.text, Some(v.span()), KEY, String::new());
+        Ok(SlotSize {
+            bytes,
+            label: format!("{}:{}:{}: {KEY}", d.file.display(), d.line, d.column),
+        })
     }
 
     pub(crate) fn rock(&self, text: &Spanned<String>, key: &str) -> Result<Rock, Error> {

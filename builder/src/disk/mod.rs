@@ -66,6 +66,8 @@ pub enum DiskError {
     #[error(transparent)]
     Gpt(#[from] GptError),
     #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    #[error(transparent)]
     Qcow2(#[from] CommandError),
     #[error(transparent)]
     Output(#[from] OutputError),
@@ -267,7 +269,14 @@ pub fn build_raw(
     let root_len = std::fs::metadata(&pieces.root)
         .map_err(io(&pieces.root))?
         .len();
-    let table = layout::table(profile.arch, ids, &v, &pieces, root_len);
+    let table = layout::table(
+        profile.arch,
+        ids,
+        &v,
+        &pieces,
+        root_len,
+        profile.slot_size.as_ref(),
+    )?;
     step("GPT disk", || gpt::write(out, &table))?;
 
     let mut dropped = written.dropped_xattrs;

@@ -110,7 +110,7 @@ pub struct VersionChange {
 #[derive(Debug, Serialize)]
 pub struct PartitionChange {
     pub name: String,
-    /// What differs: `type`, `size`; both for an added or removed partition.
+    /// What differs: `name`, `type`, `size`; type and size for an added or removed partition.
     pub what: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub a: Option<Partition>,
@@ -365,10 +365,11 @@ pub fn compare_packages(a: &[Package], b: &[Package]) -> PackageChanges {
     out
 }
 
+/// Partitions compared by their number in the table: slot B's two are both named `_empty`.
 pub fn compare_partitions(a: &[Partition], b: &[Partition]) -> Vec<PartitionChange> {
     let mut out = Vec::new();
     for p in a {
-        match b.iter().find(|q| q.name == p.name) {
+        match b.iter().find(|q| q.number == p.number) {
             None => out.push(PartitionChange {
                 name: p.name.clone(),
                 what: vec!["type", "size"],
@@ -377,6 +378,9 @@ pub fn compare_partitions(a: &[Partition], b: &[Partition]) -> Vec<PartitionChan
             }),
             Some(q) => {
                 let mut what = Vec::new();
+                if p.name != q.name {
+                    what.push("name");
+                }
                 if !p.type_guid.eq_ignore_ascii_case(&q.type_guid) {
                     what.push("type");
                 }
@@ -394,7 +398,7 @@ pub fn compare_partitions(a: &[Partition], b: &[Partition]) -> Vec<PartitionChan
             }
         }
     }
-    for q in b.iter().filter(|q| !a.iter().any(|p| p.name == q.name)) {
+    for q in b.iter().filter(|q| !a.iter().any(|p| p.number == q.number)) {
         out.push(PartitionChange {
             name: q.name.clone(),
             what: vec!["type", "size"],

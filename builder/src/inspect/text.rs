@@ -285,6 +285,7 @@ fn partition_change(c: &PartitionChange) -> String {
                 .iter()
                 .map(|w| match *w {
                     "size" => format!("size {} -> {}", human(a.size), human(b.size)),
+                    "name" => format!("name {} -> {}", a.name, b.name),
                     _ => format!(
                         "type {} -> {}",
                         a.type_name.unwrap_or(&a.type_guid),

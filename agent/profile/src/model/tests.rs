@@ -521,3 +521,36 @@ fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn slot_size_in_bytes_or_binary_units() {
+    let with = |v: &str| {
+        good().replace(
+            "formats = [\"tar\"]",
+            &format!("formats = [\"tar\"]\nslot-size = {v}"),
+        )
+    };
+    assert_eq!(parse(&good()).unwrap().slot_size, None);
+    for (v, bytes) in [
+        ("\"2G\"", 2u64 << 30),
+        ("\"2GiB\"", 2 << 30),
+        ("\"1536M\"", 1536 << 20),
+        ("\"1536 MiB\"", 1536 << 20),
+        ("134217728", 128 << 20),
+    ] {
+        let s = parse(&with(v)).unwrap().slot_size.unwrap();
+        assert_eq!(s.bytes, bytes, "{v}");
+        assert_eq!(s.label, "p.toml:20:13: image.slot-size", "{v}");
+    }
+    let (line, col, key, msg) = fail(&with("\"2 gigs\""));
+    assert_eq!((line, col, key.as_str()), (20, 13, "image.slot-size"));
+    assert!(msg.contains("binary units"), "{msg}");
+    let (_, _, _, msg) = fail(&with("\"32M\""));
+    assert_eq!(msg, "33554432 bytes: a slot is 64 MiB to 1024 GiB");
+    let (_, _, _, msg) = fail(&with("-1"));
+    assert!(msg.contains("binary units"), "{msg}");
+    let (_, _, _, msg) = fail(&with("\"100000K\""));
+    assert!(msg.contains("not a whole number of MiB"), "{msg}");
+    let (_, _, _, msg) = fail(&with("\"99999999999T\""));
+    assert!(msg.contains("binary units"), "{msg}");
+}
