@@ -597,7 +597,7 @@ fn a_slot_size_sets_both_slots_and_one_too_small_for_the_root_is_refused_at_its_
     let out = work.path().join("out");
     build(&p, &out, &cache, &[]);
     let i = inspect_json(&out.join("slots"));
-    let parts: Vec<(String, u64)> = i["partitions"]["partitions"]
+    let parts: Vec<(String, u64)> = i["disk"]["partition_table"]["partitions"]
         .as_array()
         .expect("partitions")
         .iter()
