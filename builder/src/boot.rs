@@ -516,7 +516,7 @@ impl Console {
 
 /// A console line as logged: the JSON cut short, since the whole of it is in the result.
 fn short(line: &str) -> String {
-    const MAX: usize = 160;
+    const MAX: usize = 96;
     match line.char_indices().nth(MAX) {
         Some((at, _)) => format!("{}…", &line[..at]),
         None => line.to_string(),
