@@ -557,6 +557,24 @@ fn the_disk_image_is_verified_and_deterministic() {
     for (i, p) in [(0, &esp), (1, &root), (2, &hash), (5, &var)] {
         extract(&raw, part(i).0, part(i).1, p);
     }
+    // The report says what slot A holds, byte for byte from each partition's start (what an update carries).
+    for (what, file) in [("root", &root), ("verity", &hash)] {
+        use std::io::Read;
+        let image = &disk["slot"][what];
+        let bytes = image["bytes"].as_u64().expect("bytes");
+        let mut head = Vec::new();
+        std::fs::File::open(file)
+            .expect("open")
+            .take(bytes)
+            .read_to_end(&mut head)
+            .expect("read");
+        assert_eq!(head.len() as u64, bytes, "{what}: the partition is smaller");
+        assert_eq!(
+            hex::encode(Sha256::digest(&head)),
+            image["sha256"].as_str().expect("sha256"),
+            "{what}"
+        );
+    }
     // Slot B is slot A's size, holds nothing yet, and is not the root the initrd looks for.
     assert_eq!((part(3).1, part(4).1), (part(1).1, part(2).1));
     for i in [3, 4] {

@@ -154,8 +154,23 @@ pub struct DiskReport {
     pub kernel_cmdline: String,
     pub initrd_modules: Vec<String>,
     pub partition_table: Table,
+    /// What slot A holds, byte for byte from each partition's start: the root image (whole 4 KiB blocks) and its
+    /// hash device. An update payload carries these, and a written slot is checked against them.
+    pub slot: SlotImages,
     /// xattrs the root filesystem cannot hold, left out of it: (path, name).
     pub xattrs_not_in_root: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotImages {
+    pub root: Image,
+    pub verity: Image,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Image {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 pub const ESP_SIZE: u64 = 64 << 20;
@@ -289,6 +304,16 @@ pub fn build_raw(
         kernel_cmdline: cmdline,
         initrd_modules,
         partition_table: table,
+        slot: SlotImages {
+            root: Image {
+                bytes: v.data_blocks * verity::BLOCK as u64,
+                sha256: hex::encode(v.data_sha256),
+            },
+            verity: Image {
+                bytes: v.hash_size,
+                sha256: hex::encode(v.hash_sha256),
+            },
+        },
         xattrs_not_in_root: dropped,
     })
 }

@@ -31,6 +31,10 @@ pub struct Verity {
     pub data_blocks: u64,
     /// Bytes of the hash device (superblock included).
     pub hash_size: u64,
+    /// The sha256 of the data (whole blocks) and of the hash device as written: what an update payload's parts
+    /// and a written slot are checked against.
+    pub data_sha256: [u8; 32],
+    pub hash_sha256: [u8; 32],
 }
 
 impl Verity {
@@ -111,10 +115,13 @@ pub fn format(
     let mut reader = BufReader::with_capacity(1 << 20, File::open(data).map_err(io_err(data))?);
     let mut block = vec![0u8; BLOCK];
     let mut digests = Vec::with_capacity(data_blocks as usize);
+    let mut whole = Sha256::new();
     for _ in 0..data_blocks {
         reader.read_exact(&mut block).map_err(io_err(data))?;
+        whole.update(&block);
         digests.push(hash_block(&salt, &block));
     }
+    let data_sha256: [u8; 32] = whole.finalize().into();
     // Level 0 first; each next level hashes the blocks of the one below, until one digest is left: the root. (A
     // single data block has no hash levels at all: its digest is the root.)
     let mut levels = Vec::new();
@@ -137,9 +144,12 @@ pub fn format(
     sb[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
     sb[88..88 + salt.len()].copy_from_slice(&salt);
     hash_out.write_all(&sb).map_err(VerityError::Write)?;
+    let mut device = Sha256::new();
+    device.update(&sb);
     let mut hash_size = BLOCK as u64;
     for level in levels.iter().rev() {
         hash_out.write_all(level).map_err(VerityError::Write)?;
+        device.update(level);
         hash_size += level.len() as u64;
     }
     Ok(Verity {
@@ -148,6 +158,8 @@ pub fn format(
         uuid,
         data_blocks,
         hash_size,
+        data_sha256,
+        hash_sha256: device.finalize().into(),
     })
 }
 
@@ -205,6 +217,17 @@ mod tests {
             );
             assert!(ours == theirs, "{blocks} blocks: hash devices differ");
             assert_eq!(v.hash_size, ours.len() as u64);
+            let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+            assert_eq!(
+                v.data_sha256,
+                sha(&bytes),
+                "{blocks} blocks: the data's sha256"
+            );
+            assert_eq!(
+                v.hash_sha256,
+                sha(&ours),
+                "{blocks} blocks: the hash device's sha256"
+            );
         }
     }
 
