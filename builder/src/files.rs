@@ -36,6 +36,34 @@ const KUBERNETES_UNIT: (&str, &str, &str) = (
     "multi-user.target.wants",
 );
 
+/// Only in images with both: the distribution comes from the snaps, so a failed snaps phase stops the
+/// Kubernetes phase (systemd's "dependency failed") instead of letting it fail at a missing `k8s`; both run again
+/// on the next boot, in order.
+const KUBERNETES_NEEDS_SNAPS: (&str, &str) = (
+    "cairn-kubernetes.service.d/10-snaps.conf",
+    "# Written by cairn: the profile's [[snap]]s carry the distribution; without them there is nothing to start.\n[Unit]\nRequires=cairn-agent-snaps.service\n",
+);
+
+/// The unit files an image gets, paths under `usr/lib/systemd/system`, with the `.wants` folder that enables
+/// each (none for a drop-in).
+fn units(snaps: bool, kubernetes: bool) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    let mut out: Vec<_> = UNITS.iter().map(|(n, t, w)| (*n, *t, Some(*w))).collect();
+    if snaps {
+        out.push((SNAPS_UNIT.0, SNAPS_UNIT.1, Some(SNAPS_UNIT.2)));
+    }
+    if kubernetes {
+        out.push((
+            KUBERNETES_UNIT.0,
+            KUBERNETES_UNIT.1,
+            Some(KUBERNETES_UNIT.2),
+        ));
+    }
+    if snaps && kubernetes {
+        out.push((KUBERNETES_NEEDS_SNAPS.0, KUBERNETES_NEEDS_SNAPS.1, None));
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("file {path}: {source}")]
@@ -84,9 +112,8 @@ pub fn add_profile_files(tree: &mut Tree, profile: &Profile) -> Result<(), Files
 /// Adds cairn's own files, last, so nothing from a rock or the profile can shadow them.
 /// Every unit file cairn may install, as a path in the root (the SBOM lists those an image has).
 pub fn unit_paths() -> impl Iterator<Item = String> {
-    UNITS
-        .iter()
-        .chain([&SNAPS_UNIT, &KUBERNETES_UNIT])
+    units(true, true)
+        .into_iter()
         .map(|(name, _, _)| format!("usr/lib/systemd/system/{name}"))
 }
 
@@ -117,9 +144,7 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
             Data::Bytes(Arc::from(profile.text.as_bytes())),
         ),
     )?;
-    let snaps = (!profile.snaps.is_empty()).then_some(SNAPS_UNIT);
-    let kubernetes = profile.kubernetes.is_some().then_some(KUBERNETES_UNIT);
-    for (name, text, wants) in UNITS.iter().chain(snaps.iter()).chain(kubernetes.iter()) {
+    for (name, text, wants) in units(!profile.snaps.is_empty(), profile.kubernetes.is_some()) {
         let unit = format!("usr/lib/systemd/system/{name}");
         put(
             tree,
@@ -129,6 +154,7 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
                 Data::Bytes(Arc::from(text.as_bytes())),
             ),
         )?;
+        let Some(wants) = wants else { continue };
         put(
             tree,
             &format!("usr/lib/systemd/system/{wants}/{name}"),
@@ -152,6 +178,29 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubernetes_phase_requires_the_snaps_phase_only_when_both_exist() {
+        let drop_in = |snaps, kubernetes| {
+            units(snaps, kubernetes)
+                .into_iter()
+                .find(|(n, _, _)| n.starts_with("cairn-kubernetes.service.d/"))
+        };
+        let (name, text, wants) = drop_in(true, true).expect("the drop-in");
+        assert_eq!(name, "cairn-kubernetes.service.d/10-snaps.conf");
+        assert!(
+            text.contains("[Unit]\nRequires=cairn-agent-snaps.service\n"),
+            "{text}"
+        );
+        assert_eq!(wants, None);
+        // Requires= on a unit the image lacks would stop the Kubernetes phase for good.
+        assert!(drop_in(false, true).is_none());
+        assert!(drop_in(true, false).is_none());
+        let names: Vec<&str> = units(true, true).iter().map(|u| u.0).collect();
+        assert!(names.contains(&"cairn-agent-snaps.service"), "{names:?}");
+        // The snaps unit orders itself before the Kubernetes one, which the Requires= alone would not.
+        assert!(SNAPS_UNIT.1.contains("Before=cairn-kubernetes.service"));
+    }
 
     /// The unit files are plain text: they must run the agent and wait for the profile where the contract puts them.
     #[test]
