@@ -154,13 +154,22 @@ impl Default for Machine {
 
 /// QEMU for `disk` (of `format`, booted and written in place): UEFI with a fresh copy of OVMF's variables in
 /// `dir`, the serial console to `dir`/[`SERIAL_LOG`], the monitor on `dir`/[`MONITOR_SOCKET`], no network out,
-/// stdin and stdout closed. The boot tests run their guests with it too.
+/// stdin and stdout closed; a missing firmware is an error naming its package. The boot tests run their guests
+/// with it too.
 pub fn qemu(
     disk: &Path,
     format: &str,
     dir: &Path,
     machine: &Machine,
 ) -> Result<std::process::Command, BootError> {
+    for path in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(path).is_file() {
+            return Err(BootError::Firmware {
+                path,
+                package: "ovmf",
+            });
+        }
+    }
     let vars = dir.join("vars.fd");
     std::fs::copy(OVMF_VARS, &vars).map_err(io(OVMF_VARS))?;
     let mut cmd = std::process::Command::new(QEMU);
@@ -318,11 +327,6 @@ pub fn boot(target: &Path, options: &Options) -> Result<Booted, BootError> {
         })?;
         cairn_profile::Instance::parse(&path.display().to_string(), &text)
             .map_err(BootError::Instance)?;
-    }
-    for (path, package) in [(OVMF_CODE, "ovmf"), (OVMF_VARS, "ovmf")] {
-        if !Path::new(path).is_file() {
-            return Err(BootError::Firmware { path, package });
-        }
     }
     let work = tempfile::Builder::new()
         .prefix("cairn-boot-")

@@ -240,7 +240,7 @@ enum Command {
     /// Boot a build's disk under QEMU (UEFI, no network out) until the node says ready or failed, then power it
     /// off. Exits 0 when it is ready, 1 when it failed or timed out. The disk is not written.
     #[command(
-        after_help = "Examples:\n  cairn boot out/node                         # the build's raw (or qcow2) disk, checked against its report\n  cairn boot out/node --instance instance.toml --console out/console.log\n  cairn boot out/node --accel kvm --timeout 120   # on a runner with /dev/kvm\n  cairn boot --message-format json out/node | jq .status.ready"
+        after_help = "Examples:\n  cairn boot out/node                         # the build's raw (or qcow2) disk, checked against its report\n  cairn boot out/node --instance instance.toml --console out/console.log\n  cairn boot out/node --accel kvm --timeout 120   # on a runner with /dev/kvm\n  cairn boot --message-format json out/node | jq .boot.status.ready"
     )]
     Boot {
         /// The build: OUT/NAME, its report or one of its outputs; or any disk file (.raw, .qcow2).

@@ -22,8 +22,8 @@ impl Vm {
             instance: fw_cfg.map(Path::to_path_buf),
             ..cairn::boot::Machine::default()
         };
-        let mut cmd = cairn::boot::qemu(disk, "raw", dir.path(), &machine)
-            .unwrap_or_else(|e| panic!("{e} (rocks/setup-host installs ovmf)"));
+        let mut cmd =
+            cairn::boot::qemu(disk, "raw", dir.path(), &machine).unwrap_or_else(|e| panic!("{e}"));
         cmd.stderr(Stdio::piped());
         let child = cmd
             .spawn()

@@ -134,18 +134,21 @@ pub fn booted(b: &cairn::boot::Booted) -> String {
         b.disk.display(),
         b.seconds
     );
-    let status = b.status.as_ref();
-    let field =
-        |f: &dyn Fn(&Value) -> &Value| status.map(f).and_then(Value::as_str).map(str::to_string);
+    let field = |pointer: &str| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.pointer(pointer))
+            .and_then(Value::as_str)
+    };
     let mut about = Vec::new();
-    if let Some(profile) = field(&|s| &s["image"]["profile"]) {
-        let version = field(&|s| &s["image"]["version"]).unwrap_or_default();
+    if let Some(profile) = field("/image/profile") {
+        let version = field("/image/version").unwrap_or_default();
         about.push(format!("{profile} {version}").trim_end().to_string());
     }
-    if let Some(hash) = field(&|s| &s["image"]["root_hash"]) {
-        about.push(format!("root hash {}", cairn::progress::short(&hash)));
+    if let Some(hash) = field("/image/root_hash") {
+        about.push(format!("root hash {}", cairn::progress::short(hash)));
     }
-    if let Some(instance) = field(&|s| &s["instance"]) {
+    if let Some(instance) = field("/instance") {
         about.push(format!("instance {instance}"));
     }
     if !about.is_empty() {

@@ -47,7 +47,7 @@ pub enum LayoutError {
 
 /// Slot sizes: a root slot, and its verity slot, which holds the hash tree of a root filling the root slot (a
 /// SHA-256 tree of 4 KiB blocks is about 1/127 of the data, its superblock and rounding a little more).
-pub fn slot_sizes(root_len: u64, slot: Option<&SlotSize>) -> (u64, u64) {
+fn slot_sizes(root_len: u64, slot: Option<&SlotSize>) -> (u64, u64) {
     let root_slot = match slot {
         Some(s) => s.bytes,
         None => round_up(root_len + root_len / 4, 16 * ALIGN),
