@@ -14,6 +14,9 @@ pub mod hardening;
 mod instance;
 pub mod kubernetes;
 mod model;
+pub mod payload;
+#[cfg(test)]
+mod proptest_support;
 pub mod reference;
 mod secrets;
 pub mod snap;

@@ -189,17 +189,6 @@ fn moving_a_last_lba_keeps_the_table_valid() {
     assert!(matches!(t.part(0), Err(GptError::NoPartition(0))));
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(256),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 prop_compose! {
     fn valid_header()(
         block in prop::sample::select(vec![512u64, 4096]),
@@ -236,7 +225,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(crate::proptest_support::config(256))]
 
     #[test]
     fn parsing_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..1200),
