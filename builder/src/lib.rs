@@ -22,6 +22,7 @@ pub mod pin;
 pub mod preload;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod registry;
 pub mod report;
 pub mod resolve;

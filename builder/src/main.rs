@@ -44,6 +44,8 @@ enum Error {
     Diff(cairn::inspect::InspectError),
     #[error(transparent)]
     Boot(cairn::boot::BootError),
+    #[error(transparent)]
+    Push(#[from] cairn::push::PushError),
     /// The guest booted, and the node did not come up.
     #[error("{disk}: {outcome} after {seconds:.0} s: {note}")]
     NotReady {
@@ -99,6 +101,8 @@ fn exit_code(e: &Error) -> u8 {
         Error::Inspect(e) if e.is_bad_input() => BAD_INPUT,
         Error::Inspect(_) => BUILD_FAILED,
         Error::Diff(_) => BAD_INPUT,
+        Error::Push(e) if e.is_bad_input() => BAD_INPUT,
+        Error::Push(_) => BUILD_FAILED,
         Error::Boot(e) if e.is_bad_input() => BAD_INPUT,
         Error::Boot(_) | Error::NotReady { .. } => BUILD_FAILED,
     }
@@ -264,6 +268,20 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         console: Option<PathBuf>,
     },
+    /// Push a build's update payload (root, verity tree, kernel, initrd, boot entry, report) as one OCI artifact,
+    /// and print REF@sha256:DIGEST, what nodes update from (`cairn-agent update`).
+    #[command(
+        after_help = "Examples:\n  cairn push cairn.toml registry.example/edge/node          # tagged with the profile's version\n  cairn push cairn.toml registry.example/edge/node:stable --out out\n  cairn push cairn.toml oci-layout:/media/usb/updates       # an OCI image layout, for removable media\n  cairn push --message-format json cairn.toml 127.0.0.1:5000/node | jq -r .push.reference"
+    )]
+    Push {
+        /// The profile the build was made from: a build of any other is refused.
+        profile: PathBuf,
+        /// REGISTRY/REPO[:TAG] or oci-layout:DIR[:TAG]; the tag defaults to the profile's version.
+        target: String,
+        /// The folder `cairn build` wrote.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
     /// Print a shell's completion script (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`).
     Completions {
         #[arg(value_enum)]
@@ -306,7 +324,8 @@ impl Command {
         match self {
             Command::Validate { profile }
             | Command::Pin { profile, .. }
-            | Command::Build { profile, .. } => Some(profile),
+            | Command::Build { profile, .. }
+            | Command::Push { profile, .. } => Some(profile),
             _ => None,
         }
     }
@@ -351,6 +370,7 @@ fn main() -> ExitCode {
             .with_env_filter(filter)
             .init();
     }
+    let cli_quiet = cli.quiet;
     let profile_arg = cli.command.profile().map(Path::to_path_buf);
     // `cairn diff` exits 1 when the builds differ, as diff(1).
     let mut differ = false;
@@ -576,6 +596,18 @@ fn main() -> ExitCode {
                 .map_err(Error::Boot)
                 .and_then(|b| boot_result(&b, out))
         }
+        Command::Push {
+            profile,
+            target,
+            out: out_dir,
+        } => runtime()
+            .and_then(|rt| Ok(rt.block_on(cairn::push::push(&profile, &target, &out_dir))?))
+            .map(|pushed| {
+                if !out.json && !cli_quiet {
+                    cairn::progress::suspend(|| eprint!("{}", cli::pushed_parts(&pushed)));
+                }
+                out.result("pushed", || cli::pushed(&pushed), json!({ "push": pushed }))
+            }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())

@@ -517,7 +517,7 @@ async fn status_failure(resp: reqwest::Response) -> Failure {
 }
 
 /// An error and its sources, `: `-joined.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -532,7 +532,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Credentials for a registry from the Docker config, or anonymous.
-fn auth_for(r: &Reference) -> RegistryAuth {
+pub(crate) fn auth_for(r: &Reference) -> RegistryAuth {
     let server = if r.registry == cairn_profile::reference::DOCKER_HUB {
         "https://index.docker.io/v1/".to_string()
     } else {

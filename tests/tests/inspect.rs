@@ -283,7 +283,9 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
     assert_eq!(boot["root_hash"], root_hash);
     assert_eq!(boot["kernel"]["version"], VERSION);
     assert_eq!(boot["kernel"]["size"], fake_kernel().len() as u64);
-    assert_eq!(boot["default"], "loader/entries/cairn.conf");
+    assert_eq!(boot["default"], "loader/entries/cairn-a.conf");
+    assert_eq!(boot["entries"][0]["version"], "1");
+    assert_eq!(boot["kernel"]["path"], "/cairn/a/vmlinuz");
     assert!(
         i["notes"].as_array().expect("notes").is_empty(),
         "{}",

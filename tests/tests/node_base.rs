@@ -608,12 +608,28 @@ fn the_disk_image_is_verified_and_deterministic() {
         Command::new("mtype")
             .arg("-i")
             .arg(&esp)
-            .arg("::/loader/entries/cairn.conf"),
+            .arg("::/loader/entries/cairn-a.conf"),
     );
     assert!(
         entry.contains(&format!("options console=ttyS0 cairn.verity={root_hash}\n")),
         "{entry}"
     );
+    // Slot A's entry: generation 1, its own kernel and initrd; systemd-boot picks cairn's entries by a glob.
+    for line in [
+        "sort-key cairn\n",
+        "version 1\n",
+        "linux /cairn/a/vmlinuz\n",
+        "initrd /cairn/a/initrd.img\n",
+    ] {
+        assert!(entry.contains(line), "{line:?} not in {entry}");
+    }
+    let loader = output(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/loader/loader.conf"),
+    );
+    assert_eq!(loader, "default cairn-*.conf\ntimeout 0\neditor no\n");
     assert!(
         !entry.contains("roothash="),
         "systemd's roothash= must not be used"
@@ -711,7 +727,7 @@ fn the_disk_image_is_verified_and_deterministic() {
     let initrd = Command::new("mtype")
         .arg("-i")
         .arg(&esp)
-        .arg("::/cairn/initrd.img")
+        .arg("::/cairn/a/initrd.img")
         .output()
         .expect("mtype")
         .stdout;

@@ -5,6 +5,7 @@
 //! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands. Both run
 //! external tools through its [`command`] runner.
 
+pub mod boot_entry;
 pub mod command;
 pub mod contract;
 mod control;

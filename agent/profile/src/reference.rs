@@ -244,7 +244,8 @@ fn check_repository(repo: &str) -> Result<(), ReferenceError> {
     }
 }
 
-fn check_tag(tag: &str) -> Result<(), ReferenceError> {
+/// A tag: letters, digits, `_ . -`, at most 128 characters, not starting with `.` or `-`.
+pub fn check_tag(tag: &str) -> Result<(), ReferenceError> {
     let b = tag.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 128

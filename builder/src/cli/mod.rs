@@ -180,3 +180,36 @@ pub fn built_json(built: &Built, out: &Path) -> Value {
         "used_network": built.used_network,
     })
 }
+
+/// What `cairn push` prints on stdout: `REF@sha256:DIGEST`, alone, so `$(cairn push ...)` is the reference.
+pub fn pushed(p: &cairn::push::Pushed) -> String {
+    format!("{}\n", p.reference)
+}
+
+/// Its parts and sizes, for stderr.
+pub fn pushed_parts(p: &cairn::push::Pushed) -> String {
+    let mut s = format!(
+        "{} {} (root hash {}), tag {}:\n",
+        p.name,
+        p.version,
+        cairn::progress::short(&p.root_hash),
+        p.tag
+    );
+    for part in &p.parts {
+        s.push_str(&format!(
+            "  {:<7} {:>10}  {}  {}\n",
+            part.part,
+            human(part.size),
+            cairn::progress::short(&part.digest),
+            if part.sent { "sent" } else { "already there" }
+        ));
+    }
+    s.push_str(&format!(
+        "  {:<7} {:>10}  sent {} in {:.1} s\n",
+        "total",
+        human(p.bytes),
+        human(p.sent),
+        p.seconds
+    ));
+    s
+}

@@ -1,8 +1,9 @@
 //! What the EFI system partition boots: systemd-boot and the kernel, read from the assembled root, cairn's initrd,
-//! and one loader entry whose command line carries the root hash (`cairn.verity=ROOTHASH`).
+//! and slot A's loader entry, whose command line carries the root hash (`cairn.verity=ROOTHASH`).
 
 use std::path::PathBuf;
 
+use cairn_profile::boot_entry::{self, Slot};
 use cairn_profile::contract;
 use cairn_profile::{Arch, Profile};
 
@@ -58,13 +59,16 @@ impl Boot {
         })
     }
 
+    pub fn kernel(&self) -> &[u8] {
+        &self.kernel
+    }
+
     /// The ESP's files: the boot loader at the removable-media path and systemd-boot's own, its configuration,
-    /// the one loader entry, the kernel and the initrd.
+    /// slot A's entry (generation 1, no counter: a new disk's first boot has nothing to fall back to), its kernel
+    /// and initrd ([`cairn_profile::boot_entry`]).
     pub fn esp_files(self, profile: &Profile, cmdline: &str, initrd: Vec<u8>) -> Vec<EspFile> {
-        let entry = format!(
-            "title {} {}\nlinux /cairn/vmlinuz\ninitrd /cairn/initrd.img\noptions {cmdline}\n",
-            profile.name, profile.version
-        );
+        let slot = Slot::A;
+        let title = format!("{} {}", profile.name, profile.version);
         vec![
             EspFile {
                 path: format!("EFI/BOOT/{}", self.removable_name),
@@ -81,19 +85,19 @@ impl Boot {
                 bytes: self.loader,
             },
             EspFile {
-                path: "loader/loader.conf".into(),
-                bytes: b"default cairn.conf\ntimeout 0\neditor no\n".to_vec(),
+                path: boot_entry::LOADER_CONF_PATH.into(),
+                bytes: boot_entry::LOADER_CONF.as_bytes().to_vec(),
             },
             EspFile {
-                path: "loader/entries/cairn.conf".into(),
-                bytes: entry.into_bytes(),
+                path: format!("{}/{}", boot_entry::ENTRIES_DIR, slot.entry_file(None)),
+                bytes: boot_entry::entry_text(slot, &title, 1, cmdline).into_bytes(),
             },
             EspFile {
-                path: "cairn/vmlinuz".into(),
+                path: slot.kernel().trim_start_matches('/').into(),
                 bytes: self.kernel,
             },
             EspFile {
-                path: "cairn/initrd.img".into(),
+                path: slot.initrd().trim_start_matches('/').into(),
                 bytes: initrd,
             },
         ]

@@ -157,6 +157,8 @@ pub struct DiskReport {
     /// What slot A holds, byte for byte from each partition's start: the root image (whole 4 KiB blocks) and its
     /// hash device. An update payload carries these, and a written slot is checked against them.
     pub slot: SlotImages,
+    /// The kernel and initrd slot A's boot entry starts, as the ESP holds them: an update payload carries these.
+    pub boot: BootImages,
     /// xattrs the root filesystem cannot hold, left out of it: (path, name).
     pub xattrs_not_in_root: Vec<(String, String)>,
 }
@@ -168,9 +170,24 @@ pub struct SlotImages {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct BootImages {
+    pub kernel: Image,
+    pub initrd: Image,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Image {
     pub bytes: u64,
     pub sha256: String,
+}
+
+impl Image {
+    pub fn of(bytes: &[u8]) -> Image {
+        Image {
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
 }
 
 pub const ESP_SIZE: u64 = 64 << 20;
@@ -265,6 +282,10 @@ pub fn build_raw(
         )
     })?;
     let cmdline = boot::cmdline(profile, &v);
+    let boot_images = BootImages {
+        kernel: Image::of(boot.kernel()),
+        initrd: Image::of(&initrd),
+    };
     let esp_files = boot.esp_files(profile, &cmdline, initrd);
     let staging = work.join("esp");
     step("EFI system partition", || {
@@ -314,6 +335,7 @@ pub fn build_raw(
                 sha256: hex::encode(v.hash_sha256),
             },
         },
+        boot: boot_images,
         xattrs_not_in_root: dropped,
     })
 }

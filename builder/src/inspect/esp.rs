@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cairn_profile::boot_entry;
 use cairn_profile::command::CommandError;
 use cairn_profile::contract;
 use serde::Serialize;
@@ -13,7 +14,7 @@ use crate::disk::tools::Tool;
 
 /// A loader entry or loader.conf bigger than this is not one.
 const MAX_CONF: usize = 64 << 10;
-/// Entries read: cairn writes one (two once A/B updates come).
+/// Entries read: cairn writes one per slot.
 const MAX_ENTRIES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +36,12 @@ pub enum EspError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoaderEntry {
-    /// `loader/entries/cairn.conf`.
+    /// `loader/entries/cairn-a.conf`.
     pub file: String,
     pub title: String,
+    /// The `version` line: cairn's entries carry their generation there.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
     pub linux: String,
     pub initrd: Vec<String>,
     pub options: String,
@@ -45,7 +49,7 @@ pub struct LoaderEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Kernel {
-    /// On the ESP: `/cairn/vmlinuz`.
+    /// On the ESP: `/cairn/a/vmlinuz`.
     pub path: String,
     pub size: u64,
     pub sha256: String,
@@ -108,11 +112,7 @@ pub fn read(disk: &Path, offset: u64) -> Result<Boot, EspError> {
     }
     // loader.conf may be absent: systemd-boot then starts the first entry.
     let conf = cat("loader/loader.conf").unwrap_or_default();
-    let chosen = default_entry(&conf);
-    let entry = entries
-        .iter()
-        .find(|e| Some(e.file.rsplit('/').next().unwrap_or("")) == chosen.as_deref())
-        .or(entries.first())
+    let entry = choose(&entries, default_entry(&conf).as_deref())
         .ok_or_else(|| EspError::NoEntry {
             disk: disk.to_path_buf(),
         })?
@@ -142,6 +142,7 @@ pub fn parse_entry(file: &str, bytes: &[u8]) -> Result<LoaderEntry, String> {
     let mut e = LoaderEntry {
         file: file.into(),
         title: String::new(),
+        version: String::new(),
         linux: String::new(),
         initrd: Vec::new(),
         options: String::new(),
@@ -154,6 +155,7 @@ pub fn parse_entry(file: &str, bytes: &[u8]) -> Result<LoaderEntry, String> {
             .unwrap_or((line, ""));
         match key {
             "title" => e.title = value.into(),
+            "version" => e.version = value.into(),
             "linux" => e.linux = value.into(),
             "initrd" => e.initrd.push(value.into()),
             // Several `options` lines are joined, as systemd-boot does.
@@ -171,7 +173,71 @@ pub fn parse_entry(file: &str, bytes: &[u8]) -> Result<LoaderEntry, String> {
     Ok(e)
 }
 
-/// loader.conf's `default` (a file name: `cairn.conf`); globs are not resolved.
+/// The entry systemd-boot starts: the first, in its order, whose id (the file name without the boot counter)
+/// matches loader.conf's `default` glob; without a match or a `default`, the first in its order.
+pub fn choose<'a>(entries: &'a [LoaderEntry], default: Option<&str>) -> Option<&'a LoaderEntry> {
+    let mut ranked: Vec<(&LoaderEntry, boot_entry::Ranked)> = entries
+        .iter()
+        .map(|e| {
+            let file = e.file.rsplit('/').next().unwrap_or(&e.file).to_string();
+            let name = boot_entry::EntryName::parse(&file).unwrap_or(boot_entry::EntryName {
+                slot: boot_entry::Slot::A,
+                tries_left: None,
+                tries_done: None,
+            });
+            let generation = e.version.parse().unwrap_or(0);
+            (
+                e,
+                boot_entry::Ranked {
+                    file,
+                    name,
+                    generation,
+                },
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| boot_entry::boot_order(&a.1, &b.1));
+    let id = |file: &str| -> String {
+        match file.strip_suffix(".conf").and_then(|s| s.split_once('+')) {
+            Some((stem, _)) => format!("{stem}.conf"),
+            None => file.to_string(),
+        }
+    };
+    default
+        .and_then(|pattern| {
+            ranked
+                .iter()
+                .find(|(_, r)| glob(pattern, &id(&r.file)))
+                .map(|(e, _)| *e)
+        })
+        .or_else(|| ranked.first().map(|(e, _)| *e))
+}
+
+/// `*` and `?` globbing, as loader.conf's `default` takes it.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Backtracking over the last `*`: linear enough for file names.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// loader.conf's `default` (a glob).
 fn default_entry(conf: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(&conf[..conf.len().min(MAX_CONF)]);
     text.lines().find_map(|l| {
@@ -235,6 +301,34 @@ mod tests {
             default_entry(b"timeout 0\ndefault cairn.conf\n").as_deref(),
             Some("cairn.conf")
         );
+    }
+
+    #[test]
+    fn chooses_as_systemd_boot_does() {
+        let entry = |file: &str, version: &str| LoaderEntry {
+            file: format!("loader/entries/{file}"),
+            title: file.into(),
+            version: version.into(),
+            linux: "/k".into(),
+            initrd: Vec::new(),
+            options: String::new(),
+        };
+        let chosen = |entries: &[LoaderEntry], default| {
+            choose(entries, default).map(|e| e.title.clone()).unwrap()
+        };
+        let glob_default = Some("cairn-*.conf");
+        let updated = [entry("cairn-a.conf", "1"), entry("cairn-b+3.conf", "2")];
+        assert_eq!(chosen(&updated, glob_default), "cairn-b+3.conf");
+        let tried = [entry("cairn-a.conf", "1"), entry("cairn-b+0-3.conf", "2")];
+        assert_eq!(chosen(&tried, glob_default), "cairn-a.conf");
+        // An exact default boots even an entry out of tries, as systemd-boot does; its id has no counter.
+        assert_eq!(chosen(&tried, Some("cairn-b.conf")), "cairn-b+0-3.conf");
+        assert_eq!(chosen(&updated, Some("nothing-*.conf")), "cairn-b+3.conf");
+        assert_eq!(chosen(&updated, None), "cairn-b+3.conf");
+        assert!(glob("cairn-?.conf", "cairn-a.conf"));
+        assert!(glob("*", ""));
+        assert!(!glob("cairn-*.conf", "cairn-a.conff"));
+        assert!(glob("*a*b*", "xxaxxbxx"));
     }
 
     #[test]

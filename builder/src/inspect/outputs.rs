@@ -67,6 +67,8 @@ pub struct BuildReport {
     pub version: String,
     pub arch: String,
     pub profile: ProfileRef,
+    #[serde(default)]
+    pub source_date_epoch: u64,
     pub rocks: Vec<Rock>,
     pub outputs: Vec<OutputRef>,
     #[serde(default)]
@@ -112,6 +114,29 @@ pub struct DiskRef {
     pub kernel: String,
     pub kernel_cmdline: String,
     pub partition_table: TableRef,
+    /// Reports of builds before A/B slots have neither.
+    #[serde(default)]
+    pub slot: Option<SlotRef>,
+    #[serde(default)]
+    pub boot: Option<BootRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SlotRef {
+    pub root: ImageRef,
+    pub verity: ImageRef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BootRef {
+    pub kernel: ImageRef,
+    pub initrd: ImageRef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageRef {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
