@@ -7,33 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_e2e::cairn::{assert_ok, build_args, stderr};
-use cairn_e2e::inspect::{build, cairn, inspect_json, json, report, strings};
+use cairn_e2e::inspect::{
+    KERNEL_VERSION as VERSION, bootable_base, build, cairn, fake_kernel, inspect_json, json,
+    report, status, strings,
+};
 use cairn_e2e::output::read_tar;
 use cairn_e2e::{Compression, Image, LayerBuilder, Pushed, push_image, registry, write_profile};
 use serde_json::Value;
-
-const VERSION: &str = "6.1.0-test (cairn@e2e) #1 SMP";
-
-/// Enough of an x86 kernel for its version to be found: the boot header's `HdrS` and the version's offset.
-fn fake_kernel() -> Vec<u8> {
-    let mut k = vec![0u8; 0x2000];
-    k[0x202..0x206].copy_from_slice(b"HdrS");
-    k[0x20e..0x210].copy_from_slice(&0x1000u16.to_le_bytes());
-    k[0x1200..0x1200 + VERSION.len()].copy_from_slice(VERSION.as_bytes());
-    k
-}
-
-fn status(packages: &[(&str, &str)]) -> String {
-    packages
-        .iter()
-        .map(|(n, v)| {
-            format!(
-                "Package: {n}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {v}\n"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// 24 MiB that do not compress: the second build's root, and so its root partition, grows by a slot.
 fn incompressible(len: usize) -> Vec<u8> {
@@ -60,22 +40,11 @@ struct Rocks {
 /// another `/opt/x`, a big file and a newer status (one version changed, one package added).
 fn push_rocks(prefix: &str) -> Rocks {
     let registry = registry::shared();
-    let base = LayerBuilder::new()
-        .file("boot/vmlinuz-6.1.0-test", 0o644, fake_kernel())
-        .file("usr/lib/modules/6.1.0-test/modules.dep", 0o644, "")
-        .file(
-            "usr/lib/modules/6.1.0-test/modules.builtin",
-            0o644,
-            "kernel/drivers/md/dm-verity.ko\nkernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\n",
-        )
-        .file("usr/lib/systemd/boot/efi/systemd-bootx64.efi", 0o644, "a boot loader")
-        .file("usr/bin/tool", 0o755, vec![7u8; 100_000])
-        .file("etc/hostname", 0o644, "base\n")
-        .file(
-            "var/lib/dpkg/status",
-            0o644,
-            status(&[("base-files", "12.4"), ("libc6", "2.36-9")]),
-        );
+    let base = bootable_base().file(
+        "var/lib/dpkg/status",
+        0o644,
+        status(&[("base-files", "12.4"), ("libc6", "2.36-9")]),
+    );
     let one = LayerBuilder::new().file("opt/x", 0o644, "one");
     let two = LayerBuilder::new()
         .file("opt/x", 0o644, "three")
