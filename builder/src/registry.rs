@@ -48,7 +48,7 @@ pub const MANIFEST_LIMIT: u64 = 16 << 20;
 /// How much of an error response's body is read for its OCI error codes.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 
-const USER_AGENT: &str = concat!("cairn/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("cairn/", env!("CARGO_PKG_VERSION"));
 
 /// Where a blob's bytes go as they arrive.
 pub trait Sink {

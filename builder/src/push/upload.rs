@@ -43,7 +43,7 @@ impl Upload {
             use_monolithic_push: true,
             connect_timeout: Some(crate::registry::CONNECT_TIMEOUT),
             read_timeout: Some(crate::registry::stall_timeout()),
-            user_agent: concat!("cairn/", env!("CARGO_PKG_VERSION")),
+            user_agent: crate::registry::USER_AGENT,
             ..Default::default()
         });
         let image = oci_client::Reference::with_tag(
