@@ -2,7 +2,7 @@
 //!
 //! [`datasources`] (where instance data comes from) → [`plan`] (the steps, from profile and instance) →
 //! [`apply`] (each step on a [`target::Target`]) → [`kubernetes`] (the distribution's phase) → [`report`] (status
-//! JSON and console lines). [`engine`] runs every phase's steps, journaled in [`state`] (or, for `--dry-run`,
+//! JSON and console lines); [`update`] writes a new version into the inactive A/B slot. [`engine`] runs every phase's steps, journaled in [`state`] (or, for `--dry-run`,
 //! recorded by [`dry`]); [`run`] drives the phases; [`init`] is the initrd's /init.
 
 pub mod apply;
@@ -19,3 +19,4 @@ pub mod run;
 pub mod snaps;
 pub mod state;
 pub mod target;
+pub mod update;

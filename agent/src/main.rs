@@ -17,9 +17,10 @@ enum Cmd {
     Apply,
     Status,
     Check,
+    Update,
 }
 
-const CMDS: [Cmd; 4] = [Cmd::Run, Cmd::Apply, Cmd::Status, Cmd::Check];
+const CMDS: [Cmd; 5] = [Cmd::Run, Cmd::Apply, Cmd::Status, Cmd::Check, Cmd::Update];
 
 const OVERVIEW: &str = "cairn-agent: the first-boot agent of cairn images
 
@@ -31,6 +32,7 @@ commands:
                      would change there (--dry-run)
   status             print the node's status JSON
   check [PROFILE]    check a profile the way the agent reads it
+  update SOURCE      write a new version (`cairn push`'s payload) into the inactive slot, to boot next
   help [COMMAND]     this help, or a command's
 
 options:
@@ -97,6 +99,25 @@ Exits 2 when it is not valid, naming the line.
 options:
   -h, --help   this help";
 
+const UPDATE_USAGE: &str = "usage: cairn-agent update SOURCE [OPTIONS]
+
+Writes the update payload SOURCE names into the inactive A/B slot and makes it the next boot, with 3 tries: if
+it is not marked good by then, the running version boots again. SOURCE is a digest, never a tag:
+  HOST[:PORT]/REPOSITORY@sha256:DIGEST   an OCI registry (HTTPS; plain HTTP only on the node's own loopback;
+                                         anonymous, or the registry's anonymous Bearer tokens)
+  oci-layout:DIR@sha256:DIGEST           an OCI image layout folder (`cairn push PROFILE oci-layout:DIR`)
+Every blob is checked against its digest as it is written, and the written slot against the payload's root
+hash; the running slot is never written. Prints the outcome as JSON; progress goes to stderr.
+
+options:
+  --reboot               reboot into the new version once it is written
+  --allow-rolled-back    apply a version this node has rolled back from
+  --disk PATH            the disk (default: the one holding the running root)
+  --esp DIR              the mounted ESP (default /efi)
+  --cmdline TEXT         the running kernel's command line (default /proc/cmdline)
+  --root DIR             where /var/lib/cairn and the CA bundle are (default /)
+  -h, --help             this help";
+
 impl Cmd {
     fn parse(name: &str) -> Option<Cmd> {
         CMDS.into_iter().find(|c| c.name() == name)
@@ -108,6 +129,7 @@ impl Cmd {
             Cmd::Apply => "apply",
             Cmd::Status => "status",
             Cmd::Check => "check",
+            Cmd::Update => "update",
         }
     }
 
@@ -117,6 +139,7 @@ impl Cmd {
             Cmd::Apply => APPLY_USAGE,
             Cmd::Status => STATUS_USAGE,
             Cmd::Check => CHECK_USAGE,
+            Cmd::Update => UPDATE_USAGE,
         }
     }
 }
@@ -234,6 +257,35 @@ fn main() -> ExitCode {
             Ok((opts, with_kubernetes)) => exit(run::apply_root(&opts, with_kubernetes)),
             Err(problem) => usage(Some(cmd), &problem),
         },
+        Cmd::Update => {
+            let (opts, reboot) = match update_options(rest) {
+                Ok(o) => o,
+                Err(problem) => return usage(Some(cmd), &problem),
+            };
+            match cairn_agent::update::update(&opts) {
+                Ok(outcome) => {
+                    println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+                    if reboot && outcome.written {
+                        return match cairn_profile::command::Command::new("systemctl")
+                            .arg("reboot")
+                            .package("systemd")
+                            .run()
+                        {
+                            Ok(_) => ExitCode::SUCCESS,
+                            Err(e) => {
+                                eprintln!("cairn-agent: update: rebooting: {e}");
+                                ExitCode::from(1)
+                            }
+                        };
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cairn-agent: update: {e}");
+                    ExitCode::from(if e.is_input() { 2 } else { 1 })
+                }
+            }
+        }
         Cmd::Status => {
             let target = match rest {
                 [] => Target::live(),
@@ -272,6 +324,52 @@ fn seconds(name: &str, value: String) -> Result<std::time::Duration, String> {
         .parse()
         .map(std::time::Duration::from_secs)
         .map_err(|_| format!("{name} {value}: not a number of seconds"))
+}
+
+fn progress(line: &str) {
+    eprintln!("cairn-agent: update: {line}");
+}
+
+fn update_options(args: &[String]) -> Result<(cairn_agent::update::Options, bool), String> {
+    let mut source = None;
+    let mut opts = cairn_agent::update::Options {
+        source: String::new(),
+        disk: None,
+        esp: PathBuf::from(cairn_profile::contract::ESP_MOUNT),
+        cmdline: String::new(),
+        root: PathBuf::from("/"),
+        allow_rolled_back: false,
+        progress,
+    };
+    let mut cmdline = None;
+    let mut reboot = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--reboot" => reboot = true,
+            "--allow-rolled-back" => opts.allow_rolled_back = true,
+            "--disk" => opts.disk = Some(PathBuf::from(value("--disk")?)),
+            "--esp" => opts.esp = PathBuf::from(value("--esp")?),
+            "--cmdline" => cmdline = Some(value("--cmdline")?),
+            "--root" => opts.root = PathBuf::from(value("--root")?),
+            other if other.starts_with('-') => return Err(format!("unknown option `{other}`")),
+            other if source.is_none() => source = Some(other.to_string()),
+            _ => return Err("update takes one SOURCE".into()),
+        }
+    }
+    opts.source = source.ok_or("update needs a SOURCE")?;
+    opts.cmdline = match cmdline {
+        Some(c) => c,
+        None => {
+            std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?
+        }
+    };
+    Ok((opts, reboot))
 }
 
 fn apply_options(args: &[String]) -> Result<(Options, bool), String> {

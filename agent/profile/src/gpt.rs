@@ -3,7 +3,7 @@
 //! or hostile table is an error, never a panic. Pure: the caller reads the bytes, with the disk's logical block
 //! size.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 pub const SIGNATURE: &[u8; 8] = b"EFI PART";
 /// The header's defined fields end here; the rest of its block is reserved.
@@ -52,6 +52,10 @@ pub enum GptError {
     },
     #[error("GPT partition {0} does not exist")]
     NoPartition(usize),
+    #[error("GPT partition name {0:?}: longer than 36 UTF-16 units or holding a NUL")]
+    Name(String),
+    #[error("a GPT whose backup at LBA {backup} leaves no room for its entry array")]
+    BackupLba { backup: u64 },
     #[error("reading the GPT: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -316,6 +320,86 @@ impl Table {
         self.header.entries_crc = crc32(&self.entries);
         Ok(())
     }
+}
+
+impl Table {
+    /// Gives partition `number` a new unique GUID and name (an A/B update marks a slot it writes this way),
+    /// keeping the entry array's CRC32 in the header right.
+    pub fn set_identity(
+        &mut self,
+        number: usize,
+        unique_guid: [u8; 16],
+        name: &str,
+    ) -> Result<(), GptError> {
+        let index = self
+            .parts
+            .iter()
+            .position(|p| p.number == number)
+            .ok_or(GptError::NoPartition(number))?;
+        let units: Vec<u16> = name.encode_utf16().collect();
+        if units.len() > ENTRY_NAME.len() / 2 || units.contains(&0) {
+            return Err(GptError::Name(name.into()));
+        }
+        let at = (number - 1) * self.header.entry_size as usize;
+        let e = &mut self.entries[at..at + self.header.entry_size as usize];
+        e[16..32].copy_from_slice(&unique_guid);
+        e[ENTRY_NAME].fill(0);
+        for (j, c) in units.iter().enumerate() {
+            e[ENTRY_NAME.start + 2 * j..ENTRY_NAME.start + 2 * j + 2]
+                .copy_from_slice(&c.to_le_bytes());
+        }
+        self.parts[index].unique_guid = unique_guid;
+        self.parts[index].name = name.into();
+        self.header.entries_crc = crc32(&self.entries);
+        Ok(())
+    }
+
+    /// Writes the table where its header says: the backup (its entry array just before its header at the
+    /// header's backup LBA) first, then the primary, so that a crash between the two leaves one whole copy.
+    /// The caller syncs.
+    pub fn write(&self, disk: &mut (impl Write + Seek), block: u64) -> Result<(), GptError> {
+        let block = check_block_size(block)?;
+        let backup_entries = self
+            .header
+            .backup_lba
+            .checked_sub(self.header.entries_blocks(block))
+            .filter(|lba| *lba > self.header.last_usable)
+            .ok_or(GptError::BackupLba {
+                backup: self.header.backup_lba,
+            })?;
+        let mut backup = self.header.clone();
+        backup.current_lba = self.header.backup_lba;
+        backup.backup_lba = 1;
+        backup.entries_lba = backup_entries;
+        let mut put = |lba: u64, bytes: &[u8]| -> Result<(), GptError> {
+            disk.seek(SeekFrom::Start(lba * block))?;
+            disk.write_all(bytes)?;
+            Ok(())
+        };
+        put(backup_entries, &self.entries)?;
+        put(backup.current_lba, &backup.encode())?;
+        put(self.header.entries_lba, &self.entries)?;
+        put(1, &self.header.encode())
+    }
+}
+
+/// GUID text (`8-4-4-4-12` hex digits, either case) to the mixed-endian bytes GPT stores; the inverse of
+/// [`guid_text`].
+pub fn guid_bytes(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut plain = [0u8; 16];
+    for (i, b) in plain.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    let mut out = plain;
+    out[0..4].copy_from_slice(&[plain[3], plain[2], plain[1], plain[0]]);
+    out[4..6].copy_from_slice(&[plain[5], plain[4]]);
+    out[6..8].copy_from_slice(&[plain[7], plain[6]]);
+    Some(out)
 }
 
 /// Mixed-endian GUID bytes (as GPT stores them) to the usual text, upper case.

@@ -23,6 +23,7 @@ mod secrets;
 pub mod snap;
 pub mod system;
 pub mod time;
+pub mod verity;
 
 pub use diagnostic::{Diagnostic, Error};
 pub use instance::{INSTANCE_WRITABLE, Instance, Merged};

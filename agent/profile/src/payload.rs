@@ -156,6 +156,45 @@ impl Entry {
     }
 }
 
+/// What a payload's build report must agree with its manifest on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReportFacts {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub disk: ReportDisk,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReportDisk {
+    pub root_hash: String,
+}
+
+impl ReportFacts {
+    /// Reads the report's facts and checks them against the manifest's: the same build, the same root.
+    pub fn check(bytes: &[u8], about: &About) -> Result<ReportFacts, PayloadError> {
+        let facts: ReportFacts =
+            serde_json::from_slice(bytes).map_err(|e| PayloadError::Report(e.to_string()))?;
+        for (what, report, manifest) in [
+            ("name", facts.name.as_str(), about.name.as_str()),
+            ("version", facts.version.as_str(), about.version.as_str()),
+            ("arch", facts.arch.as_str(), about.arch.oci()),
+            (
+                "root hash",
+                facts.disk.root_hash.as_str(),
+                about.root_hash.as_str(),
+            ),
+        ] {
+            if report != manifest {
+                return Err(PayloadError::Report(format!(
+                    "its {what} is {report:?}, the manifest's {manifest:?}"
+                )));
+            }
+        }
+        Ok(facts)
+    }
+}
+
 /// An OCI content descriptor, as much of it as cairn writes and reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -175,9 +214,12 @@ pub struct Descriptor {
 pub struct Manifest {
     pub schema_version: u32,
     pub media_type: String,
+    /// Absent from an image's manifest: read as empty, so that one is "not a cairn update".
+    #[serde(default)]
     pub artifact_type: String,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+    #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -227,6 +269,8 @@ pub enum PayloadError {
     Missing(&'static str),
     #[error("the boot entry: {0}")]
     Entry(String),
+    #[error("the build report: {0}")]
+    Report(String),
 }
 
 impl Payload {

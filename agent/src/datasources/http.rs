@@ -287,6 +287,9 @@ pub enum HttpError {
     /// request was sent.
     #[error("{0}")]
     Trust(String),
+    /// [`request_into`]'s sink refused the body (its own error: a digest that differs, a full disk).
+    #[error("{0}")]
+    Sink(io::Error),
 }
 
 fn after(attempts: u32) -> String {
@@ -297,6 +300,14 @@ fn after(attempts: u32) -> String {
     }
 }
 
+/// Where [`request_into`] streams a successful body: written as it arrives, so that a body far larger than memory
+/// (an update's root) never sits in it.
+pub trait Sink {
+    /// Called before each attempt's body is written: the sink starts over (a retry sends the body again).
+    fn restart(&mut self) -> io::Result<()>;
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
 /// Sends one request, with the retries of `policy`. A status below 500 is returned as a response, whatever it
 /// is; a `5xx` that persists through every attempt is [`HttpError::Status`].
 pub fn request(
@@ -304,6 +315,29 @@ pub fn request(
     url: &Url,
     headers: &[(&str, &str)],
     policy: &Policy,
+) -> Result<Response, HttpError> {
+    send(method, url, headers, policy, None)
+}
+
+/// [`request`], with a `2xx` response's body (bounded by [`Policy::max_body`]) written to `sink` instead of
+/// [`Response::body`]; any other status's body is read as [`request`] reads it. A failure of the sink is
+/// [`HttpError::Sink`], never retried; a connection that breaks mid-body is retried from the start.
+pub fn request_into(
+    method: Method,
+    url: &Url,
+    headers: &[(&str, &str)],
+    policy: &Policy,
+    sink: &mut dyn Sink,
+) -> Result<Response, HttpError> {
+    send(method, url, headers, policy, Some(sink))
+}
+
+fn send(
+    method: Method,
+    url: &Url,
+    headers: &[(&str, &str)],
+    policy: &Policy,
+    mut sink: Option<&mut dyn Sink>,
 ) -> Result<Response, HttpError> {
     for (name, value) in headers {
         if !is_token(name) || value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
@@ -320,7 +354,14 @@ pub fn request(
     let mut attempt = 1;
     loop {
         let last = attempt >= attempts;
-        match exchange(method, url, headers, policy, tls.as_ref()) {
+        match exchange(
+            method,
+            url,
+            headers,
+            policy,
+            tls.as_ref(),
+            sink.as_deref_mut(),
+        ) {
             Ok(response) if response.status >= 500 && !last => {}
             Ok(response) if response.status >= 500 => {
                 return Err(HttpError::Status {
@@ -331,6 +372,7 @@ pub fn request(
             }
             Ok(response) => return Ok(response),
             Err(Failure::Protocol(message)) => return Err(HttpError::Protocol(message)),
+            Err(Failure::Sink(e)) => return Err(HttpError::Sink(e)),
             Err(Failure::Tls(rustls::Error::InvalidCertificate(e))) => {
                 let trusted = tls.as_ref().map_or("", |t| t.trusted.as_str());
                 return Err(HttpError::Certificate(format!(
@@ -382,6 +424,23 @@ enum Failure {
     Protocol(String),
     /// What rustls refused (a certificate, an alert, a record that is not TLS...).
     Tls(rustls::Error),
+    /// The body's sink failed.
+    Sink(io::Error),
+}
+
+impl Failure {
+    /// A failure reading a streamed body: ureq wraps its own errors in `io::Error`s.
+    fn of_body(e: io::Error) -> Failure {
+        if e.get_ref().is_some_and(|i| i.is::<ureq::Error>()) {
+            if let Some(inner) = e.into_inner()
+                && let Ok(u) = inner.downcast::<ureq::Error>()
+            {
+                return Failure::from(*u);
+            }
+            return Failure::Io(io::Error::other("reading the body"));
+        }
+        Failure::from(ureq::Error::Io(e))
+    }
 }
 
 impl From<ureq::Error> for Failure {
@@ -422,6 +481,7 @@ fn exchange(
     headers: &[(&str, &str)],
     policy: &Policy,
     tls: Option<&Tls>,
+    sink: Option<&mut (dyn Sink + '_)>,
 ) -> Result<Response, Failure> {
     let deadline = Instant::now() + policy.timeout;
     let tls = match tls {
@@ -458,9 +518,14 @@ fn exchange(
     let mut all: Vec<(&str, &str)> = vec![
         ("Host", &host),
         ("User-Agent", USER_AGENT),
-        ("Accept", "*/*"),
         ("Connection", "close"),
     ];
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("accept"))
+    {
+        all.push(("Accept", "*/*"));
+    }
     all.extend_from_slice(headers);
     if method == Method::Put {
         all.push(("Content-Length", "0"));
@@ -512,11 +577,28 @@ fn exchange(
             policy.max_body
         )));
     }
-    head.body = response
+    let body = response
         .body_mut()
         .with_config()
-        .limit(policy.max_body as u64)
-        .read_to_vec()?;
+        .limit(policy.max_body as u64);
+    match sink {
+        Some(sink) if (200..300).contains(&head.status) => {
+            use std::io::Read as _;
+            sink.restart().map_err(Failure::Sink)?;
+            let mut reader = body.reader();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Failure::of_body(e)),
+                };
+                sink.write(&buf[..n]).map_err(Failure::Sink)?;
+            }
+        }
+        _ => head.body = body.read_to_vec()?,
+    }
     Ok(head)
 }
 

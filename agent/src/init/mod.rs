@@ -9,7 +9,7 @@
 
 mod dm;
 mod grow;
-mod partitions;
+pub(crate) mod partitions;
 mod sys;
 
 use std::io::Write;

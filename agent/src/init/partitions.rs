@@ -99,7 +99,7 @@ pub enum PartitionError {
 }
 
 /// The disk's logical block size, from the device itself.
-fn block_size(f: &std::fs::File) -> Result<u64, GptError> {
+pub(crate) fn block_size(f: &std::fs::File) -> Result<u64, GptError> {
     let mut buf = [0u8; std::mem::size_of::<libc::c_int>()];
     sys::ioctl(f.as_raw_fd(), BLKSSZGET, &mut buf)?;
     gpt::check_block_size(u64::from(u32::from_ne_bytes(buf)))

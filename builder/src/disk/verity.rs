@@ -1,16 +1,15 @@
 //! dm-verity, format 1 with sha256 and 4096-byte blocks, as `veritysetup format` writes it: a superblock, then the
-//! hash tree with its top level first and level 0 last. Each digest is sha256(salt ‖ block); a level's digests are
-//! packed 128 to a block and zero-padded, and hashed again, until a single digest remains: the root hash.
+//! hash tree with its top level first and level 0 last (the tree itself is cairn_profile::verity's, which the
+//! agent checks updated slots with).
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub const BLOCK: usize = 4096;
-const DIGEST: usize = 32;
-const PER_BLOCK: usize = BLOCK / DIGEST;
+pub use cairn_profile::verity::BLOCK;
+use cairn_profile::verity::{Superblock, Tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {
@@ -55,23 +54,6 @@ impl Verity {
     }
 }
 
-fn hash_block(salt: &[u8], block: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(block);
-    h.finalize().into()
-}
-
-/// Packs digests into zero-padded hash blocks.
-fn pack(digests: &[[u8; 32]]) -> Vec<u8> {
-    let blocks = digests.len().div_ceil(PER_BLOCK);
-    let mut out = vec![0u8; blocks * BLOCK];
-    for (i, d) in digests.iter().enumerate() {
-        out[i * DIGEST..(i + 1) * DIGEST].copy_from_slice(d);
-    }
-    out
-}
-
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VerityError + '_ {
     move |source| VerityError::Io {
         path: path.to_path_buf(),
@@ -113,45 +95,22 @@ pub fn format(
     }
     let data_blocks = len / BLOCK as u64;
     let mut reader = BufReader::with_capacity(1 << 20, File::open(data).map_err(io_err(data))?);
-    let mut block = vec![0u8; BLOCK];
-    let mut digests = Vec::with_capacity(data_blocks as usize);
-    let mut whole = Sha256::new();
-    for _ in 0..data_blocks {
-        reader.read_exact(&mut block).map_err(io_err(data))?;
-        whole.update(&block);
-        digests.push(hash_block(&salt, &block));
+    let tree = Tree::build(&mut reader, data_blocks, &salt).map_err(io_err(data))?;
+    let sb = Superblock {
+        uuid,
+        salt: salt.to_vec(),
+        data_blocks,
     }
-    let data_sha256: [u8; 32] = whole.finalize().into();
-    // Level 0 first; each next level hashes the blocks of the one below, until one digest is left: the root. (A
-    // single data block has no hash levels at all: its digest is the root.)
-    let mut levels = Vec::new();
-    while digests.len() > 1 {
-        let packed = pack(&digests);
-        digests = packed.chunks(BLOCK).map(|b| hash_block(&salt, b)).collect();
-        levels.push(packed);
-    }
-    let root_hash = digests[0];
-
-    let mut sb = vec![0u8; BLOCK];
-    sb[0..8].copy_from_slice(b"verity\0\0");
-    sb[8..12].copy_from_slice(&1u32.to_le_bytes()); // version
-    sb[12..16].copy_from_slice(&1u32.to_le_bytes()); // hash type: the normal (not Chrome OS) format
-    sb[16..32].copy_from_slice(&uuid);
-    sb[32..38].copy_from_slice(b"sha256");
-    sb[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
-    sb[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
-    sb[88..88 + salt.len()].copy_from_slice(&salt);
+    .encode();
     hash_out.write_all(&sb).map_err(VerityError::Write)?;
     let mut device = Sha256::new();
     device.update(&sb);
-    let mut hash_size = BLOCK as u64;
-    for level in levels.iter().rev() {
+    for level in tree.device_levels() {
         hash_out.write_all(level).map_err(VerityError::Write)?;
         device.update(level);
-        hash_size += level.len() as u64;
     }
+    let (root_hash, data_sha256, hash_size) =
+        (tree.root_hash, tree.data_sha256, tree.device_size());
     Ok(Verity {
         root_hash,
         salt,

@@ -189,6 +189,79 @@ fn moving_a_last_lba_keeps_the_table_valid() {
     assert!(matches!(t.part(0), Err(GptError::NoPartition(0))));
 }
 
+#[test]
+fn guid_text_and_bytes_are_inverse() {
+    let text = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    let b = guid_bytes(text).unwrap();
+    assert_eq!(guid_text(&b), text);
+    assert_eq!(guid_bytes(&text.to_lowercase()), Some(b));
+    for bad in [
+        "",
+        "C12A7328F81F11D2BA4B00A0C93EC93B",
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93",
+        "G12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+    ] {
+        assert_eq!(guid_bytes(bad), None, "{bad}");
+    }
+}
+
+/// A slot renamed and given its new root's GUID: both copies rewritten, the primary reads back as changed and the
+/// backup (at the disk's last block, its entries before it) holds the same array with a valid CRC.
+#[test]
+fn a_new_identity_is_written_to_both_copies() {
+    for block in [512u64, 4096] {
+        let blocks = 200;
+        let d = disk(
+            block,
+            blocks,
+            &[
+                (ROOT, [9; 16], 40, 60, "root-a"),
+                (ROOT, [8; 16], 61, 80, "_empty"),
+            ],
+        );
+        let mut t = Table::read(&mut Cursor::new(d.clone()), block).unwrap();
+        t.set_identity(2, [5; 16], "root-b").unwrap();
+        assert!(matches!(
+            t.set_identity(2, [5; 16], &"x".repeat(37)),
+            Err(GptError::Name(_))
+        ));
+        assert!(matches!(
+            t.set_identity(2, [5; 16], "a\0b"),
+            Err(GptError::Name(_))
+        ));
+        assert!(matches!(
+            t.set_identity(3, [5; 16], "x"),
+            Err(GptError::NoPartition(3))
+        ));
+        let mut disk_bytes = Cursor::new(d);
+        t.write(&mut disk_bytes, block).unwrap();
+        let d = disk_bytes.into_inner();
+        assert_eq!(
+            d.len() as u64,
+            block * blocks,
+            "nothing written past the disk"
+        );
+        let back = Table::read(&mut Cursor::new(d.clone()), block).unwrap();
+        assert_eq!(back.parts[1].name, "root-b");
+        assert_eq!(back.parts[1].unique_guid, [5; 16]);
+        assert_eq!(back.parts[0], t.parts[0]);
+        let b = block as usize;
+        let backup = &d[(blocks as usize - 1) * b..];
+        assert_eq!(&backup[..8], SIGNATURE);
+        assert_eq!(u64_at(backup, 24), blocks - 1, "the backup's own LBA");
+        assert_eq!(u64_at(backup, 32), 1, "the backup points at the primary");
+        let entries_lba = u64_at(backup, 72) as usize;
+        assert_eq!(
+            entries_lba,
+            blocks as usize - 1 - t.header.entries_blocks(block) as usize
+        );
+        let entries = &d[entries_lba * b..entries_lba * b + t.entries.len()];
+        assert_eq!(entries, &t.entries[..]);
+        assert_eq!(u32_at(backup, 88), crc32(entries));
+        assert_eq!(u32_at(backup, 16), header_crc(&backup[..92]));
+    }
+}
+
 prop_compose! {
     fn valid_header()(
         block in prop::sample::select(vec![512u64, 4096]),

@@ -149,6 +149,34 @@ fn refusals_name_what_is_wrong() {
 }
 
 #[test]
+fn a_report_must_describe_the_manifest_s_build() {
+    let a = about();
+    let report = |name: &str, hash: &str| {
+        serde_json::json!({
+            "name": name, "version": a.version, "arch": a.arch.oci(), "cairn_version": "0.1.0",
+            "disk": {"root_hash": hash, "partitions": []},
+        })
+        .to_string()
+    };
+    let facts = ReportFacts::check(report(&a.name, &a.root_hash).as_bytes(), &a).unwrap();
+    assert_eq!(facts.disk.root_hash, a.root_hash);
+    let e = ReportFacts::check(report(&a.name, &"1".repeat(64)).as_bytes(), &a).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("the build report: its root hash is \"1111"),
+        "{e}"
+    );
+    let e = ReportFacts::check(report("other", &a.root_hash).as_bytes(), &a).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("its name is \"other\", the manifest's"),
+        "{e}"
+    );
+    let e = ReportFacts::check(b"{\"name\": 1}", &a).unwrap_err();
+    assert!(matches!(e, PayloadError::Report(_)), "{e}");
+}
+
+#[test]
 fn an_entry_must_carry_the_root_hash() {
     let ok = format!(
         r#"{{"title":"node 2.0","version":"2.0","options":"console=ttyS0 cairn.verity={HASH}"}}"#

@@ -344,8 +344,30 @@ proptest! {
             }
             Err(HttpError::Io { attempts, .. }) => prop_assert_eq!(attempts, 1),
             Err(HttpError::Protocol(_)) => {}
-            Err(e @ (HttpError::Certificate(_) | HttpError::Trust(_))) => {
-                prop_assert!(false, "TLS error over plain HTTP: {e}");
+            Err(e @ (HttpError::Certificate(_) | HttpError::Trust(_) | HttpError::Sink(_))) => {
+                prop_assert!(false, "TLS or sink error over plain HTTP: {e}");
+            }
+        }
+    }
+
+    /// The same replies streamed into a sink: a 2xx body goes there, bounded, never into the response.
+    #[test]
+    fn hostile_responses_stream_typed_and_in_time(reply in hostile_reply()) {
+        let url = serve_once(reply);
+        let start = Instant::now();
+        let mut sink = Collect::default();
+        let result = request_into(Method::Get, &url, &[], &policy(), &mut sink);
+        prop_assert!(start.elapsed() < TIMEOUT + Duration::from_secs(1), "{result:?}");
+        prop_assert!(sink.bytes.len() <= MAX);
+        match result {
+            Ok(response) if (200..300).contains(&response.status) => {
+                prop_assert!(response.body.is_empty());
+                prop_assert!(sink.restarts >= 1);
+            }
+            Ok(response) => prop_assert!((100..500).contains(&response.status), "{response:?}"),
+            Err(HttpError::Status { .. } | HttpError::Io { .. } | HttpError::Protocol(_)) => {}
+            Err(e @ (HttpError::Certificate(_) | HttpError::Trust(_) | HttpError::Sink(_))) => {
+                prop_assert!(false, "TLS or sink error over plain HTTP: {e}");
             }
         }
     }
@@ -382,5 +404,25 @@ proptest! {
             sent.sort();
             prop_assert_eq!(got, sent);
         }
+    }
+}
+
+/// A sink that keeps what it is given, counting the restarts.
+#[derive(Default)]
+struct Collect {
+    bytes: Vec<u8>,
+    restarts: usize,
+}
+
+impl Sink for Collect {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.bytes.clear();
+        self.restarts += 1;
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.bytes.extend_from_slice(data);
+        Ok(())
     }
 }
