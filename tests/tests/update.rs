@@ -132,10 +132,11 @@ fn push(b: &Built, target: &str) -> String {
         &[],
     );
     assert_ok(&o, "push");
-    json(&o, "push")["push"]["digest"]
+    let digest = json(&o, "push")["push"]["digest"]
         .as_str()
         .expect("digest")
-        .to_string()
+        .to_string();
+    format!("{target}@{digest}")
 }
 
 /// A node's disk: a copy of v1's raw, its ESP copied out with mtools, and a root folder for /var/lib/cairn.
@@ -370,12 +371,39 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // Again: still on trial, refused, nothing changed.
+    // Again: it is already the next boot; nothing is written.
     let before = std::fs::read(&n.disk).expect("disk");
-    let o = n.update(&pushed);
+    let out = ok_json(&n.update(&pushed), "the same update again");
+    assert_eq!(out["written"], false);
+    assert_eq!(out["generation"], 2);
+    assert!(
+        std::fs::read(&n.disk).expect("disk") == before,
+        "a second update wrote to the disk"
+    );
+    assert_eq!(n.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+
+    // Booted into v2 once (systemd-boot counted a try: `+2-1`), not yet good: no update until it is.
+    let mut trial = Node {
+        cmdline: format!("console=ttyS0 cairn.verity={hash2}"),
+        ..node(&v, "trial")
+    };
+    trial.disk = n.disk.clone();
+    let entries = trial.esp.join("loader/entries");
+    std::fs::remove_dir_all(&trial.esp).expect("esp");
+    copy_tree(&n.esp, &trial.esp);
+    std::fs::rename(
+        entries.join("cairn-b+3.conf"),
+        entries.join("cairn-b+2-1.conf"),
+    )
+    .expect("count a try");
+    let v1_ref = push(&v.v1, &repo);
+    let o = trial.update(&v1_ref);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
-    assert!(e.contains("still on trial"), "{e}");
+    assert!(
+        e.contains("the running version (edge 2.0.0) is still on trial (cairn-b+2-1.conf)"),
+        "{e}"
+    );
     assert!(
         std::fs::read(&n.disk).expect("disk") == before,
         "a refusal wrote to the disk"
@@ -384,7 +412,6 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
     // The running version itself: nothing to do.
     let mut same = node(&v, "same");
     same.cmdline = format!("cairn.verity={}", v.v1.root_hash());
-    let v1_ref = push(&v.v1, &repo);
     let out = ok_json(&same.update(&v1_ref), "update to the running version");
     assert_eq!(out["written"], false);
     assert_boots_v1(&v, &same, "the running version");
@@ -398,6 +425,18 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
         "the same disk"
     );
     assert_eq!(l.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for e in std::fs::read_dir(from).expect("dir").flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -481,6 +520,14 @@ fn a_corrupt_blob_a_broken_connection_and_a_killed_update_leave_v1_booting() {
     std::thread::sleep(Duration::from_millis(500));
     child.kill().expect("kill");
     let _ = child.wait();
+    // It was killed mid-write: slot B starts with v2's first bytes, and nothing names it.
+    let (root2, _) = v.v2.slot_a();
+    let start = k.table()[3]["start"].as_u64().expect("start") as usize * 512;
+    let disk = std::fs::read(&k.disk).expect("disk");
+    assert!(
+        disk[start..start + 100_000] == root2[..100_000],
+        "the kill came before any write"
+    );
     assert_boots_v1(&v, &k, "killed mid-write");
     proxy.clear();
     let out = ok_json(&k.update(&via_proxy), "the update after the kill");
@@ -509,7 +556,11 @@ fn bad_sources_and_payloads_are_refused_before_the_disk_is_touched() {
     let before = std::fs::read(&n.disk).expect("disk");
     let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     for (source, code, says) in [
-        (format!("{}/e2e/x:v2", registry.addr()), 2, "named by its digest"),
+        (
+            format!("{}/e2e/x:v2", registry.addr()),
+            2,
+            "named by its digest",
+        ),
         (
             format!("{}/e2e/update-refusals/none@{d}", registry.addr()),
             1,

@@ -102,7 +102,8 @@ impl Tree {
         }
         let mut block = vec![0u8; BLOCK];
         // The count may come from a superblock on disk: reserve only what a read proves.
-        let mut digests = Vec::with_capacity(usize::try_from(data_blocks.min(1 << 20)).unwrap_or(0));
+        let mut digests =
+            Vec::with_capacity(usize::try_from(data_blocks.min(1 << 20)).unwrap_or(0));
         let mut whole = Sha256::new();
         for _ in 0..data_blocks {
             data.read_exact(&mut block)?;
@@ -159,8 +160,14 @@ pub enum VerifyError {
     Io(#[from] io::Error),
     #[error("its hash partition: {0}")]
     Superblock(String),
-    #[error("its hash partition does not hold the tree of its data: level {level}'s digest of block {block} differs (hash partition byte {offset})")]
-    Tree { offset: u64, level: usize, block: u64 },
+    #[error(
+        "its hash partition does not hold the tree of its data: level {level}'s digest of block {block} differs (hash partition byte {offset})"
+    )]
+    Tree {
+        offset: u64,
+        level: usize,
+        block: u64,
+    },
     #[error("its root hash is {found}, not {expected}")]
     RootHash { found: String, expected: String },
 }

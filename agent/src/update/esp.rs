@@ -63,6 +63,11 @@ impl Esp {
         self.dir.join(boot_entry::ENTRIES_DIR)
     }
 
+    /// An entry file's path.
+    pub fn entry_path(&self, file: &str) -> PathBuf {
+        self.entries_dir().join(file)
+    }
+
     /// cairn's entries, in systemd-boot's order (the first boots).
     pub fn entries(&self) -> Result<Vec<Found>, EspError> {
         let dir = self.entries_dir();

@@ -253,6 +253,19 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         ));
         return Ok(outcome);
     }
+    if let Some(pending) = entries.iter().find(|e| {
+        e.ranked.name.slot == inactive
+            && !e.ranked.name.is_bad()
+            && e.root_hash().as_deref() == Some(about.root_hash.as_str())
+    }) {
+        outcome.entry = esp.entry_path(&pending.ranked.file).display().to_string();
+        outcome.generation = pending.ranked.generation;
+        say(&format!(
+            "{} {} is already the next boot ({})",
+            about.name, about.version, pending.ranked.file
+        ));
+        return Ok(outcome);
+    }
     let mut rollbacks = opts.read_rollbacks()?;
     // An entry out of tries is a version this node fell back from, recorded before its slot is reused.
     for e in entries.iter().filter(|e| e.ranked.name.is_bad()) {

@@ -587,7 +587,10 @@ mod tests {
         };
         assert_eq!(base_url(&l, "x").unwrap().scheme, http::Scheme::Http);
         for (bad, why) in [
-            ("registry.example/edge:v2".to_string(), "named by its digest"),
+            (
+                "registry.example/edge:v2".to_string(),
+                "named by its digest",
+            ),
             (format!("registry.example/edge:v2@{D}"), "a tag names"),
             ("oci-layout:/media/usb".to_string(), "no @sha256"),
             (format!("oci-layout:@{D}"), "no folder"),
