@@ -22,6 +22,29 @@ const UNITS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The folder whose symlinks make boot-complete.target need a unit: an update's boot is good only once each of
+/// the agent's phases is done.
+const HEALTH_REQUIRES: &str = "boot-complete.target.requires";
+
+/// Health on counted boots: reboot when boot-complete.target fails, or when it is not reached in time.
+const HEALTH_UNITS: &[(&str, &str, Option<&str>)] = &[
+    (
+        "cairn-boot-check.service",
+        include_str!("units/cairn-boot-check.service"),
+        Some("multi-user.target.wants"),
+    ),
+    (
+        "cairn-boot-deadline.timer",
+        include_str!("units/cairn-boot-deadline.timer"),
+        Some("timers.target.wants"),
+    ),
+    (
+        "cairn-boot-deadline.service",
+        include_str!("units/cairn-boot-deadline.service"),
+        None,
+    ),
+];
+
 /// Only in images whose profile has `[[snap]]`s.
 const SNAPS_UNIT: (&str, &str, &str) = (
     "cairn-agent-snaps.service",
@@ -61,7 +84,13 @@ fn units(snaps: bool, kubernetes: bool) -> Vec<(&'static str, &'static str, Opti
     if snaps && kubernetes {
         out.push((KUBERNETES_NEEDS_SNAPS.0, KUBERNETES_NEEDS_SNAPS.1, None));
     }
+    out.extend_from_slice(HEALTH_UNITS);
     out
+}
+
+/// The agent's phases: what boot-complete.target needs.
+fn is_phase(name: &str) -> bool {
+    name.starts_with("cairn-agent") || name == KUBERNETES_UNIT.0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,14 +184,17 @@ pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Resu
             ),
         )?;
         let Some(wants) = wants else { continue };
-        put(
-            tree,
-            &format!("usr/lib/systemd/system/{wants}/{name}"),
-            New::Other(
-                Meta::new(0o777, 0, 0),
-                Special::Symlink(format!("../{name}").into_bytes()),
-            ),
-        )?;
+        let links = [Some(wants), is_phase(name).then_some(HEALTH_REQUIRES)];
+        for dir in links.into_iter().flatten() {
+            put(
+                tree,
+                &format!("usr/lib/systemd/system/{dir}/{name}"),
+                New::Other(
+                    Meta::new(0o777, 0, 0),
+                    Special::Symlink(format!("../{name}").into_bytes()),
+                ),
+            )?;
+        }
     }
     // A golden image must not carry one machine's identity: systemd makes a new one at first boot.
     if !tree.set_file_data(b"etc/machine-id", Data::Bytes(Arc::from(&b""[..]))) {

@@ -17,6 +17,11 @@ pub struct Vm {
 impl Vm {
     /// Boots `disk` (raw); `fw_cfg` is instance data passed as `opt/cairn/instance.toml`.
     pub fn boot(disk: &Path, fw_cfg: Option<&Path>) -> Vm {
+        Vm::boot_with(disk, fw_cfg, None)
+    }
+
+    /// [`Vm::boot`] with a second disk (raw, read-only): removable media.
+    pub fn boot_with(disk: &Path, fw_cfg: Option<&Path>, second: Option<&Path>) -> Vm {
         let dir = tempfile::tempdir().expect("tempdir");
         let machine = cairn::boot::Machine {
             instance: fw_cfg.map(Path::to_path_buf),
@@ -25,6 +30,12 @@ impl Vm {
         let mut cmd =
             cairn::boot::qemu(disk, "raw", dir.path(), &machine).unwrap_or_else(|e| panic!("{e}"));
         cmd.stderr(Stdio::piped());
+        if let Some(d) = second {
+            cmd.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                d.display()
+            ));
+        }
         let child = cmd
             .spawn()
             .expect("start qemu-system-x86_64 (rocks/setup-host installs it)");

@@ -194,18 +194,6 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         dir: opts.esp.clone(),
     };
     let entries = esp.entries()?;
-    if let Some(running_entry) = entries
-        .iter()
-        .find(|e| e.root_hash().as_deref() == Some(running_hash.as_str()))
-        && running_entry.ranked.name.tries_left.is_some()
-    {
-        return Err(UpdateError::Refused(format!(
-            "the running version ({}) is still on trial ({}): once it is marked good, update again",
-            running_entry.title(),
-            running_entry.ranked.file
-        )));
-    }
-
     let mut fetcher = Fetcher::new(
         source,
         vec![
@@ -254,8 +242,9 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         return Ok(outcome);
     }
     if let Some(pending) = entries.iter().find(|e| {
+        // Pending: counted and with tries left (an uncounted entry there is the fallback, not the next boot).
         e.ranked.name.slot == inactive
-            && !e.ranked.name.is_bad()
+            && e.ranked.name.tries_left.is_some_and(|t| t > 0)
             && e.root_hash().as_deref() == Some(about.root_hash.as_str())
     }) {
         outcome.entry = esp.entry_path(&pending.ranked.file).display().to_string();
@@ -266,6 +255,18 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         ));
         return Ok(outcome);
     }
+    if let Some(running_entry) = entries
+        .iter()
+        .find(|e| e.root_hash().as_deref() == Some(running_hash.as_str()))
+        && running_entry.ranked.name.tries_left.is_some()
+    {
+        return Err(UpdateError::Refused(format!(
+            "the running version ({}) is still on trial ({}): once it is marked good, update again",
+            running_entry.title(),
+            running_entry.ranked.file
+        )));
+    }
+
     let mut rollbacks = opts.read_rollbacks()?;
     // An entry out of tries is a version this node fell back from, recorded before its slot is reused.
     for e in entries.iter().filter(|e| e.ranked.name.is_bad()) {

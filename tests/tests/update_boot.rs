@@ -1,0 +1,183 @@
+//! An update booted under QEMU, on the real node base: v1 boots and finds v2's payload (`cairn push` to an OCI
+//! layout) on a second, read-only disk, as removable media brings it; `cairn-agent update --reboot` writes slot B
+//! and reboots. systemd-boot starts v2's counted entry, the initrd finds slot B by the GUIDs the update gave it,
+//! the node's /var (its first-boot provisioning) is kept, and once the agent's phases are done
+//! (boot-complete.target) systemd-bless-boot marks the entry good: its counter is gone.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_e2e::cairn::{assert_ok, run_cairn};
+use cairn_e2e::qemu::Vm;
+use cairn_e2e::rocks::{build_profile, node_base, run};
+use cairn_e2e::write_profile;
+use serde_json::Value;
+
+/// The test's glue, as a site would write its own: at boot, a disk labelled CAIRNUPD holding a `source` file is
+/// mounted and its update applied.
+const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target\nConditionPathExists=/dev/disk/by-label/CAIRNUPD\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
+
+fn profile(dir: &Path, base: &str, version: &str) -> std::path::PathBuf {
+    let unit = serde_json::to_string(UPDATE_UNIT).expect("toml string");
+    let p = write_profile(
+        dir,
+        "edge",
+        base,
+        &[],
+        &format!(
+            "[system]\nhostname = \"edge-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\nservices = {{ enable = [\"cairn-test-update.service\"] }}\n[image]\nformats = [\"raw\"]\n[[file]]\npath = \"/etc/systemd/system/cairn-test-update.service\"\ncontent = {unit}\nmode = \"0644\"\n[[file]]\npath = \"/etc/edge-release\"\ncontent = \"{version}\\n\"\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&p).expect("profile");
+    std::fs::write(
+        &p,
+        text.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")),
+    )
+    .expect("profile");
+    p
+}
+
+fn entries(disk: &Path, esp_offset: u64) -> Vec<String> {
+    let o = Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{esp_offset}", disk.display()))
+        .arg("::/loader/entries")
+        .output()
+        .expect("mdir (apt-get install -y mtools)");
+    assert!(
+        o.status.success(),
+        "mdir: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next().map(str::to_string))
+        .filter(|n| n.ends_with(".conf"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() {
+    let base = node_base();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let build = |version: &str| {
+        let dir = work.path().join(version);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = profile(&dir, &base, version);
+        let out = dir.join("out");
+        build_profile(&p, &out, &work.path().join("cache"));
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(out.join("edge.manifest.json")).expect("report"))
+                .expect("json");
+        (p, out, report)
+    };
+    let (_, out1, report1) = build("1.0.0");
+    let (p2, out2, report2) = build("2.0.0");
+    let hash2 = report2["disk"]["root_hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+
+    // v2's payload in an OCI layout on an ext4 disk, with the source the glue unit reads.
+    let media = work.path().join("media");
+    let layout = media.join("layout");
+    let o = run_cairn(
+        [
+            OsStr::new("--message-format"),
+            OsStr::new("json"),
+            OsStr::new("push"),
+            p2.as_os_str(),
+            OsStr::new(&format!("oci-layout:{}", layout.display())),
+            OsStr::new("--out"),
+            out2.as_os_str(),
+        ],
+        &[],
+    );
+    assert_ok(&o, "push");
+    let pushed: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let digest = pushed["push"]["digest"].as_str().expect("digest");
+    std::fs::write(
+        media.join("source"),
+        format!("oci-layout:/run/upd/layout@{digest}"),
+    )
+    .expect("source");
+    let media_size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))
+        .expect("blobs")
+        .map(|e| e.expect("blob").metadata().expect("stat").len())
+        .sum();
+    let media_img = work.path().join("media.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "CAIRNUPD", "-d"])
+        .arg(&media)
+        .arg(&media_img)
+        .arg(format!("{}k", media_size / 1024 + 65536)));
+
+    let disk = out1.join("edge.raw");
+    let esp_offset = report1["disk"]["partition_table"]["partitions"][0]["offset"]
+        .as_u64()
+        .expect("esp offset");
+    let bound = Duration::from_secs(420);
+
+    // v1: provisioned, then the update from the media, then a reboot (QEMU runs with -no-reboot: it exits).
+    let mut vm = Vm::boot_with(&disk, None, Some(&media_img));
+    vm.wait_for("cairn-agent: ready ", bound);
+    let (line, took) = vm.wait_for_text("is the next boot", bound);
+    eprintln!(
+        "v1: QEMU start to the update written in {:.1} s: {line}",
+        took.as_secs_f64()
+    );
+    assert!(line.contains("edge 2.0.0 is the next boot"), "{line}");
+    assert!(
+        vm.wait_exit(Duration::from_secs(180)),
+        "v1 did not reboot after the update"
+    );
+    let serial = vm.serial();
+    assert!(serial.contains("slot b verifies"), "{serial}");
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-a.conf", "cairn-b+3.conf"]
+    );
+
+    // v2: booted from slot B by its counted entry, the update already running, provisioning kept, marked good.
+    let mut vm = Vm::boot_with(&disk, None, Some(&media_img));
+    let (init, _) = vm.wait_for("cairn-init: ready ", bound);
+    assert!(!init.contains("failed"), "{init}");
+    let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
+    eprintln!(
+        "v2: QEMU start to `cairn-agent: ready` in {:.1} s",
+        took.as_secs_f64()
+    );
+    let ready: Value = serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
+        .unwrap_or_else(|e| panic!("{ready}: {e}"));
+    for s in ready["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|s| s["phase"] == "system")
+    {
+        assert_eq!(
+            s["outcome"], "skipped",
+            "provisioning repeated after the update: {ready}"
+        );
+    }
+    vm.wait_for_text("edge 2.0.0 is already running", bound);
+    vm.wait_for_text("cairn: this boot is good", bound);
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "v2 did not power down on ACPI"
+    );
+    let serial = vm.serial();
+    assert!(
+        serial.contains(&format!("cairn.verity={hash2}")),
+        "v2's command line"
+    );
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-a.conf", "cairn-b.conf"],
+        "systemd-bless-boot did not mark v2 good:\n{serial}"
+    );
+}
