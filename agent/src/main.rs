@@ -80,16 +80,21 @@ options:
     --kubelet-wait SECS      how long the kubelet may take to be healthy (default 300)
   -h, --help                 this help";
 
-const STATUS_USAGE: &str = "usage: cairn-agent status [--root DIR]
+const STATUS_USAGE: &str = "usage: cairn-agent status [OPTIONS]
 
 Prints the node's status JSON (/var/lib/cairn/status.json, or DIR's): `ready`, this boot's `steps`, the last run
 (`last_run`: phase, outcome, RFC 3339 times, error), the last good provisioning (`last_good`, kept whatever later
 runs do) and when the node was first ready (`provisioned`), the agent's version and the image's (`image`: profile,
-version, root hash). Exits 1 when there is no status yet.
+version, root hash). On a node, also both A/B slots (`slots`: partition name, running, the entry's title, root
+hash and file, tries left, good, next boot) and the last rollback (`last_rollback`: title, root hash, reason).
+Exits 1 when there is no status yet.
 
 options:
-  --root DIR   a root folder's status instead of the running system's
-  -h, --help   this help";
+  --root DIR       a root folder's status instead of the running system's (no slots, unless --disk)
+  --disk PATH      read the slots from this disk (default: the one holding the running root)
+  --esp DIR        the mounted ESP (default /efi)
+  --cmdline TEXT   the running kernel's command line (default /proc/cmdline)
+  -h, --help       this help";
 
 const CHECK_USAGE: &str = "usage: cairn-agent check [PROFILE]
 
@@ -287,14 +292,13 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status => {
-            let target = match rest {
-                [] => Target::live(),
-                [flag, dir] if flag == "--root" => Target::root_dir(Path::new(dir)),
-                _ => return usage(Some(cmd), "status takes an optional --root DIR"),
+            let (target, slots) = match status_options(rest) {
+                Ok(o) => o,
+                Err(problem) => return usage(Some(cmd), &problem),
             };
             match target.read_string(STATUS_FILE) {
                 Ok(Some(text)) => {
-                    print!("{text}");
+                    print!("{}", with_slots(&text, slots.as_ref()));
                     ExitCode::SUCCESS
                 }
                 Ok(None) => {
@@ -308,6 +312,76 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `status`'s target, and where the slots are read (none for `--root DIR` alone: a folder has no disk).
+fn status_options(
+    args: &[String],
+) -> Result<(Target, Option<cairn_agent::update::Options>), String> {
+    let mut root = None;
+    let mut disk = None;
+    let mut esp = None;
+    let mut cmdline = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--root" => root = Some(PathBuf::from(value("--root")?)),
+            "--disk" => disk = Some(PathBuf::from(value("--disk")?)),
+            "--esp" => esp = Some(PathBuf::from(value("--esp")?)),
+            "--cmdline" => cmdline = Some(value("--cmdline")?),
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    let target = match &root {
+        Some(dir) => Target::root_dir(dir),
+        None => Target::live(),
+    };
+    if root.is_some() && disk.is_none() {
+        return Ok((target, None));
+    }
+    let cmdline = match cmdline {
+        Some(c) => c,
+        None => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    };
+    Ok((
+        target,
+        Some(cairn_agent::update::Options {
+            source: String::new(),
+            disk,
+            esp: esp.unwrap_or_else(|| PathBuf::from(cairn_profile::contract::ESP_MOUNT)),
+            cmdline,
+            root: root.unwrap_or_else(|| PathBuf::from("/")),
+            allow_rolled_back: false,
+            progress,
+        }),
+    ))
+}
+
+/// The status JSON with `slots` and `last_rollback` added (or `slots_error`, saying why they could not be read).
+fn with_slots(status: &str, opts: Option<&cairn_agent::update::Options>) -> String {
+    let Some(opts) = opts else {
+        return status.to_string();
+    };
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(status) else {
+        return status.to_string();
+    };
+    match cairn_agent::update::slots(opts) {
+        Ok(s) => {
+            map.insert("slots".into(), serde_json::json!(s.slots));
+            map.insert("last_rollback".into(), serde_json::json!(s.last_rollback));
+        }
+        Err(e) => {
+            map.insert("slots_error".into(), e.to_string().into());
+        }
+    }
+    let mut out = serde_json::to_string_pretty(&map).unwrap_or_default();
+    out.push('\n');
+    out
 }
 
 fn modprobe(module: &str) -> Result<(), String> {

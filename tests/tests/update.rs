@@ -201,6 +201,30 @@ impl Node {
         run_agent(self.args(source), &[])
     }
 
+    /// `cairn-agent status` of this node, with its slots.
+    fn status(&self) -> Value {
+        let file = self.root.join("var/lib/cairn/status.json");
+        if !file.exists() {
+            std::fs::create_dir_all(file.parent().expect("dir")).expect("dir");
+            std::fs::write(&file, "{\"ready\": true}\n").expect("status");
+        }
+        let o = run_agent(
+            [
+                "status",
+                "--root",
+                &self.root.display().to_string(),
+                "--disk",
+                &self.disk.display().to_string(),
+                "--esp",
+                &self.esp.display().to_string(),
+                "--cmdline",
+                &self.cmdline,
+            ],
+            &[],
+        );
+        ok_json(&o, "status")
+    }
+
     fn entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.esp.join("loader/entries"))
             .expect("entries")
@@ -425,6 +449,60 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
         "the same disk"
     );
     assert_eq!(l.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+
+    // Status: both slots, what boots next, no rollback yet.
+    let status = l.status();
+    let slots = &status["slots"];
+    assert_eq!(slots[0]["slot"], "a");
+    assert_eq!(slots[0]["partition"], "root-a");
+    assert_eq!(slots[0]["running"], true);
+    assert_eq!(slots[0]["good"], true);
+    assert_eq!(slots[0]["title"], "edge 1.0.0");
+    assert_eq!(slots[0]["next_boot"], false);
+    assert_eq!(slots[1]["partition"], "root-b");
+    assert_eq!(slots[1]["root_hash"], hash2);
+    assert_eq!(slots[1]["tries_left"], 3);
+    assert_eq!(slots[1]["good"], false);
+    assert_eq!(slots[1]["next_boot"], true);
+    assert!(status["last_rollback"].is_null(), "{status}");
+
+    // v2's tries spent (systemd-boot renamed its entry at each boot, none marked good): v1 boots again, status
+    // names the rollback, and v2 is not applied again unless asked.
+    let entries = l.esp.join("loader/entries");
+    std::fs::rename(
+        entries.join("cairn-b+3.conf"),
+        entries.join("cairn-b+0-3.conf"),
+    )
+    .expect("spend the tries");
+    let status = l.status();
+    assert_eq!(status["slots"][0]["next_boot"], true, "{status}");
+    let rollback = &status["last_rollback"];
+    assert_eq!(rollback["title"], "edge 2.0.0");
+    assert_eq!(rollback["root_hash"], hash2);
+    assert_eq!(
+        rollback["reason"],
+        "edge 2.0.0 was not marked good in 3 boots (cairn-b+0-3.conf)"
+    );
+    let o = l.update(&from_layout);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("edge 2.0.0 was rolled back on this node (edge 2.0.0 was not marked good in 3 boots (cairn-b+0-3.conf)): give --allow-rolled-back"),
+        "{e}"
+    );
+    let mut args = l.args(&from_layout);
+    args.push("--allow-rolled-back".into());
+    let out = ok_json(&run_agent(args, &[]), "update with --allow-rolled-back");
+    assert_eq!(out["written"], true);
+    assert_eq!(out["generation"], 3);
+    assert_eq!(l.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+    // The rollback stays on record once its entry is gone.
+    let recorded: Value = serde_json::from_slice(
+        &std::fs::read(l.root.join("var/lib/cairn/rollbacks.json")).expect("rollbacks"),
+    )
+    .expect("json");
+    assert_eq!(recorded["rolled_back"][0]["root_hash"], hash2);
+    assert_eq!(l.status()["last_rollback"]["root_hash"], hash2);
 }
 
 fn copy_tree(from: &Path, to: &Path) {

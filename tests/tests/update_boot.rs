@@ -16,8 +16,8 @@ use cairn_e2e::write_profile;
 use serde_json::Value;
 
 /// The test's glue, as a site would write its own: at boot, a disk labelled CAIRNUPD holding a `source` file is
-/// mounted and its update applied.
-const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target\nConditionPathExists=/dev/disk/by-label/CAIRNUPD\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
+/// mounted (once udev shows it) and its update applied.
+const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'for i in $(seq 60); do [ -e /dev/disk/by-label/CAIRNUPD ] && break; sleep 1; done; mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
 
 fn profile(dir: &Path, base: &str, version: &str) -> std::path::PathBuf {
     let unit = serde_json::to_string(UPDATE_UNIT).expect("toml string");
@@ -100,6 +100,10 @@ fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() 
     assert_ok(&o, "push");
     let pushed: Value = serde_json::from_slice(&o.stdout).expect("json");
     let digest = pushed["push"]["digest"].as_str().expect("digest");
+    // The payload's parts (`--nocapture` shows them): the README's figures.
+    for part in pushed["push"]["parts"].as_array().expect("parts") {
+        eprintln!("payload: {} {} bytes", part["part"], part["size"]);
+    }
     std::fs::write(
         media.join("source"),
         format!("oci-layout:/run/upd/layout@{digest}"),
@@ -137,6 +141,12 @@ fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() 
     );
     let serial = vm.serial();
     assert!(serial.contains("slot b verifies"), "{serial}");
+    for line in serial
+        .lines()
+        .filter(|l| l.contains("cairn-agent: update: "))
+    {
+        eprintln!("v1: {}", line.trim());
+    }
     assert_eq!(
         entries(&disk, esp_offset),
         ["cairn-a.conf", "cairn-b+3.conf"]

@@ -173,22 +173,118 @@ impl Options {
     }
 }
 
+/// A rollback, from the entry that ran out of tries.
+fn rollback_of(e: &esp::Found) -> Rollback {
+    Rollback {
+        root_hash: e.root_hash().unwrap_or_default(),
+        title: e.title(),
+        reason: format!(
+            "{} was not marked good in {} boots ({})",
+            e.title(),
+            e.ranked.name.tries_done.unwrap_or(boot_entry::TRIES),
+            e.ranked.file
+        ),
+    }
+}
+
+/// The running root hash, from the kernel command line.
+fn running(cmdline: &str) -> Result<(String, [u8; 32]), UpdateError> {
+    let key = contract::VERITY_KEY;
+    let hash = crate::datasources::cmdline_value(cmdline, key)
+        .map(|h| h.to_ascii_lowercase())
+        .filter(|h| h.len() == 64)
+        .ok_or(UpdateError::NotCairn { key })?;
+    let bytes = hash_bytes(&hash).ok_or(UpdateError::NotCairn { key })?;
+    Ok((hash, bytes))
+}
+
+/// One slot as `cairn-agent status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    pub slot: &'static str,
+    /// Its root partition's GPT name (`_empty` until an update wrote it).
+    pub partition: String,
+    pub running: bool,
+    /// What its boot entry says, when it has one.
+    pub title: Option<String>,
+    pub root_hash: Option<String>,
+    pub entry: Option<String>,
+    /// `None`: no counter (marked good, or never counted).
+    pub tries_left: Option<u32>,
+    /// Its entry has no counter: it booted and was marked good (or is the image's first).
+    pub good: bool,
+    /// systemd-boot starts it next.
+    pub next_boot: bool,
+}
+
+/// Both slots and the rollbacks this node saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotsStatus {
+    pub slots: Vec<SlotStatus>,
+    pub last_rollback: Option<Rollback>,
+}
+
+/// What `cairn-agent status` adds to the node's status: both slots and the last rollback, read from the disk's
+/// GPT and the ESP's entries (nothing is written).
+pub fn slots(opts: &Options) -> Result<SlotsStatus, UpdateError> {
+    let (running_hash, running_bytes) = running(&opts.cmdline)?;
+    let types = contract::root_types(ARCH);
+    let disk = match &opts.disk {
+        Some(path) => Disk::open(path, None, &running_bytes, types, false)?,
+        None => Disk::find_live(&running_bytes, types, false)?,
+    };
+    let esp = Esp {
+        dir: opts.esp.clone(),
+    };
+    let entries = esp.entries()?;
+    let mut slots = Vec::new();
+    for parts in [&disk.running, &disk.inactive] {
+        let entry = entries.iter().find(|e| e.ranked.name.slot == parts.slot);
+        slots.push(SlotStatus {
+            slot: parts.slot.letter(),
+            partition: parts.root.name.clone(),
+            running: std::ptr::eq(parts, &disk.running),
+            title: entry.map(|e| e.title()),
+            root_hash: entry.and_then(|e| e.root_hash()),
+            entry: entry.map(|e| e.ranked.file.clone()),
+            tries_left: entry.and_then(|e| e.ranked.name.tries_left),
+            good: entry.is_some_and(|e| e.ranked.name.tries_left.is_none()),
+            next_boot: entries
+                .first()
+                .is_some_and(|e| e.ranked.name.slot == parts.slot),
+        });
+    }
+    slots.sort_by_key(|s| s.slot);
+    // An entry out of tries is the latest rollback (its slot is not rewritten until the next update, which
+    // records it); else the last one recorded.
+    let live = entries
+        .iter()
+        .filter(|e| e.ranked.name.is_bad())
+        .filter(|e| e.root_hash().as_deref() != Some(running_hash.as_str()))
+        .max_by_key(|e| e.ranked.generation)
+        .map(rollback_of);
+    let last_rollback = live.or_else(|| {
+        opts.read_rollbacks()
+            .ok()
+            .and_then(|r| r.rolled_back.last().cloned())
+    });
+    Ok(SlotsStatus {
+        slots,
+        last_rollback,
+    })
+}
+
 /// Runs an update.
 pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
     let started = Instant::now();
     let say = opts.progress;
-    let key = contract::VERITY_KEY;
-    let running_hash = crate::datasources::cmdline_value(&opts.cmdline, key)
-        .map(|h| h.to_ascii_lowercase())
-        .filter(|h| h.len() == 64)
-        .ok_or(UpdateError::NotCairn { key })?;
-    let running_bytes = hash_bytes(&running_hash).ok_or(UpdateError::NotCairn { key })?;
+    let (running_hash, running_bytes) = running(&opts.cmdline)?;
     let source = Source::parse(&opts.source)?;
     let source_text = source.to_string();
     let types = contract::root_types(ARCH);
     let mut disk = match &opts.disk {
-        Some(path) => Disk::open(path, None, &running_bytes, types)?,
-        None => Disk::find_live(&running_bytes, types)?,
+        Some(path) => Disk::open(path, None, &running_bytes, types, true)?,
+        None => Disk::find_live(&running_bytes, types, true)?,
     };
     let esp = Esp {
         dir: opts.esp.clone(),
@@ -271,13 +367,10 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
     // An entry out of tries is a version this node fell back from, recorded before its slot is reused.
     for e in entries.iter().filter(|e| e.ranked.name.is_bad()) {
         if let Some(hash) = e.root_hash()
+            && hash != running_hash
             && !rollbacks.rolled_back.iter().any(|r| r.root_hash == hash)
         {
-            rollbacks.rolled_back.push(Rollback {
-                root_hash: hash,
-                title: e.title(),
-                reason: format!("{} ran out of boot tries", e.ranked.file),
-            });
+            rollbacks.rolled_back.push(rollback_of(e));
         }
     }
     if let Some(r) = rollbacks

@@ -100,7 +100,11 @@ fn running_uuid(root_hash: &[u8; 32]) -> String {
 
 impl Disk {
     /// The running system's disk: the one whose GPT holds the running root's partition.
-    pub fn find_live(root_hash: &[u8; 32], types: RootTypes) -> Result<Disk, SlotError> {
+    pub fn find_live(
+        root_hash: &[u8; 32],
+        types: RootTypes,
+        write: bool,
+    ) -> Result<Disk, SlotError> {
         let uuid = running_uuid(root_hash);
         let scan = crate::init::partitions::scan();
         let part = scan
@@ -124,16 +128,18 @@ impl Disk {
             Some(part.block_size),
             root_hash,
             types,
+            write,
         )
     }
 
     /// A disk (a block device or an image file) given by path; `block` is its logical block size when known
-    /// (a device's is asked, an image's is 512).
+    /// (a device's is asked, an image's is 512). Opened for writing only when `write`.
     pub fn open(
         path: &Path,
         block: Option<u64>,
         root_hash: &[u8; 32],
         types: RootTypes,
+        write: bool,
     ) -> Result<Disk, SlotError> {
         let io = |source| SlotError::Io {
             path: path.to_path_buf(),
@@ -141,7 +147,7 @@ impl Disk {
         };
         let mut file = File::options()
             .read(true)
-            .write(true)
+            .write(write)
             .open(path)
             .map_err(io)?;
         let block = match block {
