@@ -2,7 +2,8 @@
 //! layout) on a second, read-only disk, as removable media brings it; `cairn-agent update --reboot` writes slot B
 //! and reboots. systemd-boot starts v2's counted entry, the initrd finds slot B by the GUIDs the update gave it,
 //! the node's /var (its first-boot provisioning) is kept, and once the agent's phases are done
-//! (boot-complete.target) systemd-bless-boot marks the entry good: its counter is gone.
+//! (boot-complete.target) systemd-bless-boot marks the entry good: its counter is gone. v3, whose own health check
+//! fails, is tried three times and the node boots v2 again by itself, refusing v3 from then on.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -17,17 +18,31 @@ use serde_json::Value;
 
 /// The test's glue, as a site would write its own: at boot, a disk labelled CAIRNUPD holding a `source` file is
 /// mounted (once udev shows it) and its update applied.
-const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'for i in $(seq 60); do [ -e /dev/disk/by-label/CAIRNUPD ] && break; sleep 1; done; mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
+const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'for i in $(seq 60); do [ -e /dev/disk/by-label/CAIRNUPD ] && break; sleep 1; done; mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nExecStopPost=/usr/lib/cairn/cairn-agent status\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
 
-fn profile(dir: &Path, base: &str, version: &str) -> std::path::PathBuf {
+/// v3's own health check, the way systemd documents one, and it fails.
+const FAILING_HEALTH_UNIT: &str = "[Unit]\nDescription=edge health check\nBefore=boot-complete.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'echo edge health: failing; exit 1'\nStandardOutput=journal+console\n\n[Install]\nRequiredBy=boot-complete.target\n";
+
+fn profile(dir: &Path, base: &str, version: &str, healthy: bool) -> std::path::PathBuf {
     let unit = serde_json::to_string(UPDATE_UNIT).expect("toml string");
+    let (enable, health) = if healthy {
+        (String::new(), String::new())
+    } else {
+        (
+            ", \"edge-health.service\"".to_string(),
+            format!(
+                "[[file]]\npath = \"/etc/systemd/system/edge-health.service\"\ncontent = {}\nmode = \"0644\"\n",
+                serde_json::to_string(FAILING_HEALTH_UNIT).expect("toml string")
+            ),
+        )
+    };
     let p = write_profile(
         dir,
         "edge",
         base,
         &[],
         &format!(
-            "[system]\nhostname = \"edge-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\nservices = {{ enable = [\"cairn-test-update.service\"] }}\n[image]\nformats = [\"raw\"]\n[[file]]\npath = \"/etc/systemd/system/cairn-test-update.service\"\ncontent = {unit}\nmode = \"0644\"\n[[file]]\npath = \"/etc/edge-release\"\ncontent = \"{version}\\n\"\n"
+            "[system]\nhostname = \"edge-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\nservices = {{ enable = [\"cairn-test-update.service\"{enable}] }}\n[image]\nformats = [\"raw\"]\n[[file]]\npath = \"/etc/systemd/system/cairn-test-update.service\"\ncontent = {unit}\nmode = \"0644\"\n[[file]]\npath = \"/etc/edge-release\"\ncontent = \"{version}\\n\"\n{health}"
         ),
     );
     let text = std::fs::read_to_string(&p).expect("profile");
@@ -60,40 +75,20 @@ fn entries(disk: &Path, esp_offset: u64) -> Vec<String> {
     names
 }
 
-#[test]
-fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() {
-    let base = node_base();
-    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let build = |version: &str| {
-        let dir = work.path().join(version);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let p = profile(&dir, &base, version);
-        let out = dir.join("out");
-        build_profile(&p, &out, &work.path().join("cache"));
-        let report: Value =
-            serde_json::from_slice(&std::fs::read(out.join("edge.manifest.json")).expect("report"))
-                .expect("json");
-        (p, out, report)
-    };
-    let (_, out1, report1) = build("1.0.0");
-    let (p2, out2, report2) = build("2.0.0");
-    let hash2 = report2["disk"]["root_hash"]
-        .as_str()
-        .expect("hash")
-        .to_string();
-
-    // v2's payload in an OCI layout on an ext4 disk, with the source the glue unit reads.
-    let media = work.path().join("media");
+/// `cairn push` of a build to an OCI layout on a new ext4 disk image labelled CAIRNUPD, with the `source` file the
+/// glue unit reads.
+fn media(work: &Path, name: &str, profile: &Path, out: &Path) -> std::path::PathBuf {
+    let media = work.join(name);
     let layout = media.join("layout");
     let o = run_cairn(
         [
             OsStr::new("--message-format"),
             OsStr::new("json"),
             OsStr::new("push"),
-            p2.as_os_str(),
+            profile.as_os_str(),
             OsStr::new(&format!("oci-layout:{}", layout.display())),
             OsStr::new("--out"),
-            out2.as_os_str(),
+            out.as_os_str(),
         ],
         &[],
     );
@@ -102,23 +97,50 @@ fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() 
     let digest = pushed["push"]["digest"].as_str().expect("digest");
     // The payload's parts (`--nocapture` shows them): the README's figures.
     for part in pushed["push"]["parts"].as_array().expect("parts") {
-        eprintln!("payload: {} {} bytes", part["part"], part["size"]);
+        eprintln!("{name} payload: {} {} bytes", part["part"], part["size"]);
     }
     std::fs::write(
         media.join("source"),
         format!("oci-layout:/run/upd/layout@{digest}"),
     )
     .expect("source");
-    let media_size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))
+    let size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))
         .expect("blobs")
         .map(|e| e.expect("blob").metadata().expect("stat").len())
         .sum();
-    let media_img = work.path().join("media.img");
+    let img = work.join(format!("{name}.img"));
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "CAIRNUPD", "-d"])
         .arg(&media)
-        .arg(&media_img)
-        .arg(format!("{}k", media_size / 1024 + 65536)));
+        .arg(&img)
+        .arg(format!("{}k", size / 1024 + 65536)));
+    img
+}
+
+#[test]
+fn a_node_updates_itself_from_removable_media_keeps_a_good_version_and_falls_back_from_a_bad_one() {
+    let base = node_base();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let build = |version: &str, healthy: bool| {
+        let dir = work.path().join(version);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = profile(&dir, &base, version, healthy);
+        let out = dir.join("out");
+        build_profile(&p, &out, &work.path().join("cache"));
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(out.join("edge.manifest.json")).expect("report"))
+                .expect("json");
+        (p, out, report)
+    };
+    let (_, out1, report1) = build("1.0.0", true);
+    let (p2, out2, report2) = build("2.0.0", true);
+    let (p3, out3, _) = build("3.0.0", false);
+    let hash2 = report2["disk"]["root_hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    let media2 = media(work.path(), "media2", &p2, &out2);
+    let media3 = media(work.path(), "media3", &p3, &out3);
 
     let disk = out1.join("edge.raw");
     let esp_offset = report1["disk"]["partition_table"]["partitions"][0]["offset"]
@@ -127,7 +149,7 @@ fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() 
     let bound = Duration::from_secs(420);
 
     // v1: provisioned, then the update from the media, then a reboot (QEMU runs with -no-reboot: it exits).
-    let mut vm = Vm::boot_with(&disk, None, Some(&media_img));
+    let mut vm = Vm::boot_with(&disk, None, Some(&media2));
     vm.wait_for("cairn-agent: ready ", bound);
     let (line, took) = vm.wait_for_text("is the next boot", bound);
     eprintln!(
@@ -153,7 +175,7 @@ fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() 
     );
 
     // v2: booted from slot B by its counted entry, the update already running, provisioning kept, marked good.
-    let mut vm = Vm::boot_with(&disk, None, Some(&media_img));
+    let mut vm = Vm::boot_with(&disk, None, Some(&media2));
     let (init, _) = vm.wait_for("cairn-init: ready ", bound);
     assert!(!init.contains("failed"), "{init}");
     let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
@@ -189,5 +211,65 @@ fn a_node_updates_itself_from_removable_media_and_keeps_the_version_once_good() 
         entries(&disk, esp_offset),
         ["cairn-a.conf", "cairn-b.conf"],
         "systemd-bless-boot did not mark v2 good:\n{serial}"
+    );
+
+    // v3, whose own health check fails: written into slot A, tried three times (each boot not good reboots at
+    // once), then v2 boots again by itself and refuses v3 from then on.
+    let mut vm = Vm::boot_with(&disk, None, Some(&media3));
+    vm.wait_for_text("edge 3.0.0 is the next boot", bound);
+    assert!(
+        vm.wait_exit(Duration::from_secs(180)),
+        "v2 did not reboot after the update"
+    );
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-a+3.conf", "cairn-b.conf"]
+    );
+    for attempt in 1..=3 {
+        let mut vm = Vm::boot_with(&disk, None, Some(&media3));
+        let (line, took) = vm.wait_for_text("this boot is not good", bound);
+        eprintln!(
+            "v3 try {attempt}: not good {:.1} s after QEMU started: {line}",
+            took.as_secs_f64()
+        );
+        assert!(
+            vm.wait_exit(Duration::from_secs(180)),
+            "v3 did not reboot (try {attempt})"
+        );
+        assert!(
+            vm.serial().contains("edge health: failing"),
+            "try {attempt}"
+        );
+    }
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-a+0-3.conf", "cairn-b.conf"]
+    );
+    let mut vm = Vm::boot_with(&disk, None, Some(&media3));
+    vm.wait_for("cairn-agent: ready ", bound);
+    let (line, _) = vm.wait_for_text("was rolled back on this node", bound);
+    assert!(
+        line.contains("edge 3.0.0 was rolled back on this node"),
+        "{line}"
+    );
+    vm.wait_for_text("\"last_rollback\"", bound);
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "v2 did not power down on ACPI"
+    );
+    let serial = vm.serial();
+    assert!(
+        serial.contains(&format!("cairn.verity={hash2}")),
+        "v2 again: {serial}"
+    );
+    assert!(
+        serial.contains(
+            "\"reason\": \"edge 3.0.0 was not marked good in 3 boots (cairn-a+0-3.conf)\""
+        ),
+        "status names the rollback: {serial}"
+    );
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-a+0-3.conf", "cairn-b.conf"]
     );
 }

@@ -5,7 +5,8 @@
 //! mounts the verified root read-only, mounts /var (filling it from the factory /var at first boot), lays the
 //! writable /etc overlay and /tmp, and switches to the real init. It reports `cairn-init: ready {json}` or
 //! `cairn-init: failed {json}` on the console; on any failure it powers the machine off: it never boots a root
-//! that did not verify. A panic does the same (its hook reports and powers off): process 1 never just dies.
+//! that did not verify. One exception: when this boot's entry still counts tries (an update on trial) and another
+//! entry can boot, it reboots instead, so that the failure spends a try and the previous version comes back. A panic does the same (its hook reports and powers off): process 1 never just dies.
 
 mod dm;
 mod grow;
@@ -112,7 +113,76 @@ pub fn main() -> ! {
         }
         Err(e) => console(&format!("failed {}", steps.status(Some(e)).json())),
     }
+    if counted_boot() {
+        console("rebooting: this boot's entry is on trial and another can boot (a failed try)");
+        sys::reboot()
+    }
     sys::power_off()
+}
+
+/// Where the initrd reads the ESP when a boot failed.
+const ESP_PEEK: &str = "/run/cairn-esp";
+
+/// Whether this boot should reboot rather than power off: its entry (the one whose command line carries this
+/// boot's root hash) has a boot counter, and another cairn entry is not out of tries.
+fn counted_boot() -> bool {
+    let Some(hash) = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| cmdline_value(&c, contract::VERITY_KEY))
+    else {
+        return false;
+    };
+    let scan = partitions::scan();
+    for esp in scan
+        .parts
+        .iter()
+        .filter(|p| p.type_guid.eq_ignore_ascii_case(contract::ESP_TYPE))
+    {
+        if std::fs::create_dir_all(ESP_PEEK).is_err() {
+            return false;
+        }
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if sys::mount(&esp.dev.display().to_string(), ESP_PEEK, "vfat", flags, "").is_err() {
+            continue;
+        }
+        let counted = on_trial_with_fallback(Path::new(ESP_PEEK), &hash);
+        let _ = sys::umount(ESP_PEEK);
+        if counted {
+            return true;
+        }
+    }
+    false
+}
+
+/// The ESP at `esp` has a counted entry for `root_hash` and another cairn entry with tries left or none counted.
+fn on_trial_with_fallback(esp: &Path, root_hash: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir(esp.join(cairn_profile::boot_entry::ENTRIES_DIR)) else {
+        return false;
+    };
+    let key = format!(
+        "{}={}",
+        contract::VERITY_KEY,
+        root_hash.to_ascii_lowercase()
+    );
+    let (mut trial, mut fallback) = (false, false);
+    for e in dir.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = cairn_profile::boot_entry::EntryName::parse(&file) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let ours = text.lines().any(|l| {
+            l.trim()
+                .strip_prefix("options")
+                .is_some_and(|o| o.split_whitespace().any(|w| w.eq_ignore_ascii_case(&key)))
+        });
+        if ours {
+            trial |= name.tries_left.is_some();
+        } else {
+            fallback |= !name.is_bad();
+        }
+    }
+    trial && fallback
 }
 
 fn io(e: std::io::Error) -> String {
@@ -298,6 +368,53 @@ fn switch_root() -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    /// A failed boot reboots only when its entry is on trial and another entry can boot.
+    #[test]
+    fn only_a_counted_boot_with_a_fallback_reboots() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = dir.path().join("loader/entries");
+        std::fs::create_dir_all(&entries).unwrap();
+        let (new, old) = ("a".repeat(64), "b".repeat(64));
+        let write = |file: &str, hash: &str| {
+            std::fs::write(
+                entries.join(file),
+                format!("title x\noptions console=ttyS0 cairn.verity={hash}\n"),
+            )
+            .unwrap()
+        };
+        let check = || super::on_trial_with_fallback(dir.path(), &new);
+        write("cairn-b+2-1.conf", &new);
+        assert!(!check(), "no other entry: powering off beats a reboot loop");
+        write("cairn-a.conf", &old);
+        assert!(check());
+        std::fs::rename(
+            entries.join("cairn-a.conf"),
+            entries.join("cairn-a+0-3.conf"),
+        )
+        .unwrap();
+        assert!(!check(), "the other entry is out of tries");
+        std::fs::rename(
+            entries.join("cairn-a+0-3.conf"),
+            entries.join("cairn-a.conf"),
+        )
+        .unwrap();
+        std::fs::rename(
+            entries.join("cairn-b+2-1.conf"),
+            entries.join("cairn-b+0-3.conf"),
+        )
+        .unwrap();
+        assert!(
+            check(),
+            "the last try spent: the next boot is the other entry's"
+        );
+        std::fs::rename(
+            entries.join("cairn-b+0-3.conf"),
+            entries.join("cairn-b.conf"),
+        )
+        .unwrap();
+        assert!(!check(), "a good entry that fails is not a try: power off");
+    }
 
     /// The hook's line is one console line: `failed` and the status JSON, the panic's message as its note.
     #[test]

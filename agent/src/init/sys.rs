@@ -74,6 +74,26 @@ pub fn chroot_and_exec(init: &str) -> io::Error {
     std::process::Command::new(init).exec()
 }
 
+/// Unmounts a file system.
+pub fn umount(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: a valid NUL-terminated path living across the call.
+    let r = unsafe { libc::umount2(t.as_ptr(), 0) };
+    check(r, &format!("umount {target}"))
+}
+
+/// Syncs and reboots: a counted boot that failed spends its try, and the boot loader picks the next entry.
+pub fn reboot() -> ! {
+    // SAFETY: plain system calls without pointers.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
 /// Syncs and powers the machine off: an unverified root is never booted.
 pub fn power_off() -> ! {
     // SAFETY: plain system calls without pointers.
