@@ -624,9 +624,16 @@ fn is_token(name: &str) -> bool {
 /// Percent-encodes what may not appear raw in a request target (spaces, controls, non-ASCII...); `%` is kept,
 /// so an already encoded target is sent unchanged.
 fn encode_target(target: &str) -> String {
-    let mut out = String::with_capacity(target.len());
-    for b in target.bytes() {
-        if b > 0x20 && b < 0x7f && !b"\"<>\\^`{|}".contains(&b) {
+    percent_encode(target, |b| {
+        b > 0x20 && b < 0x7f && !b"\"<>\\^`{|}".contains(&b)
+    })
+}
+
+/// `text` with every byte `keep` refuses written `%XX`.
+pub fn percent_encode(text: &str, keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if keep(b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));

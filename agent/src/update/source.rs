@@ -538,16 +538,9 @@ pub fn bearer_params(header: &str) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
+/// A query value: RFC 3986's unreserved bytes kept.
 fn query_escape(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    http::percent_encode(text, |b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 #[cfg(test)]
