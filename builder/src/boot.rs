@@ -139,6 +139,10 @@ pub struct Machine {
     pub accel: Accel,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Explicit ways out of the restricted user network: a connection to the guest's `ADDR:PORT` reaches the host's
+    /// loopback port (QEMU's `guestfwd`, each connection relayed by `socat`: a `tcp:` chardev would carry only
+    /// one); nothing else leaves the machine.
+    pub guest_forwards: Vec<(String, u16)>,
 }
 
 impl Default for Machine {
@@ -148,8 +152,20 @@ impl Default for Machine {
             accel: Accel::Tcg,
             memory_mib: 1024,
             cpus: 2,
+            guest_forwards: Vec::new(),
         }
     }
+}
+
+/// The user-network NIC: restricted, with only the forwards given.
+fn nic(forwards: &[(String, u16)]) -> String {
+    let mut nic = String::from("user,restrict=on,model=virtio-net-pci");
+    for (guest, port) in forwards {
+        nic.push_str(&format!(
+            ",guestfwd=tcp:{guest}-cmd:socat STDIO TCP4:127.0.0.1:{port}"
+        ));
+    }
+    nic
 }
 
 /// QEMU for `disk` (of `format`, booted and written in place): UEFI with a fresh copy of OVMF's variables in
@@ -191,7 +207,8 @@ pub fn qemu(
         .arg("-drive")
         .arg(format!("file={},if=virtio,format={format}", disk.display()))
         // A NIC, or systemd-networkd-wait-online stalls; restrict=on lets nothing leave the machine.
-        .args(["-nic", "user,restrict=on,model=virtio-net-pci"])
+        .arg("-nic")
+        .arg(nic(&machine.guest_forwards))
         .arg("-serial")
         .arg(format!("file:{}", dir.join(SERIAL_LOG).display()))
         .arg("-monitor")
@@ -627,6 +644,16 @@ impl Drop for Guest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the forwards asked for leave the restricted network, each connection relayed to the host's loopback.
+    #[test]
+    fn the_nic_is_restricted_with_only_the_forwards_given() {
+        assert_eq!(nic(&[]), "user,restrict=on,model=virtio-net-pci");
+        assert_eq!(
+            nic(&[("10.0.2.100:5000".into(), 41234)]),
+            "user,restrict=on,model=virtio-net-pci,guestfwd=tcp:10.0.2.100:5000-cmd:socat STDIO TCP4:127.0.0.1:41234"
+        );
+    }
 
     #[test]
     fn the_whole_node_line_decides_and_a_phase_line_does_not() {

@@ -588,6 +588,7 @@ fn main() -> ExitCode {
                     },
                     memory_mib: memory,
                     cpus,
+                    guest_forwards: Vec::new(),
                 },
                 timeout: std::time::Duration::from_secs(timeout),
                 console,

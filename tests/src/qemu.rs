@@ -22,11 +22,16 @@ impl Vm {
 
     /// [`Vm::boot`] with a second disk (raw, read-only): removable media.
     pub fn boot_with(disk: &Path, fw_cfg: Option<&Path>, second: Option<&Path>) -> Vm {
-        let dir = tempfile::tempdir().expect("tempdir");
         let machine = cairn::boot::Machine {
             instance: fw_cfg.map(Path::to_path_buf),
             ..cairn::boot::Machine::default()
         };
+        Vm::boot_machine(disk, machine, second)
+    }
+
+    /// Boots `disk` on `machine` (its instance data, its guest forwards), with an optional second disk.
+    pub fn boot_machine(disk: &Path, machine: cairn::boot::Machine, second: Option<&Path>) -> Vm {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd =
             cairn::boot::qemu(disk, "raw", dir.path(), &machine).unwrap_or_else(|e| panic!("{e}"));
         cmd.stderr(Stdio::piped());

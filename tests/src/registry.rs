@@ -93,6 +93,10 @@ pub struct Registry {
     // issuer stops, then the directory goes.
     child: Option<Child>,
     token: Option<TokenIssuer>,
+    /// Another registry's storage this one serves, and the `tls:` section of its config: see
+    /// [`Registry::serve_tls`].
+    storage: Option<PathBuf>,
+    tls_yaml: String,
     dir: tempfile::TempDir,
 }
 
@@ -128,6 +132,34 @@ impl Registry {
             auth_yaml: auth_yaml.unwrap_or_default(),
             child: None,
             token,
+            storage: None,
+            tls_yaml: String::new(),
+            dir,
+        };
+        reg.launch();
+        reg
+    }
+
+    /// A second, anonymous registry process serving `storage` (another registry's) over HTTPS with the PEM
+    /// certificate and key given: what a guest reaches as a site's registry, while the tests push to the first one
+    /// over loopback HTTP.
+    pub fn serve_tls(storage: &Path, cert: &Path, key: &Path) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-e2e-registry-tls-")
+            .tempdir()
+            .expect("create a tempdir for the registry");
+        let mut reg = Registry {
+            auth: Auth::Anonymous,
+            port: 0,
+            auth_yaml: String::new(),
+            child: None,
+            token: None,
+            storage: Some(storage.to_path_buf()),
+            tls_yaml: format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
             dir,
         };
         reg.launch();
@@ -180,9 +212,10 @@ impl Registry {
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: cairn-e2e-not-a-secret\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: cairn-e2e-not-a-secret\n{tls_yaml}\
              {auth_yaml}",
             auth_yaml = self.auth_yaml,
+            tls_yaml = self.tls_yaml,
             storage = self.storage_dir().display(),
             port = self.port,
         );
@@ -214,7 +247,11 @@ impl Registry {
                     "docker-registry exited during start ({status}); its log:\n{log}"
                 )));
             }
-            if let Ok(resp) = agent.get(&url).call() {
+            if !self.tls_yaml.is_empty() {
+                if std::net::TcpStream::connect(self.addr()).is_ok() {
+                    return Ok(());
+                }
+            } else if let Ok(resp) = agent.get(&url).call() {
                 let got = resp.status().as_u16();
                 if got == expected {
                     return Ok(());
@@ -332,7 +369,9 @@ impl Registry {
 
     /// The filesystem driver's root directory.
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.storage
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("storage"))
     }
 
     /// Where the filesystem driver stores the blob `digest` (`sha256:HEX`

@@ -1,9 +1,11 @@
-//! An update booted under QEMU, on the real node base: v1 boots and finds v2's payload (`cairn push` to an OCI
-//! layout) on a second, read-only disk, as removable media brings it; `cairn-agent update --reboot` writes slot B
-//! and reboots. systemd-boot starts v2's counted entry, the initrd finds slot B by the GUIDs the update gave it,
+//! Updates booted under QEMU, on the real node base. v1 pulls v2 from a TLS registry (the image trusts the test's
+//! CA) that the guest reaches only through an explicit user-network forward, 10.0.2.100:5000 to the host's
+//! loopback; the source comes on a small second disk, as a site's own tooling would hand it over, and a unit of the
+//! test's profile runs `cairn-agent update SOURCE --reboot`, which writes slot B and reboots. systemd-boot starts v2's counted entry, the initrd finds slot B by the GUIDs the update gave it,
 //! the node's /var (its first-boot provisioning) is kept, and once the agent's phases are done
 //! (boot-complete.target) systemd-bless-boot marks the entry good: its counter is gone. v3, whose own health check
-//! fails, is tried three times and the node boots v2 again by itself, refusing v3 from then on.
+//! fails, comes from an OCI layout on removable media; it is tried three times and the node boots v2 again by
+//! itself, refusing v3 from then on.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -18,13 +20,14 @@ use serde_json::Value;
 
 /// The test's glue, as a site would write its own: at boot, a disk labelled CAIRNUPD holding a `source` file is
 /// mounted (once udev shows it) and its update applied.
-const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'for i in $(seq 60); do [ -e /dev/disk/by-label/CAIRNUPD ] && break; sleep 1; done; mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nExecStopPost=/usr/lib/cairn/cairn-agent status\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
+const UPDATE_UNIT: &str = "[Unit]\nDescription=apply the update on removable media\nAfter=cairn-agent.service local-fs.target network-online.target\nWants=network-online.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'for i in $(seq 60); do [ -e /dev/disk/by-label/CAIRNUPD ] && break; sleep 1; done; mkdir -p /run/upd && mount -o ro /dev/disk/by-label/CAIRNUPD /run/upd && exec /usr/lib/cairn/cairn-agent update \"$(cat /run/upd/source)\" --reboot'\nExecStopPost=/usr/lib/cairn/cairn-agent status\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
 
 /// v3's own health check, the way systemd documents one, and it fails.
 const FAILING_HEALTH_UNIT: &str = "[Unit]\nDescription=edge health check\nBefore=boot-complete.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'echo edge health: failing; exit 1'\nStandardOutput=journal+console\n\n[Install]\nRequiredBy=boot-complete.target\n";
 
-fn profile(dir: &Path, base: &str, version: &str, healthy: bool) -> std::path::PathBuf {
+fn profile(dir: &Path, base: &str, version: &str, healthy: bool, ca: &str) -> std::path::PathBuf {
     let unit = serde_json::to_string(UPDATE_UNIT).expect("toml string");
+    let ca = serde_json::to_string(ca).expect("toml string");
     let (enable, health) = if healthy {
         (String::new(), String::new())
     } else {
@@ -42,7 +45,7 @@ fn profile(dir: &Path, base: &str, version: &str, healthy: bool) -> std::path::P
         base,
         &[],
         &format!(
-            "[system]\nhostname = \"edge-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\nservices = {{ enable = [\"cairn-test-update.service\"{enable}] }}\n[image]\nformats = [\"raw\"]\n[[file]]\npath = \"/etc/systemd/system/cairn-test-update.service\"\ncontent = {unit}\nmode = \"0644\"\n[[file]]\npath = \"/etc/edge-release\"\ncontent = \"{version}\\n\"\n{health}"
+            "[system]\nhostname = \"edge-{{machine-id:6}}\"\nkernel-cmdline = [\"console=ttyS0\"]\nservices = {{ enable = [\"cairn-test-update.service\"{enable}] }}\n[image]\nformats = [\"raw\"]\n[[file]]\npath = \"/etc/systemd/system/cairn-test-update.service\"\ncontent = {unit}\nmode = \"0644\"\n[[file]]\npath = \"/etc/edge-release\"\ncontent = \"{version}\\n\"\n[[file]]\npath = \"/etc/ssl/certs/ca-certificates.crt\"\ncontent = {ca}\nmode = \"0644\"\n{health}"
         ),
     );
     let text = std::fs::read_to_string(&p).expect("profile");
@@ -77,16 +80,112 @@ fn entries(disk: &Path, esp_offset: u64) -> Vec<String> {
 
 /// `cairn push` of a build to an OCI layout on a new ext4 disk image labelled CAIRNUPD, with the `source` file the
 /// glue unit reads.
-fn media(work: &Path, name: &str, profile: &Path, out: &Path) -> std::path::PathBuf {
-    let media = work.join(name);
-    let layout = media.join("layout");
+/// An ext4 disk image labelled CAIRNUPD holding the folder `media` (with the `source` file the glue unit reads).
+fn media_disk(work: &Path, name: &str, media: &Path) -> std::path::PathBuf {
+    let size: u64 = walk_size(media);
+    let img = work.join(format!("{name}.img"));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "CAIRNUPD", "-d"])
+        .arg(media)
+        .arg(&img)
+        .arg(format!("{}k", size / 1024 + 65536)));
+    img
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let m = e.metadata().expect("stat");
+            if m.is_dir() {
+                walk_size(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+/// A test CA and a certificate for the guest's view of the registry, 10.0.2.100, signed by it (openssl).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let (ca_key, ca, key, csr, cert, ext) = (
+        dir.join("ca.key"),
+        dir.join("ca.pem"),
+        dir.join("registry.key"),
+        dir.join("registry.csr"),
+        dir.join("registry.pem"),
+        dir.join("ext.cnf"),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=cairn e2e CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=10.0.2.100",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:10.0.2.100\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    let pem = std::fs::read_to_string(&ca).expect("ca");
+    (cert, key, pem)
+}
+
+/// `cairn push` of a build: the JSON it prints.
+fn push(profile: &Path, out: &Path, target: &str) -> Value {
     let o = run_cairn(
         [
             OsStr::new("--message-format"),
             OsStr::new("json"),
             OsStr::new("push"),
             profile.as_os_str(),
-            OsStr::new(&format!("oci-layout:{}", layout.display())),
+            OsStr::new(target),
             OsStr::new("--out"),
             out.as_os_str(),
         ],
@@ -94,37 +193,36 @@ fn media(work: &Path, name: &str, profile: &Path, out: &Path) -> std::path::Path
     );
     assert_ok(&o, "push");
     let pushed: Value = serde_json::from_slice(&o.stdout).expect("json");
-    let digest = pushed["push"]["digest"].as_str().expect("digest");
     // The payload's parts (`--nocapture` shows them): the README's figures.
     for part in pushed["push"]["parts"].as_array().expect("parts") {
-        eprintln!("{name} payload: {} {} bytes", part["part"], part["size"]);
+        eprintln!("payload: {} {} bytes", part["part"], part["size"]);
     }
+    pushed
+}
+
+/// `cairn push` of a build to an OCI layout on a new CAIRNUPD disk, with the `source` naming it.
+fn media(work: &Path, name: &str, profile: &Path, out: &Path) -> std::path::PathBuf {
+    let media = work.join(name);
+    let layout = media.join("layout");
+    let pushed = push(profile, out, &format!("oci-layout:{}", layout.display()));
+    let digest = pushed["push"]["digest"].as_str().expect("digest");
     std::fs::write(
         media.join("source"),
         format!("oci-layout:/run/upd/layout@{digest}"),
     )
     .expect("source");
-    let size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))
-        .expect("blobs")
-        .map(|e| e.expect("blob").metadata().expect("stat").len())
-        .sum();
-    let img = work.join(format!("{name}.img"));
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "CAIRNUPD", "-d"])
-        .arg(&media)
-        .arg(&img)
-        .arg(format!("{}k", size / 1024 + 65536)));
-    img
+    media_disk(work, name, &media)
 }
 
 #[test]
-fn a_node_updates_itself_from_removable_media_keeps_a_good_version_and_falls_back_from_a_bad_one() {
+fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a_bad_one() {
     let base = node_base();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let (cert, key, ca) = certificates(work.path());
     let build = |version: &str, healthy: bool| {
         let dir = work.path().join(version);
         std::fs::create_dir_all(&dir).expect("dir");
-        let p = profile(&dir, &base, version, healthy);
+        let p = profile(&dir, &base, version, healthy, &ca);
         let out = dir.join("out");
         build_profile(&p, &out, &work.path().join("cache"));
         let report: Value =
@@ -139,7 +237,25 @@ fn a_node_updates_itself_from_removable_media_keeps_a_good_version_and_falls_bac
         .as_str()
         .expect("hash")
         .to_string();
-    let media2 = media(work.path(), "media2", &p2, &out2);
+    // v2 in the registry, pushed over loopback HTTP; a second registry process serves the same storage over
+    // TLS, the guest's only way out: 10.0.2.100:5000 forwarded to it.
+    let registry = cairn_e2e::registry::shared();
+    let repo = format!("{}/e2e/update-boot/edge", registry.addr());
+    let pushed = push(&p2, &out2, &repo);
+    let digest = pushed["push"]["digest"].as_str().expect("digest");
+    let tls = cairn_e2e::registry::Registry::serve_tls(&registry.storage_dir(), &cert, &key);
+    let machine = || cairn::boot::Machine {
+        guest_forwards: vec![("10.0.2.100:5000".into(), tls.port())],
+        ..cairn::boot::Machine::default()
+    };
+    let source2 = work.path().join("source2");
+    std::fs::create_dir_all(&source2).expect("dir");
+    std::fs::write(
+        source2.join("source"),
+        format!("10.0.2.100:5000/e2e/update-boot/edge@{digest}"),
+    )
+    .expect("source");
+    let media2 = media_disk(work.path(), "media2", &source2);
     let media3 = media(work.path(), "media3", &p3, &out3);
 
     let disk = out1.join("edge.raw");
@@ -148,8 +264,8 @@ fn a_node_updates_itself_from_removable_media_keeps_a_good_version_and_falls_bac
         .expect("esp offset");
     let bound = Duration::from_secs(420);
 
-    // v1: provisioned, then the update from the media, then a reboot (QEMU runs with -no-reboot: it exits).
-    let mut vm = Vm::boot_with(&disk, None, Some(&media2));
+    // v1: provisioned, then the update from the registry, then a reboot (QEMU runs with -no-reboot: it exits).
+    let mut vm = Vm::boot_machine(&disk, machine(), Some(&media2));
     vm.wait_for("cairn-agent: ready ", bound);
     let (line, took) = vm.wait_for_text("is the next boot", bound);
     eprintln!(
@@ -163,6 +279,19 @@ fn a_node_updates_itself_from_removable_media_keeps_a_good_version_and_falls_bac
     );
     let serial = vm.serial();
     assert!(serial.contains("slot b verifies"), "{serial}");
+    assert!(
+        serial.contains(&format!(
+            "fetching 10.0.2.100:5000/e2e/update-boot/edge@{digest}"
+        )),
+        "{serial}"
+    );
+    // Every request came through the forward to the TLS registry: the manifest and each blob, once.
+    let log = tls.requests();
+    assert!(
+        log.iter()
+            .any(|r| r.method == "GET" && r.uri.ends_with(&format!("/manifests/{digest}"))),
+        "{log:?}"
+    );
     for line in serial
         .lines()
         .filter(|l| l.contains("cairn-agent: update: "))
@@ -175,7 +304,7 @@ fn a_node_updates_itself_from_removable_media_keeps_a_good_version_and_falls_bac
     );
 
     // v2: booted from slot B by its counted entry, the update already running, provisioning kept, marked good.
-    let mut vm = Vm::boot_with(&disk, None, Some(&media2));
+    let mut vm = Vm::boot_machine(&disk, machine(), Some(&media2));
     let (init, _) = vm.wait_for("cairn-init: ready ", bound);
     assert!(!init.contains("failed"), "{init}");
     let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
