@@ -135,6 +135,11 @@ impl Vm {
         false
     }
 
+    /// Pulls the plug: QEMU killed by its own pid, the guest given no chance to sync (a power cut).
+    pub fn power_cut(mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         // Our own child, by its own pid: never a pattern match on process names.
         let _ = self.child.kill();

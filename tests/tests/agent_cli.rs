@@ -58,7 +58,12 @@ fn help_is_each_commands_own_usage_and_exits_0() {
         ),
         (
             &["status", "-h"][..],
-            "usage: cairn-agent status [--root DIR]",
+            "usage: cairn-agent status [OPTIONS]",
+            "--dry-run",
+        ),
+        (
+            &["update", "--help"][..],
+            "usage: cairn-agent update SOURCE [OPTIONS]",
             "--dry-run",
         ),
         (
@@ -89,8 +94,23 @@ fn help_is_each_commands_own_usage_and_exits_0() {
         assert!(stdout(&o).contains(option), "{option}: {}", stdout(&o));
     }
     let o = run_agent(["status", "--help"], &[]);
-    for field in ["`ready`", "`last_run`", "`last_good`", "`image`"] {
+    for field in [
+        "`ready`",
+        "`last_run`",
+        "`last_good`",
+        "`image`",
+        "`slots`",
+        "`last_rollback`",
+    ] {
         assert!(stdout(&o).contains(field), "{field}: {}", stdout(&o));
+    }
+    let o = run_agent(["update", "--help"], &[]);
+    for option in [
+        "oci-layout:DIR@sha256:DIGEST",
+        "--reboot",
+        "--allow-rolled-back",
+    ] {
+        assert!(stdout(&o).contains(option), "{option}: {}", stdout(&o));
     }
 
     for args in [&["--version"][..], &["-V"]] {
@@ -120,6 +140,11 @@ fn help_is_each_commands_own_usage_and_exits_0() {
             "(`cairn-agent status --help` for more)",
         ),
         (&["run", "everything"][..], "run takes one phase"),
+        (&["update"][..], "cairn-agent: update needs a SOURCE\n"),
+        (
+            &["update", "a@sha256:x", "b"][..],
+            "update takes one SOURCE",
+        ),
         (
             &["help", "nothing"][..],
             "cairn-agent: no command `nothing`",

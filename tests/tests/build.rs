@@ -237,6 +237,37 @@ fn assembles_every_layer_rule_deterministically() {
             .data
             .starts_with(b"# Installed by cairn build")
     );
+    // Health on an update's counted boots: the agent's phases are what boot-complete.target needs.
+    for (link, to) in [
+        (
+            "boot-complete.target.requires/cairn-agent.service",
+            "../cairn-agent.service",
+        ),
+        (
+            "boot-complete.target.requires/cairn-agent-network.service",
+            "../cairn-agent-network.service",
+        ),
+        (
+            "multi-user.target.wants/cairn-boot-check.service",
+            "../cairn-boot-check.service",
+        ),
+        (
+            "timers.target.wants/cairn-boot-deadline.timer",
+            "../cairn-boot-deadline.timer",
+        ),
+    ] {
+        assert_eq!(
+            entry(&items, &format!("usr/lib/systemd/system/{link}")).link,
+            to,
+            "{link}"
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&entry(&items, "usr/lib/systemd/system/cairn-agent.service").data)
+            .contains(
+                "Before=network-pre.target sysinit.target shutdown.target boot-complete.target\n"
+            )
+    );
 
     // No wall clock: every mtime is the fixed epoch when SOURCE_DATE_EPOCH is unset.
     assert!(items.values().all(|i| i.mtime == 0), "mtimes not clamped");

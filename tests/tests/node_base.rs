@@ -190,6 +190,8 @@ fn cairn_own(path: &str, baked: &BTreeSet<String>) -> bool {
         || path.starts_with("usr/lib/cairn/")
         || path.starts_with("usr/lib/systemd/system/cairn-")
         || (path.starts_with("usr/lib/systemd/system/") && path.contains(".target.wants/cairn-"))
+        // The health links: boot-complete.target needs the agent's phases.
+        || path.starts_with("usr/lib/systemd/system/boot-complete.target.requires")
         || path == "etc/machine-id"
 }
 

@@ -5,7 +5,9 @@
 //! the node's /var (its first-boot provisioning) is kept, and once the agent's phases are done
 //! (boot-complete.target) systemd-bless-boot marks the entry good: its counter is gone. v3, whose own health check
 //! fails, comes from an OCI layout on removable media; it is tried three times and the node boots v2 again by
-//! itself, refusing v3 from then on.
+//! itself, refusing v3 from then on. Before that, v3 with a corrupt root blob is refused and v2 keeps running, and a
+//! power cut (QEMU killed) while v3 is being written leaves v2 booting. Last, a slot on trial whose root does not
+//! verify makes the initrd reboot (a spent try) rather than power off.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -257,6 +259,35 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     .expect("source");
     let media2 = media_disk(work.path(), "media2", &source2);
     let media3 = media(work.path(), "media3", &p3, &out3);
+    // The same media with one byte of v3's root flipped.
+    let corrupt = work.path().join("corrupt");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(work.path().join("media3"))
+        .arg(&corrupt));
+    let root_blob = {
+        let source = std::fs::read_to_string(corrupt.join("source")).expect("source");
+        let digest = source
+            .rsplit("@sha256:")
+            .next()
+            .expect("digest")
+            .to_string();
+        let manifest: Value = serde_json::from_slice(
+            &std::fs::read(corrupt.join("layout/blobs/sha256").join(&digest)).expect("manifest"),
+        )
+        .expect("json");
+        manifest["layers"][0]["digest"]
+            .as_str()
+            .expect("root digest")
+            .to_string()
+    };
+    let blob = corrupt
+        .join("layout/blobs/sha256")
+        .join(root_blob.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    bytes[1 << 20] ^= 1;
+    std::fs::write(&blob, bytes).expect("blob");
+    let corrupt_media = media_disk(work.path(), "corrupt", &corrupt);
 
     let disk = out1.join("edge.raw");
     let esp_offset = report1["disk"]["partition_table"]["partitions"][0]["offset"]
@@ -342,9 +373,46 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
         "systemd-bless-boot did not mark v2 good:\n{serial}"
     );
 
+    // v3 with a corrupt root blob: refused by its digest, v2 keeps running (no reboot).
+    let mut vm = Vm::boot_with(&disk, None, Some(&corrupt_media));
+    let (line, _) = vm.wait_for_text("has digest sha256:", bound);
+    assert!(
+        line.contains(&format!("the root blob {root_blob} has digest")),
+        "{line}"
+    );
+    assert!(line.contains("refused"), "{line}");
+    vm.wait_for_text("\"last_rollback\"", bound);
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "v2 did not power down on ACPI"
+    );
+    assert!(
+        !vm.serial().contains("is the next boot"),
+        "a corrupt update was committed"
+    );
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-b.conf"],
+        "after the corrupt blob"
+    );
+
+    // A power cut while v3's root is being written (QEMU killed): nothing names the half-written slot, and v2
+    // boots as before (the update then starts over).
+    let mut vm = Vm::boot_with(&disk, None, Some(&media3));
+    vm.wait_for_text("its entry removed, writing edge 3.0.0", bound);
+    std::thread::sleep(Duration::from_secs(2));
+    vm.power_cut();
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-b.conf"],
+        "after the power cut"
+    );
+
     // v3, whose own health check fails: written into slot A, tried three times (each boot not good reboots at
     // once), then v2 boots again by itself and refuses v3 from then on.
     let mut vm = Vm::boot_with(&disk, None, Some(&media3));
+    let (init, _) = vm.wait_for("cairn-init: ready ", bound);
+    assert!(!init.contains("failed"), "v2 after the power cut: {init}");
     vm.wait_for_text("edge 3.0.0 is the next boot", bound);
     assert!(
         vm.wait_exit(Duration::from_secs(180)),
@@ -400,5 +468,42 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     assert_eq!(
         entries(&disk, esp_offset),
         ["cairn-a+0-3.conf", "cairn-b.conf"]
+    );
+
+    // A slot on trial whose root does not verify (a byte of v3's root flipped on the disk, its entry given its
+    // tries back): the initrd refuses it and reboots instead of powering off, so the failure spends a try.
+    let root_a = report1["disk"]["partition_table"]["partitions"][1]["offset"]
+        .as_u64()
+        .expect("offset");
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .expect("open");
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(root_a + 100)).expect("seek");
+        f.read_exact(&mut b).expect("read");
+        f.seek(SeekFrom::Start(root_a + 100)).expect("seek");
+        f.write_all(&[b[0] ^ 1]).expect("write");
+    }
+    run(Command::new("mren")
+        .arg("-i")
+        .arg(format!("{}@@{esp_offset}", disk.display()))
+        .arg("::/loader/entries/cairn-a+0-3.conf")
+        .arg("::/loader/entries/cairn-a+3.conf"));
+    let mut vm = Vm::boot_with(&disk, None, None);
+    let (failed, _) = vm.wait_for("cairn-init: failed ", bound);
+    assert!(failed.contains("did not verify"), "{failed}");
+    vm.wait_for("cairn-init: rebooting", bound);
+    assert!(
+        vm.wait_exit(Duration::from_secs(120)),
+        "the initrd did not reboot"
+    );
+    assert_eq!(
+        entries(&disk, esp_offset),
+        ["cairn-a+2-1.conf", "cairn-b.conf"],
+        "the failed boot did not spend a try"
     );
 }
