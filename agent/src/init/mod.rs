@@ -156,30 +156,18 @@ fn counted_boot() -> bool {
 
 /// The ESP at `esp` has a counted entry for `root_hash` and another cairn entry with tries left or none counted.
 fn on_trial_with_fallback(esp: &Path, root_hash: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir(esp.join(cairn_profile::boot_entry::ENTRIES_DIR)) else {
+    // The ESP's entries as updates read them: an unreadable folder or entry is no reason to reboot.
+    let esp = crate::update::esp::Esp { dir: esp.into() };
+    let Ok(entries) = esp.entries() else {
         return false;
     };
-    let key = format!(
-        "{}={}",
-        contract::VERITY_KEY,
-        root_hash.to_ascii_lowercase()
-    );
+    let hash = root_hash.to_ascii_lowercase();
     let (mut trial, mut fallback) = (false, false);
-    for e in dir.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(name) = cairn_profile::boot_entry::EntryName::parse(&file) else {
-            continue;
-        };
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        let ours = text.lines().any(|l| {
-            l.trim()
-                .strip_prefix("options")
-                .is_some_and(|o| o.split_whitespace().any(|w| w.eq_ignore_ascii_case(&key)))
-        });
-        if ours {
-            trial |= name.tries_left.is_some();
+    for e in &entries {
+        if e.root_hash().as_deref() == Some(hash.as_str()) {
+            trial |= e.ranked.name.tries_left.is_some();
         } else {
-            fallback |= !name.is_bad();
+            fallback |= !e.ranked.name.is_bad();
         }
     }
     trial && fallback

@@ -137,6 +137,15 @@ const ARCH: cairn_profile::Arch = if cfg!(target_arch = "aarch64") {
 };
 
 impl Options {
+    /// The disk given, or the running system's: the one holding the running root (`running` its hash).
+    fn open_disk(&self, running: &[u8; 32], write: bool) -> Result<Disk, UpdateError> {
+        let types = contract::root_types(ARCH);
+        Ok(match &self.disk {
+            Some(path) => Disk::open(path, None, running, types, write)?,
+            None => Disk::find_live(running, types, write)?,
+        })
+    }
+
     fn rollbacks_path(&self) -> PathBuf {
         self.root.join(ROLLBACKS_FILE)
     }
@@ -228,11 +237,7 @@ pub struct SlotsStatus {
 /// GPT and the ESP's entries (nothing is written).
 pub fn slots(opts: &Options) -> Result<SlotsStatus, UpdateError> {
     let (running_hash, running_bytes) = running(&opts.cmdline)?;
-    let types = contract::root_types(ARCH);
-    let disk = match &opts.disk {
-        Some(path) => Disk::open(path, None, &running_bytes, types, false)?,
-        None => Disk::find_live(&running_bytes, types, false)?,
-    };
+    let disk = opts.open_disk(&running_bytes, false)?;
     let esp = Esp {
         dir: opts.esp.clone(),
     };
@@ -281,11 +286,7 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
     let (running_hash, running_bytes) = running(&opts.cmdline)?;
     let source = Source::parse(&opts.source)?;
     let source_text = source.to_string();
-    let types = contract::root_types(ARCH);
-    let mut disk = match &opts.disk {
-        Some(path) => Disk::open(path, None, &running_bytes, types, true)?,
-        None => Disk::find_live(&running_bytes, types, true)?,
-    };
+    let mut disk = opts.open_disk(&running_bytes, true)?;
     let esp = Esp {
         dir: opts.esp.clone(),
     };
