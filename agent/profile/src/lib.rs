@@ -5,6 +5,7 @@
 //! the static agent share it, so a profile that `cairn validate` accepts is one the agent understands. Both run
 //! external tools through its [`command`] runner.
 
+pub mod authenticode;
 pub mod boot_entry;
 pub mod command;
 pub mod contract;
@@ -23,6 +24,7 @@ mod secrets;
 pub mod snap;
 pub mod system;
 pub mod time;
+pub mod uki;
 pub mod verity;
 
 pub use diagnostic::{Diagnostic, Error};

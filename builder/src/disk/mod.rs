@@ -13,8 +13,10 @@ pub mod gpt;
 pub mod initrd;
 pub mod layout;
 pub mod root;
+pub mod secure_boot;
 pub mod squashfs;
 pub(crate) mod tools;
+pub mod uki;
 pub mod verity;
 
 use std::path::{Path, PathBuf};
