@@ -79,6 +79,45 @@ pub struct Image {
     pub version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub root_hash: Option<String>,
+    /// The firmware's SecureBoot variable: whether the firmware checked the boot chain's signatures. Absent when
+    /// the node has no EFI variables (not booted through UEFI, or a root folder).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub secure_boot: Option<bool>,
+    /// The boot entry systemd-boot started (its LoaderEntrySelected variable): the UKI's file name as it was
+    /// before the boot counter counted this boot.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub boot_entry: Option<String>,
+}
+
+/// The EFI variables' folder, and the vendor GUIDs of UEFI's global variables and of systemd-boot's.
+const EFIVARS: &str = "sys/firmware/efi/efivars";
+const EFI_GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+impl Image {
+    /// Adds what the firmware and systemd-boot say about this boot (efivarfs: four bytes of attributes, then
+    /// the value).
+    pub fn with_firmware(mut self, target: &Target) -> Image {
+        let var = |name: &str, guid: &str| -> Option<Vec<u8>> {
+            let bytes = target.read(&format!("{EFIVARS}/{name}-{guid}")).ok()??;
+            bytes.get(4..).map(<[u8]>::to_vec)
+        };
+        self.secure_boot = var("SecureBoot", EFI_GLOBAL_GUID).and_then(|v| v.first().map(|b| *b == 1));
+        self.boot_entry = var("LoaderEntrySelected", LOADER_GUID).and_then(|v| utf16_text(&v));
+        self
+    }
+}
+
+/// A NUL-terminated UTF-16LE EFI string, at most 256 characters of it.
+fn utf16_text(bytes: &[u8]) -> Option<String> {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|u| *u != 0)
+        .take(256)
+        .collect();
+    let text = String::from_utf16(&units).ok()?;
+    (!text.is_empty() && !text.chars().any(char::is_control)).then_some(text)
 }
 
 /// How a phase's run ended, for the node.
@@ -309,6 +348,38 @@ mod tests {
         }
     }
 
+    /// Secure Boot and the booted UKI, as efivarfs gives them: four bytes of attributes, then the value.
+    #[test]
+    fn the_firmware_says_secure_boot_and_the_entry() {
+        let tmp = TempDir::new();
+        let t = Target::root_dir(tmp.path());
+        assert_eq!(Image::default().with_firmware(&t), Image::default());
+        let vars = tmp.path().join(EFIVARS);
+        std::fs::create_dir_all(&vars).unwrap();
+        std::fs::write(
+            vars.join(format!("SecureBoot-{EFI_GLOBAL_GUID}")),
+            [6, 0, 0, 0, 1],
+        )
+        .unwrap();
+        let mut entry = vec![6, 0, 0, 0];
+        for u in "cairn-2-b+3.efi\0".encode_utf16() {
+            entry.extend(u.to_le_bytes());
+        }
+        std::fs::write(vars.join(format!("LoaderEntrySelected-{LOADER_GUID}")), &entry).unwrap();
+        let i = Image::default().with_firmware(&t);
+        assert_eq!(i.secure_boot, Some(true));
+        assert_eq!(i.boot_entry.as_deref(), Some("cairn-2-b+3.efi"));
+        std::fs::write(
+            vars.join(format!("SecureBoot-{EFI_GLOBAL_GUID}")),
+            [6, 0, 0, 0, 0],
+        )
+        .unwrap();
+        std::fs::write(vars.join(format!("LoaderEntrySelected-{LOADER_GUID}")), [6, 0, 0, 0, 0xff]).unwrap();
+        let i = Image::default().with_firmware(&t);
+        assert_eq!(i.secure_boot, Some(false));
+        assert_eq!(i.boot_entry, None, "half a UTF-16 unit is no name");
+    }
+
     #[test]
     fn the_good_provisioning_outlives_later_failures() {
         let tmp = TempDir::new();
@@ -316,7 +387,7 @@ mod tests {
         let image = Image {
             profile: Some("edge".into()),
             version: Some("1.0.0".into()),
-            root_hash: None,
+            ..Image::default()
         };
         let after = |s, r| {
             let node = NodeStatus::after(&t, s, r, image.clone());

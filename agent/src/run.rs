@@ -214,7 +214,8 @@ impl<'a> Runner<'a> {
                     cairn_profile::contract::VERITY_KEY,
                 ),
                 ..Image::default()
-            },
+            }
+            .with_firmware(&self.target),
         };
         let ending = self.phase_ending(phase, &mut seen);
         self.report(phase, seen, ending, started)

@@ -37,6 +37,8 @@ pub struct BuildOptions {
     pub formats: Vec<Format>,
     pub cache: Option<PathBuf>,
     pub agent: Option<PathBuf>,
+    /// The Secure Boot key and certificate; none for an unsigned image.
+    pub secure_boot: disk::secure_boot::SecureBootOptions,
 }
 
 /// Why a build stopped: bad input (found before any work) or a stage that failed.
@@ -56,6 +58,8 @@ pub enum BuildError {
     OutFolder(OutputError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    SecureBoot(#[from] disk::secure_boot::SecureBootError),
     /// No cache folder could be found (none given and no home).
     #[error(transparent)]
     CacheLocation(CacheError),
@@ -108,6 +112,7 @@ struct Checked {
     profile: Profile,
     epoch: u64,
     agent: PathBuf,
+    signer: Option<disk::secure_boot::Signer>,
     cache: Arc<Cache>,
     /// The `[[snap]]`s, verified and copied into the cache's work folder, in install order.
     snaps: Vec<snaps::Verified>,
@@ -123,6 +128,7 @@ fn check_inputs(opts: &BuildOptions) -> Result<Checked, BuildError> {
     }
     let epoch = source_date_epoch()?;
     let agent = agent::locate(opts.agent.as_deref(), profile.arch)?;
+    let signer = disk::secure_boot::Signer::load(&opts.secure_boot)?;
     let cache_root = Cache::locate(opts.cache.as_deref()).map_err(BuildError::CacheLocation)?;
     let cache = Arc::new(Cache::open(cache_root)?);
     // Local files, checked before any network work: a wrong pin is bad input.
@@ -133,6 +139,7 @@ fn check_inputs(opts: &BuildOptions) -> Result<Checked, BuildError> {
         profile,
         epoch,
         agent,
+        signer,
         cache,
         snaps,
     })
@@ -144,6 +151,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         profile,
         epoch,
         agent,
+        signer,
         cache,
         snaps,
     } = check_inputs(opts)?;
@@ -166,7 +174,12 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         let (mut tree, tars) = assemble::rocks(&resolved, &unpacked)?;
         files::add_profile_files(&mut tree, &profile)?;
         let baked = system::bake(&mut tree, &tars, &profile)?;
-        files::add_cairn_files(&mut tree, &profile, &agent)?;
+        files::add_cairn_files(
+            &mut tree,
+            &profile,
+            &agent,
+            signer.as_ref().map(|s| s.certificate_der()),
+        )?;
         let archives = preload::add_archives(&mut tree, &cache, &preloads, epoch)?;
         let snaps = snaps::add_to_tree(&mut tree, &tars, &snaps, epoch)?;
         Ok::<_, BuildError>((tree, tars, baked, archives, snaps))
@@ -207,6 +220,7 @@ pub async fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
             ids: &ids,
             agent: &agent,
             epoch,
+            signer: signer.as_ref(),
         };
         let (report, written) =
             disk::write(&mut tree, &tars, &inputs, &profile.formats, &mut stage)?;

@@ -146,7 +146,19 @@ pub fn unit_paths() -> impl Iterator<Item = String> {
         .map(|(name, _, _)| format!("usr/lib/systemd/system/{name}"))
 }
 
-pub fn add_cairn_files(tree: &mut Tree, profile: &Profile, agent: &Path) -> Result<(), FilesError> {
+pub fn add_cairn_files(
+    tree: &mut Tree,
+    profile: &Profile,
+    agent: &Path,
+    secure_boot_cert: Option<&[u8]>,
+) -> Result<(), FilesError> {
+    if let Some(cert) = secure_boot_cert {
+        put(
+            tree,
+            contract::SECURE_BOOT_CERT_IN_ROOT,
+            New::File(Meta::new(0o644, 0, 0), Data::Bytes(Arc::from(cert))),
+        )?;
+    }
     let agent_size = std::fs::metadata(agent)
         .map_err(|source| FilesError::Source {
             path: contract::AGENT_IN_ROOT.into(),

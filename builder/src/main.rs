@@ -74,6 +74,8 @@ fn exit_code(e: &Error) -> u8 {
             | BuildError::Epoch(_)
             | BuildError::Agent(_)
             | BuildError::CacheLocation(_) => BAD_INPUT,
+            BuildError::SecureBoot(e) if e.is_bad_input() => BAD_INPUT,
+            BuildError::SecureBoot(_) => BUILD_FAILED,
             BuildError::Snaps(e) if e.is_bad_input() => BAD_INPUT,
             BuildError::Space(cairn::space::SpaceError::TooLittle { .. }) => BAD_INPUT,
             // image.slot-size too small for the root: the profile's to fix.
@@ -203,6 +205,22 @@ enum Command {
         /// The static cairn-agent to install [default: $CAIRN_AGENT, beside cairn, the workspace's musl build].
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Sign systemd-boot and the UKI for Secure Boot with this RSA key: a PEM file, or a PKCS#11 URI
+        /// (`pkcs11:...`, through OpenSSL's pkcs11 engine). Never stored in the image or the report.
+        #[arg(long, value_name = "KEY", requires = "secure_boot_cert")]
+        secure_boot_key: Option<String>,
+        /// The certificate (PEM or DER) of the Secure Boot key: enrolled in the firmware's db, stored in the image.
+        #[arg(long, value_name = "CERT")]
+        secure_boot_cert: Option<PathBuf>,
+        /// Sign with a command instead of a key (a KMS, an HSM's tool): it reads the bytes to sign on stdin and
+        /// writes their RSA PKCS#1 v1.5 SHA-256 signature on stdout, e.g. `openssl dgst -sha256 -sign KEY`.
+        #[arg(
+            long,
+            value_name = "COMMAND",
+            requires = "secure_boot_cert",
+            conflicts_with = "secure_boot_key"
+        )]
+        secure_boot_sign_command: Option<String>,
     },
     /// Look after the cache of pulled and unpacked rocks.
     Cache {
@@ -498,6 +516,9 @@ fn main() -> ExitCode {
             formats,
             cache,
             agent,
+            secure_boot_key,
+            secure_boot_cert,
+            secure_boot_sign_command,
         } => {
             let opts = BuildOptions {
                 profile,
@@ -505,6 +526,11 @@ fn main() -> ExitCode {
                 formats,
                 cache,
                 agent,
+                secure_boot: cairn::disk::secure_boot::SecureBootOptions {
+                    key: secure_boot_key,
+                    cert: secure_boot_cert,
+                    sign_command: secure_boot_sign_command,
+                },
             };
             runtime()
                 .and_then(|rt| Ok(rt.block_on(cairn::build::build(&opts))?))

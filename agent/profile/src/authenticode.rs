@@ -67,6 +67,14 @@ impl digest010::Update for Hasher {
     }
 }
 
+/// Whether `pe` has a certificate table (signed by someone; [`verify`] says by whom).
+pub fn is_signed(pe: &[u8]) -> bool {
+    PeFile64::parse(pe).is_ok_and(|f| {
+        f.data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY)
+            .is_some_and(|d| d.size.get(object::LittleEndian) != 0)
+    })
+}
+
 /// A certificate's fingerprint: sha256 of its DER, lower-case hex.
 pub fn certificate_sha256(cert_der: &[u8]) -> String {
     hex(&Sha256::digest(cert_der))

@@ -4,7 +4,7 @@
 
 use crate::Arch;
 
-/// The EFI system partition: systemd-boot, the kernel, cairn's initrd and loader entry; instance data may sit there.
+/// The EFI system partition: systemd-boot and each slot's unified kernel image; instance data may sit there.
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// The verified root (squashfs) on amd64.
 pub const ROOT_TYPE_AMD64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
@@ -113,6 +113,11 @@ node_path!(
 node_path!(
     /// The snaps in the order they are installed: JSON, a list of [`crate::snap::StoredSnap`].
     SNAPS_PLAN, SNAPS_PLAN_IN_ROOT = lib!("snaps/install.json")
+);
+node_path!(
+    /// The certificate (DER) the image's boot chain is signed with, when it is: an update's UKI must be signed by
+    /// it too. Public: the key never enters the image.
+    SECURE_BOOT_CERT, SECURE_BOOT_CERT_IN_ROOT = lib!("secure-boot/db.der")
 );
 node_path!(
     /// Where the initrd mounts the EFI system partition (the builder makes the mount point): the agent reads

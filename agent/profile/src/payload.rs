@@ -16,7 +16,8 @@ use crate::reference::Digest;
 /// The OCI image manifest's media type.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The manifest's `artifactType`: what marks a cairn update among a repository's artifacts.
-pub const ARTIFACT_TYPE: &str = "application/vnd.cairn.update.v1";
+/// v2: the boot part is one unified kernel image (v1 carried a kernel, an initrd and a Type #1 entry).
+pub const ARTIFACT_TYPE: &str = "application/vnd.cairn.update.v2";
 /// The empty config OCI artifacts carry (image-spec 1.1): the two bytes `{}`.
 pub const EMPTY_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub const EMPTY_CONFIG: &[u8] = b"{}";
@@ -46,34 +47,22 @@ pub enum Part {
     Root,
     /// Its dm-verity hash device, written to the inactive verity partition.
     Verity,
-    /// The kernel the slot's boot entry starts.
-    Kernel,
-    /// cairn's initrd for that kernel.
-    Initrd,
-    /// The boot entry's data: JSON, an [`Entry`].
-    Entry,
+    /// The slot's unified kernel image (kernel, initrd, the command line with the root hash, os-release), signed
+    /// when the build was: it becomes the slot's boot entry.
+    Uki,
     /// The build report (`NAME.manifest.json`).
     Report,
 }
 
 impl Part {
     /// In the manifest's order.
-    pub const ALL: [Part; 6] = [
-        Part::Root,
-        Part::Verity,
-        Part::Kernel,
-        Part::Initrd,
-        Part::Entry,
-        Part::Report,
-    ];
+    pub const ALL: [Part; 4] = [Part::Root, Part::Verity, Part::Uki, Part::Report];
 
     pub fn media_type(self) -> &'static str {
         match self {
             Part::Root => "application/vnd.cairn.update.root.v1",
             Part::Verity => "application/vnd.cairn.update.verity.v1",
-            Part::Kernel => "application/vnd.cairn.update.kernel.v1",
-            Part::Initrd => "application/vnd.cairn.update.initrd.v1",
-            Part::Entry => "application/vnd.cairn.update.entry.v1+json",
+            Part::Uki => "application/vnd.cairn.update.uki.v1",
             Part::Report => "application/vnd.cairn.update.report.v1+json",
         }
     }
@@ -82,9 +71,7 @@ impl Part {
         match self {
             Part::Root => "root",
             Part::Verity => "verity",
-            Part::Kernel => "kernel",
-            Part::Initrd => "initrd",
-            Part::Entry => "entry",
+            Part::Uki => "uki",
             Part::Report => "report",
         }
     }
@@ -94,9 +81,7 @@ impl Part {
         match self {
             Part::Root => "root.squashfs",
             Part::Verity => "root.verity",
-            Part::Kernel => "vmlinuz",
-            Part::Initrd => "initrd.img",
-            Part::Entry => "entry.json",
+            Part::Uki => "uki.efi",
             Part::Report => "report.json",
         }
     }
@@ -106,9 +91,8 @@ impl Part {
         match self {
             Part::Root => 1 << 40,
             Part::Verity => 16 << 30,
-            Part::Kernel => 512 << 20,
-            Part::Initrd => 1 << 30,
-            Part::Entry => 64 << 10,
+            // Held in memory while it is checked, before anything is written.
+            Part::Uki => 256 << 20,
             Part::Report => 16 << 20,
         }
     }
@@ -118,42 +102,29 @@ impl Part {
     }
 }
 
-/// The boot entry a slot gets: what systemd-boot's Type #1 entry needs beyond the kernel and initrd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Entry {
-    /// `title`: the profile's name and version.
-    pub title: String,
-    /// The profile's version.
-    pub version: String,
-    /// The kernel command line (`options`), which carries `cairn.verity=ROOTHASH`.
-    pub options: String,
-}
-
-impl Entry {
-    /// Parses and checks an entry blob: single-line fields, the root hash on its command line.
-    pub fn parse(bytes: &[u8], root_hash: &str) -> Result<Entry, PayloadError> {
-        let entry: Entry =
-            serde_json::from_slice(bytes).map_err(|e| PayloadError::Entry(e.to_string()))?;
-        for (what, v) in [
-            ("title", &entry.title),
-            ("version", &entry.version),
-            ("options", &entry.options),
-        ] {
-            if v.is_empty() || v.chars().any(char::is_control) {
-                return Err(PayloadError::Entry(format!(
-                    "`{what}` is empty or holds a control character"
-                )));
-            }
-        }
-        let key = format!("{}={root_hash}", crate::contract::VERITY_KEY);
-        if !entry.options.split(' ').any(|w| w == key) {
-            return Err(PayloadError::Entry(format!(
-                "the command line does not carry `{key}`"
-            )));
-        }
-        Ok(entry)
+/// Checks what a payload's UKI says about itself against the manifest: its command line carries
+/// `cairn.verity=ROOTHASH` (as one word), and its os-release the manifest's version. Returns its title.
+pub fn check_uki(uki: &crate::uki::About, about: &About) -> Result<String, PayloadError> {
+    let key = format!("{}={}", crate::contract::VERITY_KEY, about.root_hash);
+    if !uki.cmdline.split(' ').any(|w| w == key) {
+        return Err(PayloadError::Uki(format!(
+            "its command line does not carry `{key}`"
+        )));
     }
+    let version = uki.os_release_value("IMAGE_VERSION");
+    if version.as_deref() != Some(about.version.as_str()) {
+        return Err(PayloadError::Uki(format!(
+            "its os-release says version {version:?}, the manifest {:?}",
+            about.version
+        )));
+    }
+    let title = uki.os_release_value("PRETTY_NAME").unwrap_or_default();
+    if title.is_empty() || title.chars().any(char::is_control) {
+        return Err(PayloadError::Uki(
+            "its PRETTY_NAME is empty or holds a control character".into(),
+        ));
+    }
+    Ok(title)
 }
 
 /// What a payload's build report must agree with its manifest on.
@@ -267,8 +238,8 @@ pub enum PayloadError {
     },
     #[error("no {0} blob")]
     Missing(&'static str),
-    #[error("the boot entry: {0}")]
-    Entry(String),
+    #[error("the unified kernel image: {0}")]
+    Uki(String),
     #[error("the build report: {0}")]
     Report(String),
 }

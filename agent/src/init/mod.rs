@@ -361,46 +361,34 @@ mod tests {
     #[test]
     fn only_a_counted_boot_with_a_fallback_reboots() {
         let dir = tempfile::tempdir().unwrap();
-        let entries = dir.path().join("loader/entries");
+        let entries = dir.path().join("EFI/Linux");
         std::fs::create_dir_all(&entries).unwrap();
         let (new, old) = ("a".repeat(64), "b".repeat(64));
         let write = |file: &str, hash: &str| {
             std::fs::write(
                 entries.join(file),
-                format!("title x\noptions console=ttyS0 cairn.verity={hash}\n"),
+                crate::update::esp::tests::uki_bytes(
+                    "x",
+                    &format!("console=ttyS0 cairn.verity={hash}"),
+                ),
             )
             .unwrap()
         };
         let check = || super::on_trial_with_fallback(dir.path(), &new);
-        write("cairn-b+2-1.conf", &new);
+        let mv = |from: &str, to: &str| std::fs::rename(entries.join(from), entries.join(to)).unwrap();
+        write("cairn-2-b+2-1.efi", &new);
         assert!(!check(), "no other entry: powering off beats a reboot loop");
-        write("cairn-a.conf", &old);
+        write("cairn-1-a.efi", &old);
         assert!(check());
-        std::fs::rename(
-            entries.join("cairn-a.conf"),
-            entries.join("cairn-a+0-3.conf"),
-        )
-        .unwrap();
+        mv("cairn-1-a.efi", "cairn-1-a+0-3.efi");
         assert!(!check(), "the other entry is out of tries");
-        std::fs::rename(
-            entries.join("cairn-a+0-3.conf"),
-            entries.join("cairn-a.conf"),
-        )
-        .unwrap();
-        std::fs::rename(
-            entries.join("cairn-b+2-1.conf"),
-            entries.join("cairn-b+0-3.conf"),
-        )
-        .unwrap();
+        mv("cairn-1-a+0-3.efi", "cairn-1-a.efi");
+        mv("cairn-2-b+2-1.efi", "cairn-2-b+0-3.efi");
         assert!(
             check(),
             "the last try spent: the next boot is the other entry's"
         );
-        std::fs::rename(
-            entries.join("cairn-b+0-3.conf"),
-            entries.join("cairn-b.conf"),
-        )
-        .unwrap();
+        mv("cairn-2-b+0-3.efi", "cairn-2-b.efi");
         assert!(!check(), "a good entry that fails is not a try: power off");
     }
 

@@ -1,13 +1,14 @@
-//! The ESP's side of an update: each slot's kernel and initrd (`/cairn/SLOT/`) and boot entry
-//! (`loader/entries/cairn-SLOT[+TRIES].conf`, [`cairn_profile::boot_entry`]). Every file is written to a temporary
-//! name, synced and renamed, and the folder synced: vfat has no journal, so a power cut leaves the old file or
-//! the new one and, at worst, a stray temporary one that the next update removes.
+//! The ESP's side of an update: each slot's unified kernel image (`EFI/Linux/cairn-GENERATION-SLOT[+TRIES].efi`,
+//! [`cairn_profile::boot_entry`]), which is its boot entry. A UKI is written to a temporary name, checked,
+//! synced and renamed, and the folder synced: vfat has no journal, so a power cut leaves the old file or the new
+//! one and, at worst, a stray temporary one that the next update removes.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use cairn_profile::boot_entry::{self, EntryName, Ranked, Slot};
+use cairn_profile::boot_entry::{self, Ranked, Slot};
+use cairn_profile::uki;
 
 use crate::datasources::http::Sink;
 
@@ -31,24 +32,23 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> EspError + '_ {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub ranked: Ranked,
-    pub text: String,
+    /// What its UKI says; `None` when it cannot be read (damaged, or not a UKI).
+    pub about: Option<uki::About>,
 }
 
 impl Found {
     /// The root hash its command line boots (`cairn.verity=`).
     pub fn root_hash(&self) -> Option<String> {
-        self.text.lines().find_map(|l| {
-            let options = l.trim().strip_prefix("options")?;
-            crate::datasources::cmdline_value(options, cairn_profile::contract::VERITY_KEY)
-                .map(|h| h.to_ascii_lowercase())
-        })
+        let about = self.about.as_ref()?;
+        crate::datasources::cmdline_value(&about.cmdline, cairn_profile::contract::VERITY_KEY)
+            .map(|h| h.to_ascii_lowercase())
     }
 
-    /// The `title` line.
+    /// Its os-release's PRETTY_NAME: the profile's name and version.
     pub fn title(&self) -> String {
-        self.text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("title ").map(str::to_string))
+        self.about
+            .as_ref()
+            .and_then(|a| a.os_release_value("PRETTY_NAME"))
             .unwrap_or_default()
     }
 }
@@ -68,26 +68,31 @@ impl Esp {
         self.entries_dir().join(file)
     }
 
-    /// cairn's entries, in systemd-boot's order (the first boots).
+    /// The path, relative to the ESP, of `slot`'s entry of `generation` with `tries` left.
+    pub fn entry_rel(slot: Slot, generation: u64, tries: Option<u32>) -> String {
+        format!(
+            "{}/{}",
+            boot_entry::ENTRIES_DIR,
+            slot.entry_file(generation, tries)
+        )
+    }
+
+    /// cairn's entries, in systemd-boot's order (the first boots). Only each UKI's headers and small sections
+    /// are read.
     pub fn entries(&self) -> Result<Vec<Found>, EspError> {
         let dir = self.entries_dir();
         let mut out = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(at(&dir))? {
             let e = e.map_err(at(&dir))?;
             let file = e.file_name().to_string_lossy().into_owned();
-            let Some(name) = EntryName::parse(&file) else {
+            let Some(ranked) = Ranked::parse(&file) else {
                 continue;
             };
             let path = e.path();
-            let text = std::fs::read_to_string(&path).map_err(at(&path))?;
-            out.push(Found {
-                ranked: Ranked {
-                    file,
-                    name,
-                    generation: boot_entry::generation(&text),
-                },
-                text,
-            });
+            let about = File::open(&path)
+                .map_err(at(&path))
+                .map(|mut f| uki::About::read(&mut f).ok())?;
+            out.push(Found { ranked, about });
         }
         out.sort_by(|a, b| boot_entry::boot_order(&a.ranked, &b.ranked));
         Ok(out)
@@ -100,7 +105,7 @@ impl Esp {
         for e in std::fs::read_dir(&dir).map_err(at(&dir))? {
             let e = e.map_err(at(&dir))?;
             let file = e.file_name().to_string_lossy().into_owned();
-            let ours = EntryName::parse(&file).is_some_and(|n| n.slot == slot);
+            let ours = boot_entry::EntryName::parse(&file).is_some_and(|n| n.slot == slot);
             if ours || file.ends_with(TMP_SUFFIX) {
                 std::fs::remove_file(e.path()).map_err(at(&e.path()))?;
             }
@@ -108,7 +113,7 @@ impl Esp {
         sync_dir(&dir)
     }
 
-    /// A file of the ESP (`cairn/b/vmlinuz`) being written: a sink into its temporary name.
+    /// A file of the ESP (`EFI/Linux/cairn-2-b+3.efi`) being written: a sink into its temporary name.
     pub fn file(&self, rel: &str) -> Result<EspFile, EspError> {
         let path = self.dir.join(rel.trim_start_matches('/'));
         if let Some(parent) = path.parent() {
@@ -117,22 +122,6 @@ impl Esp {
         let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", path.display()));
         let file = File::create(&tmp).map_err(at(&tmp))?;
         Ok(EspFile { path, tmp, file })
-    }
-
-    /// Writes `slot`'s entry, with `tries` left on its counter: the commit point of an update.
-    pub fn write_entry(
-        &self,
-        slot: Slot,
-        tries: Option<u32>,
-        title: &str,
-        generation: u64,
-        options: &str,
-    ) -> Result<PathBuf, EspError> {
-        let rel = format!("{}/{}", boot_entry::ENTRIES_DIR, slot.entry_file(tries));
-        let mut f = self.file(&rel)?;
-        let text = boot_entry::entry_text(slot, title, generation, options);
-        f.write(text.as_bytes()).map_err(at(&f.tmp))?;
-        f.commit()
     }
 }
 
@@ -144,6 +133,11 @@ pub struct EspFile {
 }
 
 impl EspFile {
+    /// Where the bytes are until [`EspFile::commit`].
+    pub fn staged(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn commit(self) -> Result<PathBuf, EspError> {
         self.file.sync_all().map_err(at(&self.tmp))?;
         drop(self.file);
@@ -172,8 +166,33 @@ fn sync_dir(dir: &Path) -> Result<(), EspError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use cairn_profile::uki::{self, NewSection};
+
+    /// A UKI as far as the ESP's readers look: os-release and command line on a tiny PE.
+    pub(crate) fn uki_bytes(title: &str, cmdline: &str) -> Vec<u8> {
+        let osrel = format!("PRETTY_NAME=\"{title}\"\nIMAGE_VERSION=\"1\"\n");
+        uki::assemble(
+            "stub",
+            &uki::fixture::tiny_pe(),
+            &[
+                NewSection {
+                    name: uki::OSREL,
+                    data: osrel.as_bytes(),
+                },
+                NewSection {
+                    name: uki::CMDLINE,
+                    data: cmdline.as_bytes(),
+                },
+                NewSection {
+                    name: uki::LINUX,
+                    data: b"a kernel",
+                },
+            ],
+        )
+        .unwrap()
+    }
 
     #[test]
     fn entries_come_in_boot_order_and_a_slot_is_removed_whole() {
@@ -181,31 +200,34 @@ mod tests {
         let esp = Esp {
             dir: dir.path().into(),
         };
-        std::fs::create_dir_all(esp.entries_dir()).unwrap();
-        esp.write_entry(
-            Slot::A,
-            None,
-            "edge 1.0",
-            1,
-            "cairn.verity=AA console=ttyS0",
+        let d = esp.entries_dir();
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("cairn-1-a.efi"),
+            uki_bytes("edge 1.0", "cairn.verity=AA console=ttyS0"),
         )
         .unwrap();
-        esp.write_entry(Slot::B, Some(0), "edge 2.0", 2, "cairn.verity=bb")
-            .unwrap();
-        std::fs::write(esp.entries_dir().join("other.conf"), "title x\n").unwrap();
-        std::fs::write(esp.entries_dir().join("cairn-b+3.conf.cairn-tmp"), "half").unwrap();
+        std::fs::write(
+            d.join("cairn-2-b+0.efi"),
+            uki_bytes("edge 2.0", "cairn.verity=bb"),
+        )
+        .unwrap();
+        std::fs::write(d.join("cairn-3-a+3.efi"), b"damaged").unwrap();
+        std::fs::write(d.join("other.efi"), b"x").unwrap();
+        std::fs::write(d.join("cairn-2-b+3.efi.cairn-tmp"), "half").unwrap();
         let found = esp.entries().unwrap();
         let files: Vec<&str> = found.iter().map(|f| f.ranked.file.as_str()).collect();
-        // The B entry has no tries left: A boots, though B is newer.
-        assert_eq!(files, ["cairn-a.conf", "cairn-b+0.conf"]);
-        assert_eq!(found[0].root_hash().as_deref(), Some("aa"));
-        assert_eq!(found[0].title(), "edge 1.0");
+        // The B entry has no tries left: A boots, though B is newer; the damaged one ranks by its name.
+        assert_eq!(files, ["cairn-3-a+3.efi", "cairn-1-a.efi", "cairn-2-b+0.efi"]);
+        assert_eq!(found[0].root_hash(), None);
+        assert_eq!(found[1].root_hash().as_deref(), Some("aa"));
+        assert_eq!(found[1].title(), "edge 1.0");
         esp.remove_slot(Slot::B).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(esp.entries_dir())
+        let mut left: Vec<String> = std::fs::read_dir(&d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["cairn-a.conf", "other.conf"]);
+        assert_eq!(left, ["cairn-1-a.efi", "cairn-3-a+3.efi", "other.efi"]);
     }
 }

@@ -2,20 +2,21 @@
 //! next boot, with a boot counter.
 //!
 //! [`source`] (where the payload is, every byte checked against its digest) → [`slot`] (the disk's A/B
-//! partitions) → [`esp`] (kernel, initrd and boot entry). The order is what makes a power cut harmless:
+//! partitions) → [`esp`] (the slot's unified kernel image, its boot entry). The order is what makes a power cut
+//! harmless:
 //!
 //! 1. Everything is checked before the disk is touched: the manifest (by digest, [`Payload::parse`]), its
-//!    architecture, that it is not the running root nor one this node rolled back (unless allowed), the boot
-//!    entry's command line and the build report (both must name the manifest's root hash), and that the running
-//!    entry is not itself still on trial.
+//!    architecture, that it is not the running root nor one this node rolled back (unless allowed), the build
+//!    report and the UKI (both must name the manifest's root hash; the UKI must be signed by the running image's
+//!    Secure Boot certificate when it has one), and that the running entry is not itself still on trial.
 //! 2. The inactive slot's boot entry is deleted and its partitions renamed [`slot::EMPTY_NAME`]: from here on,
 //!    only the running slot can boot.
 //! 3. The root and hash blobs stream into the slot's partitions, checked as they come; the slot is then read
 //!    back from the disk and must verify against the payload's root hash, as the kernel will check it.
-//! 4. The kernel and initrd go to `/cairn/SLOT/` on the ESP (temporary names, synced, renamed).
+//! 4. The UKI is written to a temporary name on the ESP and synced.
 //! 5. The partitions get the GUIDs the root hash gives, and names.
-//! 6. The entry `cairn-SLOT+3.conf` is written with the next generation: the commit. systemd-boot boots it
-//!    (three tries), and falls back to the running entry once they are spent.
+//! 6. The UKI is renamed `EFI/Linux/cairn-GENERATION-SLOT+3.efi`, the next generation: the commit. systemd-boot
+//!    boots it (three tries), and falls back to the running entry once they are spent.
 //!
 //! The running slot's partitions and files are never written.
 
@@ -28,9 +29,11 @@ use std::time::Instant;
 
 use cairn_profile::boot_entry;
 use cairn_profile::contract;
-use cairn_profile::payload::{Entry, Part, Payload, PayloadError, ReportFacts};
+use cairn_profile::authenticode;
+use cairn_profile::payload::{self, Part, Payload, PayloadError, ReportFacts};
 use serde::{Deserialize, Serialize};
 
+use crate::datasources::http::Sink;
 use esp::{Esp, EspError};
 use slot::{Disk, SlotError};
 use source::{Fetcher, Memory, Source, SourceError};
@@ -58,6 +61,9 @@ pub enum UpdateError {
     Esp(#[from] EspError),
     #[error("{path}: {reason}")]
     State { path: String, reason: String },
+    /// The payload's UKI is not signed by the running image's Secure Boot certificate.
+    #[error("the payload's unified kernel image is refused: {0}")]
+    Signature(String),
 }
 
 impl UpdateError {
@@ -68,6 +74,7 @@ impl UpdateError {
             UpdateError::Source(SourceError::Parse { .. })
                 | UpdateError::Payload { .. }
                 | UpdateError::Refused(_)
+                | UpdateError::Signature(_)
                 | UpdateError::Source(SourceError::Digest { .. })
                 | UpdateError::Source(SourceError::Size { .. })
         )
@@ -266,7 +273,7 @@ pub fn slots(opts: &Options) -> Result<SlotsStatus, UpdateError> {
         .iter()
         .filter(|e| e.ranked.name.is_bad())
         .filter(|e| e.root_hash().as_deref() != Some(running_hash.as_str()))
-        .max_by_key(|e| e.ranked.generation)
+        .max_by_key(|e| e.ranked.generation())
         .map(rollback_of);
     let last_rollback = live.or_else(|| {
         opts.read_rollbacks()
@@ -345,7 +352,7 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
             && e.root_hash().as_deref() == Some(about.root_hash.as_str())
     }) {
         outcome.entry = esp.entry_path(&pending.ranked.file).display().to_string();
-        outcome.generation = pending.ranked.generation;
+        outcome.generation = pending.ranked.generation();
         say(&format!(
             "{} {} is already the next boot ({})",
             about.name, about.version, pending.ranked.file
@@ -391,10 +398,14 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         fetcher.blob(payload.blob(part), &mut m)?;
         Ok(m.0)
     };
-    let entry_bytes = small(&mut fetcher, Part::Entry)?;
-    let entry = Entry::parse(&entry_bytes, &about.root_hash).map_err(bad_payload)?;
     let report = small(&mut fetcher, Part::Report)?;
     ReportFacts::check(&report, about).map_err(bad_payload)?;
+    // The UKI is checked whole before anything is written (it is tens of megabytes, bounded by its part).
+    let uki = small(&mut fetcher, Part::Uki)?;
+    let uki_about = cairn_profile::uki::About::read(&mut std::io::Cursor::new(&uki))
+        .map_err(|e| bad_payload(PayloadError::Uki(e.to_string())))?;
+    let title = payload::check_uki(&uki_about, about).map_err(bad_payload)?;
+    let signed_by = check_signature(opts, &uki)?;
     let (root_blob, verity_blob) = (payload.blob(Part::Root), payload.blob(Part::Verity));
     // Checked before anything is written.
     disk.writer(false, "root", root_blob.size)?;
@@ -428,28 +439,24 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         about.root_hash,
         t.elapsed().as_millis()
     ));
-    for (part, path) in [
-        (Part::Kernel, inactive.kernel()),
-        (Part::Initrd, inactive.initrd()),
-    ] {
-        let mut f = esp.file(&path)?;
-        fetcher.blob(payload.blob(part), &mut f)?;
-        f.commit()?;
-    }
-    disk.mark_written(&root_bytes(&about.root_hash)?)?;
     let generation = entries
         .iter()
-        .map(|e| e.ranked.generation)
+        .map(|e| e.ranked.generation())
         .max()
         .unwrap_or(0)
         + 1;
-    let written = esp.write_entry(
+    let mut staged = esp.file(&Esp::entry_rel(
         inactive,
-        Some(boot_entry::TRIES),
-        &entry.title,
         generation,
-        &entry.options,
-    )?;
+        Some(boot_entry::TRIES),
+    ))?;
+    staged.write(&uki).map_err(|source| EspError {
+        path: staged.staged().to_path_buf(),
+        source,
+    })?;
+    drop(uki);
+    disk.mark_written(&root_bytes(&about.root_hash)?)?;
+    let written = staged.commit()?;
     outcome.written = true;
     outcome.entry = written.display().to_string();
     outcome.generation = generation;
@@ -460,13 +467,44 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         .collect();
     outcome.millis = started.elapsed().as_millis() as u64;
     say(&format!(
-        "{} {} is the next boot: {} (generation {generation}, {} tries); reboot to start it",
-        about.name,
-        about.version,
+        "{title} is the next boot: {} (generation {generation}, {} tries, {signed_by}); reboot to start it",
         written.display(),
         boot_entry::TRIES
     ));
     Ok(outcome)
+}
+
+/// Whom the UKI is signed by, as the update reports it: when the running image was built with a Secure Boot
+/// certificate, an update's UKI must be signed with that same certificate's key; otherwise any UKI is taken, as
+/// nothing on the node says which key is right (and the firmware, if Secure Boot is on, still checks it).
+fn check_signature(opts: &Options, uki: &[u8]) -> Result<String, UpdateError> {
+    let path = opts
+        .root
+        .join(contract::SECURE_BOOT_CERT.trim_start_matches('/'));
+    match std::fs::read(&path) {
+        Ok(cert) => {
+            authenticode::verify(uki, &cert).map_err(|e| {
+                UpdateError::Signature(format!(
+                    "{e}; the running image is signed with the certificate {} (sha256 {})",
+                    contract::SECURE_BOOT_CERT,
+                    authenticode::certificate_sha256(&cert)
+                ))
+            })?;
+            Ok(format!(
+                "signed by the running image's key, certificate sha256 {}",
+                authenticode::certificate_sha256(&cert)
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(if authenticode::is_signed(uki) {
+            "signed; the running image has no Secure Boot certificate to check it against".into()
+        } else {
+            "unsigned".into()
+        }),
+        Err(e) => Err(UpdateError::State {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 fn root_bytes(hash: &str) -> Result<[u8; 32], UpdateError> {

@@ -1,13 +1,17 @@
-//! What the EFI system partition boots: systemd-boot and the kernel, read from the assembled root, cairn's initrd,
-//! and slot A's loader entry, whose command line carries the root hash (`cairn.verity=ROOTHASH`).
+//! What the EFI system partition boots: systemd-boot, read from the assembled root, and slot A's unified kernel
+//! image, assembled from the root's systemd-stub, kernel and os-release with cairn's initrd and the command line
+//! that carries the root hash (`cairn.verity=ROOTHASH`). With a Secure Boot key, systemd-boot (both copies) and the
+//! UKI are signed; the firmware then checks systemd-boot, systemd-boot checks the UKI through the firmware, and
+//! systemd-stub ignores any command line but the signed one.
 
 use std::path::PathBuf;
 
 use cairn_profile::boot_entry::{self, Slot};
-use cairn_profile::contract;
-use cairn_profile::{Arch, Profile};
+use cairn_profile::uki::{self, AssembleError, NewSection};
+use cairn_profile::{Arch, Profile, contract};
 
 use super::esp::EspFile;
+use super::secure_boot::{SecureBootError, Signer};
 use super::verity::Verity;
 use crate::assemble::tree::{Node, Tree};
 use crate::filesystem::{FilesystemError, read_file};
@@ -16,13 +20,19 @@ use crate::filesystem::{FilesystemError, read_file};
 pub enum BootError {
     #[error("no kernel in the root (/boot/vmlinuz-*)")]
     NoKernel,
-    #[error("/{0} is missing: the base rock must carry systemd-boot (Debian's systemd-boot-efi)")]
+    #[error("/{0} is missing: the base rock must carry systemd-boot and systemd-stub (Debian's systemd-boot-efi)")]
     NoBootLoader(&'static str),
+    #[error("no os-release in the root (/usr/lib/os-release or /etc/os-release)")]
+    NoOsRelease,
     #[error(transparent)]
     Read(#[from] FilesystemError),
+    #[error(transparent)]
+    Uki(#[from] AssembleError),
+    #[error(transparent)]
+    Sign(#[from] SecureBootError),
 }
 
-/// The kernel and the boot loader, out of the root.
+/// The kernel, the boot loader and the stub, out of the root.
 pub struct Boot {
     /// `boot/vmlinuz-VERSION`, relative.
     pub kernel_path: String,
@@ -31,6 +41,20 @@ pub struct Boot {
     loader_path: &'static str,
     removable_name: &'static str,
     loader: Vec<u8>,
+    stub_path: &'static str,
+    stub: Vec<u8>,
+    os_release: String,
+}
+
+/// The ESP's boot files and what the report says of them.
+pub struct EspBoot {
+    pub files: Vec<EspFile>,
+    /// Slot A's UKI, as the ESP holds it (an update payload carries it).
+    pub uki: Vec<u8>,
+    /// `EFI/Linux/cairn-1-a.efi`.
+    pub uki_path: String,
+    /// The ESP's files that are signed.
+    pub signed: Vec<String>,
 }
 
 impl Boot {
@@ -38,24 +62,38 @@ impl Boot {
     pub fn read(tree: &Tree, layer_tars: &[PathBuf], arch: Arch) -> Result<Boot, BootError> {
         let kernel_path = find_kernel(tree).ok_or(BootError::NoKernel)?;
         let kernel = read_file(tree, layer_tars, &kernel_path)?.unwrap_or_default();
-        let (loader_path, removable_name) = match arch {
+        let (loader_path, removable_name, stub_path) = match arch {
             Arch::Amd64 => (
                 "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
                 "BOOTX64.EFI",
+                "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
             ),
             Arch::Arm64 => (
                 "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
                 "BOOTAA64.EFI",
+                "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
             ),
         };
         let loader = read_file(tree, layer_tars, loader_path)?
             .ok_or(BootError::NoBootLoader(loader_path))?;
+        let stub =
+            read_file(tree, layer_tars, stub_path)?.ok_or(BootError::NoBootLoader(stub_path))?;
+        let mut os_release = None;
+        for p in ["usr/lib/os-release", "etc/os-release"] {
+            if let Some(b) = read_file(tree, layer_tars, p)? {
+                os_release = Some(String::from_utf8_lossy(&b).into_owned());
+                break;
+            }
+        }
         Ok(Boot {
             kernel_path,
             kernel,
             loader_path,
             removable_name,
             loader,
+            stub_path,
+            stub,
+            os_release: os_release.ok_or(BootError::NoOsRelease)?,
         })
     }
 
@@ -63,44 +101,101 @@ impl Boot {
         &self.kernel
     }
 
+    /// The kernel's release, from its file name (`vmlinuz-6.1.0-28-amd64`).
+    pub fn uname(&self) -> &str {
+        self.kernel_path
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_prefix("vmlinuz-"))
+            .unwrap_or("")
+    }
+
+    /// Slot A's UKI, unsigned: os-release, command line, uname, initrd and kernel, in ukify's order.
+    pub fn uki(&self, profile: &Profile, cmdline: &str, initrd: &[u8]) -> Result<Vec<u8>, BootError> {
+        let os_release = boot_entry::os_release(&self.os_release, &profile.name, &profile.version);
+        Ok(uki::assemble(
+            self.stub_path,
+            &self.stub,
+            &[
+                NewSection {
+                    name: uki::OSREL,
+                    data: os_release.as_bytes(),
+                },
+                NewSection {
+                    name: uki::CMDLINE,
+                    data: cmdline.as_bytes(),
+                },
+                NewSection {
+                    name: uki::UNAME,
+                    data: self.uname().as_bytes(),
+                },
+                NewSection {
+                    name: uki::INITRD,
+                    data: initrd,
+                },
+                NewSection {
+                    name: uki::LINUX,
+                    data: &self.kernel,
+                },
+            ],
+        )?)
+    }
+
     /// The ESP's files: the boot loader at the removable-media path and systemd-boot's own, its configuration,
-    /// slot A's entry (generation 1, no counter: a new disk's first boot has nothing to fall back to), its kernel
-    /// and initrd ([`cairn_profile::boot_entry`]).
-    pub fn esp_files(self, profile: &Profile, cmdline: &str, initrd: Vec<u8>) -> Vec<EspFile> {
-        let slot = Slot::A;
-        let title = format!("{} {}", profile.name, profile.version);
-        vec![
+    /// and slot A's UKI (generation 1, no counter: a new disk's first boot has nothing to fall back to), each
+    /// PE signed when there is a `signer` ([`cairn_profile::boot_entry`]).
+    pub fn esp_files(
+        self,
+        profile: &Profile,
+        cmdline: &str,
+        initrd: &[u8],
+        signer: Option<&Signer>,
+    ) -> Result<EspBoot, BootError> {
+        let mut uki = self.uki(profile, cmdline, initrd)?;
+        let removable = format!("EFI/BOOT/{}", self.removable_name);
+        let own = format!(
+            "EFI/systemd/{}",
+            self.loader_path
+                .rsplit('/')
+                .next()
+                .unwrap_or(self.loader_path)
+        );
+        let uki_path = format!(
+            "{}/{}",
+            boot_entry::ENTRIES_DIR,
+            Slot::A.entry_file(boot_entry::FIRST_GENERATION, None)
+        );
+        let mut loader = self.loader;
+        let mut signed = Vec::new();
+        if let Some(s) = signer {
+            loader = s.sign_pe(self.loader_path, &loader)?;
+            uki = s.sign_pe(&uki_path, &uki)?;
+            signed = vec![removable.clone(), own.clone(), uki_path.clone()];
+        }
+        let files = vec![
             EspFile {
-                path: format!("EFI/BOOT/{}", self.removable_name),
-                bytes: self.loader.clone(),
+                path: removable,
+                bytes: loader.clone(),
             },
             EspFile {
-                path: format!(
-                    "EFI/systemd/{}",
-                    self.loader_path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or(self.loader_path)
-                ),
-                bytes: self.loader,
+                path: own,
+                bytes: loader,
             },
             EspFile {
                 path: boot_entry::LOADER_CONF_PATH.into(),
                 bytes: boot_entry::LOADER_CONF.as_bytes().to_vec(),
             },
             EspFile {
-                path: format!("{}/{}", boot_entry::ENTRIES_DIR, slot.entry_file(None)),
-                bytes: boot_entry::entry_text(slot, &title, 1, cmdline).into_bytes(),
+                path: uki_path.clone(),
+                bytes: uki.clone(),
             },
-            EspFile {
-                path: slot.kernel().trim_start_matches('/').into(),
-                bytes: self.kernel,
-            },
-            EspFile {
-                path: slot.initrd().trim_start_matches('/').into(),
-                bytes: initrd,
-            },
-        ]
+        ];
+        Ok(EspBoot {
+            files,
+            uki,
+            uki_path,
+            signed,
+        })
     }
 }
 

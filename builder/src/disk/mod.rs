@@ -1,7 +1,8 @@
 //! Disk: the bootable, read-only, verified image.
 //!
-//! GPT with the Discoverable Partitions Specification's type GUIDs: an EFI system partition (systemd-boot, the
-//! kernel, cairn's initrd, one loader entry carrying `cairn.verity=ROOTHASH`), the root (squashfs, read-only) and
+//! GPT with the Discoverable Partitions Specification's type GUIDs: an EFI system partition (systemd-boot and slot
+//! A's unified kernel image, whose command line carries `cairn.verity=ROOTHASH`; both signed with a Secure Boot
+//! key when one is given), the root (squashfs, read-only) and
 //! its dm-verity hash partition, room for a second root and hash slot (A/B updates), and an ext4 data partition
 //! for /var. Every GUID, the FAT volume id and the verity salt derive from the profile and its digests; every time
 //! from the build epoch: the same inputs give the same image.
@@ -16,7 +17,6 @@ pub mod root;
 pub mod secure_boot;
 pub mod squashfs;
 pub(crate) mod tools;
-pub mod uki;
 pub mod verity;
 
 use std::path::{Path, PathBuf};
@@ -159,8 +159,10 @@ pub struct DiskReport {
     /// What slot A holds, byte for byte from each partition's start: the root image (whole 4 KiB blocks) and its
     /// hash device. An update payload carries these, and a written slot is checked against them.
     pub slot: SlotImages,
-    /// The kernel and initrd slot A's boot entry starts, as the ESP holds them: an update payload carries these.
+    /// Slot A's boot entry, as the ESP holds it: an update payload carries it.
     pub boot: BootImages,
+    /// Whether the boot chain is signed, and with which certificate (never the key).
+    pub secure_boot: SecureBootReport,
     /// xattrs the root filesystem cannot hold, left out of it: (path, name).
     pub xattrs_not_in_root: Vec<(String, String)>,
 }
@@ -173,8 +175,24 @@ pub struct SlotImages {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BootImages {
+    /// `EFI/Linux/cairn-1-a.efi`.
+    pub uki_path: String,
+    pub uki: Image,
+    /// What the UKI holds, before it is signed.
     pub kernel: Image,
     pub initrd: Image,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecureBootReport {
+    pub signed: bool,
+    /// sha256 of the signing certificate's DER: the one to enroll in the firmware's db.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_subject: Option<String>,
+    /// The ESP's signed files.
+    pub signed_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,6 +220,8 @@ pub struct DiskInputs<'a> {
     /// The static agent: the initrd's `/init`.
     pub agent: &'a Path,
     pub epoch: u64,
+    /// Signs the boot chain for Secure Boot.
+    pub signer: Option<&'a secure_boot::Signer>,
 }
 
 /// Writes the disk formats among `formats` into `out_dir` (the raw image, and its qcow2 conversion) from the
@@ -256,6 +276,7 @@ pub fn build_raw(
         ids,
         agent,
         epoch,
+        signer,
     } = *inputs;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -284,11 +305,24 @@ pub fn build_raw(
         )
     })?;
     let cmdline = boot::cmdline(profile, &v);
+    let (kernel_image, initrd_image) = (Image::of(boot.kernel()), Image::of(&initrd));
+    let esp_boot = step("unified kernel image", || {
+        boot.esp_files(profile, &cmdline, &initrd, signer)
+    })?;
+    drop(initrd);
     let boot_images = BootImages {
-        kernel: Image::of(boot.kernel()),
-        initrd: Image::of(&initrd),
+        uki_path: esp_boot.uki_path.clone(),
+        uki: Image::of(&esp_boot.uki),
+        kernel: kernel_image,
+        initrd: initrd_image,
     };
-    let esp_files = boot.esp_files(profile, &cmdline, initrd);
+    let secure_boot = SecureBootReport {
+        signed: signer.is_some(),
+        certificate_sha256: signer.map(|s| s.certificate_sha256()),
+        certificate_subject: signer.map(|s| s.subject()),
+        signed_files: esp_boot.signed.clone(),
+    };
+    let esp_files = esp_boot.files;
     let staging = work.join("esp");
     step("EFI system partition", || {
         esp::make(
@@ -338,6 +372,7 @@ pub fn build_raw(
             },
         },
         boot: boot_images,
+        secure_boot,
         xattrs_not_in_root: dropped,
     })
 }

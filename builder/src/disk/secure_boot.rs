@@ -392,7 +392,7 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        let pe = super::super::uki::tests::tiny_stub();
+        let pe = cairn_profile::uki::fixture::tiny_pe();
         let signed = signer.sign_pe("stub", &pe).unwrap();
         ac::verify(&signed, signer.certificate_der()).unwrap();
         // Deterministic: the same bytes twice.
@@ -448,7 +448,7 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        let pe = super::super::uki::tests::tiny_stub();
+        let pe = cairn_profile::uki::fixture::tiny_pe();
         assert_eq!(
             by_key.sign_pe("stub", &pe).unwrap(),
             by_command.sign_pe("stub", &pe).unwrap()

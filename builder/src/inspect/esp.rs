@@ -1,18 +1,21 @@
 //! What the EFI system partition boots, read from the disk with mtools (`IMAGE@@OFFSET`, nothing extracted): the
-//! loader entries, the default one's kernel (its version from the x86 boot protocol's header) and command line,
-//! and the root hash on it.
+//! unified kernel images in `EFI/Linux/`, each one's command line, os-release, kernel release and whether it is
+//! signed, the default one's kernel (its version from the x86 boot protocol's header), and the root hash on its
+//! command line.
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use cairn_profile::boot_entry;
 use cairn_profile::command::CommandError;
 use cairn_profile::contract;
+use cairn_profile::uki;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::disk::tools::Tool;
 
-/// A loader entry or loader.conf bigger than this is not one.
+/// loader.conf bigger than this is not one.
 const MAX_CONF: usize = 64 << 10;
 /// Entries read: cairn writes one per slot.
 const MAX_ENTRIES: usize = 64;
@@ -24,9 +27,9 @@ pub enum EspError {
         disk: PathBuf,
         source: Box<CommandError>,
     },
-    #[error("{}: the EFI system partition has no loader entry (loader/entries/*.conf)", disk.display())]
+    #[error("{}: the EFI system partition has no boot entry (EFI/Linux/*.efi)", disk.display())]
     NoEntry { disk: PathBuf },
-    #[error("{}: loader entry {entry}: {reason}", disk.display())]
+    #[error("{}: boot entry {entry}: {reason}", disk.display())]
     Entry {
         disk: PathBuf,
         entry: String,
@@ -34,22 +37,35 @@ pub enum EspError {
     },
 }
 
+/// One Type #2 entry: a unified kernel image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoaderEntry {
-    /// `loader/entries/cairn-a.conf`.
+    /// `EFI/Linux/cairn-1-a.efi`.
     pub file: String,
+    /// os-release's PRETTY_NAME, as systemd-boot shows it.
     pub title: String,
-    /// The `version` line: cairn's entries carry their generation there.
+    /// os-release's IMAGE_VERSION: the profile's version.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub version: String,
-    pub linux: String,
-    pub initrd: Vec<String>,
+    /// The generation in its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// `.cmdline`.
     pub options: String,
+    /// `.uname`: the kernel's release.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uname: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Carries an Authenticode signature (which key, the firmware's db decides).
+    pub signed: bool,
+    #[serde(skip)]
+    kernel: Option<Kernel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Kernel {
-    /// On the ESP: `/cairn/a/vmlinuz`.
+    /// The UKI and its section: `EFI/Linux/cairn-1-a.efi:.linux`.
     pub path: String,
     pub size: u64,
     pub sha256: String,
@@ -88,42 +104,45 @@ pub fn read(disk: &Path, offset: u64) -> Result<Boot, EspError> {
     };
     let listed = Tool::Mdir
         .command()
-        .args(["-b", "-i", &image, "::/loader/entries"])
+        .args([
+            "-b",
+            "-i",
+            &image,
+            &format!("::/{}", boot_entry::ENTRIES_DIR),
+        ])
         .capture_stdout()
         .run()
         .map_err(tool)?;
     let mut names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
         .lines()
         .filter_map(|l| l.trim().rsplit('/').next())
-        .filter(|n| n.to_ascii_lowercase().ends_with(".conf"))
+        .filter(|n| n.to_ascii_lowercase().ends_with(".efi"))
         .map(str::to_string)
         .collect();
     names.sort();
     names.truncate(MAX_ENTRIES);
     let mut entries = Vec::new();
     for name in &names {
-        let file = format!("loader/entries/{name}");
-        let text = cat(&file)?;
-        entries.push(parse_entry(&file, &text).map_err(|reason| EspError::Entry {
+        let file = format!("{}/{name}", boot_entry::ENTRIES_DIR);
+        let bytes = cat(&file)?;
+        entries.push(parse_entry(&file, &bytes).map_err(|reason| EspError::Entry {
             disk: disk.to_path_buf(),
             entry: file.clone(),
             reason,
         })?);
     }
     // loader.conf may be absent: systemd-boot then starts the first entry.
-    let conf = cat("loader/loader.conf").unwrap_or_default();
+    let conf = cat(boot_entry::LOADER_CONF_PATH).unwrap_or_default();
     let entry = choose(&entries, default_entry(&conf).as_deref())
         .ok_or_else(|| EspError::NoEntry {
             disk: disk.to_path_buf(),
         })?
         .clone();
-    let kernel_bytes = cat(entry.linux.trim_start_matches('/'))?;
-    let kernel = Kernel {
-        path: entry.linux.clone(),
-        size: kernel_bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&kernel_bytes)),
-        version: x86_version(&kernel_bytes),
-    };
+    let kernel = entry.kernel.clone().ok_or_else(|| EspError::Entry {
+        disk: disk.to_path_buf(),
+        entry: entry.file.clone(),
+        reason: "no .linux section".into(),
+    })?;
     Ok(Boot {
         root_hash: root_hash(&entry.options),
         kernel_cmdline: entry.options.clone(),
@@ -133,84 +152,63 @@ pub fn read(disk: &Path, offset: u64) -> Result<Boot, EspError> {
     })
 }
 
-/// A Boot Loader Specification entry's keys cairn writes; the rest are ignored.
+/// What a UKI says about itself.
 pub fn parse_entry(file: &str, bytes: &[u8]) -> Result<LoaderEntry, String> {
-    if bytes.len() > MAX_CONF {
-        return Err(format!("larger than {MAX_CONF} bytes"));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
-    let mut e = LoaderEntry {
+    let mut r = Cursor::new(bytes);
+    let table = uki::sections(&mut r).map_err(|e| e.to_string())?;
+    let about = uki::About::read(&mut r).map_err(|e| e.to_string())?;
+    let uname = uki::read_section(&mut r, &table, uki::UNAME, uki::SMALL_SECTION_LIMIT)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let kernel = uki::read_section(&mut r, &table, uki::LINUX, bytes.len() as u64)
+        .ok()
+        .map(|k| Kernel {
+            path: format!("{file}:{}", uki::LINUX),
+            size: k.len() as u64,
+            sha256: hex::encode(Sha256::digest(&k)),
+            version: x86_version(&k),
+        });
+    let name = file.rsplit('/').next().unwrap_or(file);
+    Ok(LoaderEntry {
         file: file.into(),
-        title: String::new(),
-        version: String::new(),
-        linux: String::new(),
-        initrd: Vec::new(),
-        options: String::new(),
-    };
-    for line in text.lines() {
-        let line = line.trim();
-        let (key, value) = line
-            .split_once(char::is_whitespace)
-            .map(|(k, v)| (k, v.trim()))
-            .unwrap_or((line, ""));
-        match key {
-            "title" => e.title = value.into(),
-            "version" => e.version = value.into(),
-            "linux" => e.linux = value.into(),
-            "initrd" => e.initrd.push(value.into()),
-            // Several `options` lines are joined, as systemd-boot does.
-            "options" if e.options.is_empty() => e.options = value.into(),
-            "options" => {
-                e.options.push(' ');
-                e.options.push_str(value);
-            }
-            _ => {}
-        }
-    }
-    if e.linux.is_empty() {
-        return Err("no `linux` line".into());
-    }
-    Ok(e)
+        title: about.os_release_value("PRETTY_NAME").unwrap_or_default(),
+        version: about.os_release_value("IMAGE_VERSION").unwrap_or_default(),
+        generation: boot_entry::EntryName::parse(name).map(|n| n.generation),
+        options: about.cmdline,
+        uname,
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        signed: cairn_profile::authenticode::is_signed(bytes),
+        kernel,
+    })
 }
 
-/// The entry systemd-boot starts: the first, in its order, whose id (the file name without the boot counter)
-/// matches loader.conf's `default` glob; without a match or a `default`, the first in its order.
+/// The entry systemd-boot starts: the first, in its order, whose id (the lower-cased file name) matches
+/// loader.conf's `default` glob; without a match or a `default`, the first in its order. Entries that are not
+/// cairn's come after cairn's here (systemd-boot ranks them by name among the rest).
 pub fn choose<'a>(entries: &'a [LoaderEntry], default: Option<&str>) -> Option<&'a LoaderEntry> {
-    let mut ranked: Vec<(&LoaderEntry, boot_entry::Ranked)> = entries
+    let mut ranked: Vec<(&LoaderEntry, Option<boot_entry::Ranked>, String)> = entries
         .iter()
         .map(|e| {
-            let file = e.file.rsplit('/').next().unwrap_or(&e.file).to_string();
-            let name = boot_entry::EntryName::parse(&file).unwrap_or(boot_entry::EntryName {
-                slot: boot_entry::Slot::A,
-                tries_left: None,
-                tries_done: None,
-            });
-            let generation = e.version.parse().unwrap_or(0);
-            (
-                e,
-                boot_entry::Ranked {
-                    file,
-                    name,
-                    generation,
-                },
-            )
+            let file = e.file.rsplit('/').next().unwrap_or(&e.file);
+            (e, boot_entry::Ranked::parse(file), file.to_ascii_lowercase())
         })
         .collect();
-    ranked.sort_by(|a, b| boot_entry::boot_order(&a.1, &b.1));
-    let id = |file: &str| -> String {
-        match file.strip_suffix(".conf").and_then(|s| s.split_once('+')) {
-            Some((stem, _)) => format!("{stem}.conf"),
-            None => file.to_string(),
-        }
-    };
+    ranked.sort_by(|a, b| match (&a.1, &b.1) {
+        (Some(x), Some(y)) => boot_entry::boot_order(x, y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => b.2.cmp(&a.2),
+    });
     default
         .and_then(|pattern| {
+            let pattern = pattern.to_ascii_lowercase();
             ranked
                 .iter()
-                .find(|(_, r)| glob(pattern, &id(&r.file)))
-                .map(|(e, _)| *e)
+                .find(|(_, _, id)| glob(&pattern, id))
+                .map(|(e, _, _)| *e)
         })
-        .or_else(|| ranked.first().map(|(e, _)| *e))
+        .or_else(|| ranked.first().map(|(e, _, _)| *e))
 }
 
 /// `*` and `?` globbing, as loader.conf's `default` takes it.
@@ -277,57 +275,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_an_entry_its_command_line_and_root_hash() {
-        let e = parse_entry(
-            "loader/entries/cairn.conf",
-            b"title edge 1.0.0\nlinux /cairn/vmlinuz\ninitrd /cairn/initrd.img\noptions console=ttyS0 cairn.verity=ab12\noptions quiet\n",
+    fn reads_a_ukis_command_line_root_hash_and_kernel() {
+        let mut k = vec![0u8; 0x1000];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        k[0x20e..0x210].copy_from_slice(&0x0a00u16.to_le_bytes());
+        k[0xc00..0xc05].copy_from_slice(b"6.1.0");
+        use cairn_profile::uki::NewSection as S;
+        let sec = |name: &'static str, data: &'static [u8]| S { name, data };
+        let kernel: &'static [u8] = k.leak();
+        let bytes = uki::assemble(
+            "stub",
+            &uki::fixture::tiny_pe(),
+            &[
+                sec(uki::OSREL, b"PRETTY_NAME=\"edge 1.0\"\nIMAGE_VERSION=\"1.0\"\n"),
+                sec(uki::CMDLINE, b"console=ttyS0 cairn.verity=ab12 quiet"),
+                sec(uki::UNAME, b"6.1.0"),
+                sec(uki::LINUX, kernel),
+            ],
         )
         .unwrap();
-        assert_eq!(e.title, "edge 1.0.0");
-        assert_eq!(e.linux, "/cairn/vmlinuz");
-        assert_eq!(e.initrd, ["/cairn/initrd.img"]);
+        let e = parse_entry("EFI/Linux/cairn-1-a.efi", &bytes).unwrap();
+        assert_eq!(e.title, "edge 1.0");
+        assert_eq!(e.version, "1.0");
+        assert_eq!(e.generation, Some(1));
+        assert_eq!(e.uname, "6.1.0");
+        assert!(!e.signed);
         assert_eq!(e.options, "console=ttyS0 cairn.verity=ab12 quiet");
         assert_eq!(root_hash(&e.options).as_deref(), Some("ab12"));
+        let kernel = e.kernel.clone().unwrap();
+        assert_eq!(kernel.path, "EFI/Linux/cairn-1-a.efi:.linux");
+        assert_eq!(kernel.size, 0x1000);
+        assert_eq!(kernel.version.as_deref(), Some("6.1.0"));
         assert_eq!(
             root_hash("cairn.verityx=1 cairn.verity=a cairn.verity=b").as_deref(),
             Some("b")
         );
         assert_eq!(root_hash("console=ttyS0"), None);
+        assert!(parse_entry("x.efi", b"not a PE").is_err());
         assert_eq!(
-            parse_entry("x.conf", b"title t\n"),
-            Err("no `linux` line".to_string())
-        );
-        assert_eq!(
-            default_entry(b"timeout 0\ndefault cairn.conf\n").as_deref(),
-            Some("cairn.conf")
+            default_entry(b"timeout 0\ndefault cairn-*.efi\n").as_deref(),
+            Some("cairn-*.efi")
         );
     }
 
     #[test]
     fn chooses_as_systemd_boot_does() {
-        let entry = |file: &str, version: &str| LoaderEntry {
-            file: format!("loader/entries/{file}"),
+        let entry = |file: &str| LoaderEntry {
+            file: format!("EFI/Linux/{file}"),
             title: file.into(),
-            version: version.into(),
-            linux: "/k".into(),
-            initrd: Vec::new(),
+            version: String::new(),
+            generation: None,
             options: String::new(),
+            uname: String::new(),
+            size: 0,
+            sha256: String::new(),
+            signed: false,
+            kernel: None,
         };
         let chosen = |entries: &[LoaderEntry], default| {
             choose(entries, default).map(|e| e.title.clone()).unwrap()
         };
-        let glob_default = Some("cairn-*.conf");
-        let updated = [entry("cairn-a.conf", "1"), entry("cairn-b+3.conf", "2")];
-        assert_eq!(chosen(&updated, glob_default), "cairn-b+3.conf");
-        let tried = [entry("cairn-a.conf", "1"), entry("cairn-b+0-3.conf", "2")];
-        assert_eq!(chosen(&tried, glob_default), "cairn-a.conf");
-        // An exact default boots even an entry out of tries, as systemd-boot does; its id has no counter.
-        assert_eq!(chosen(&tried, Some("cairn-b.conf")), "cairn-b+0-3.conf");
-        assert_eq!(chosen(&updated, Some("nothing-*.conf")), "cairn-b+3.conf");
-        assert_eq!(chosen(&updated, None), "cairn-b+3.conf");
-        assert!(glob("cairn-?.conf", "cairn-a.conf"));
+        let glob_default = Some("cairn-*.efi");
+        let updated = [entry("cairn-1-a.efi"), entry("cairn-2-b+3.efi")];
+        assert_eq!(chosen(&updated, glob_default), "cairn-2-b+3.efi");
+        let tried = [entry("cairn-1-a.efi"), entry("cairn-2-b+0-3.efi")];
+        assert_eq!(chosen(&tried, glob_default), "cairn-1-a.efi");
+        // An exact default boots even an entry out of tries, as systemd-boot does; its id keeps the counter.
+        assert_eq!(chosen(&tried, Some("cairn-2-b+0-3.efi")), "cairn-2-b+0-3.efi");
+        assert_eq!(chosen(&updated, Some("nothing-*.efi")), "cairn-2-b+3.efi");
+        assert_eq!(chosen(&updated, None), "cairn-2-b+3.efi");
+        let mixed = [entry("debian.efi"), entry("cairn-1-a.efi")];
+        assert_eq!(chosen(&mixed, None), "cairn-1-a.efi");
+        assert!(glob("cairn-?-a.efi", "cairn-1-a.efi"));
         assert!(glob("*", ""));
-        assert!(!glob("cairn-*.conf", "cairn-a.conff"));
+        assert!(!glob("cairn-*.efi", "cairn-1-a.efii"));
         assert!(glob("*a*b*", "xxaxxbxx"));
     }
 

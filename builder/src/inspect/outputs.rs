@@ -129,8 +129,11 @@ pub struct SlotRef {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BootRef {
-    pub kernel: ImageRef,
-    pub initrd: ImageRef,
+    /// Reports of builds before unified kernel images have neither (they carried a kernel and an initrd).
+    #[serde(default)]
+    pub uki_path: Option<String>,
+    #[serde(default)]
+    pub uki: Option<ImageRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -53,7 +53,7 @@ pub enum PushError {
     )]
     NoDisk { report: PathBuf },
     #[error(
-        "{}: made by a cairn without A/B slots (no disk.slot or disk.boot in the report): build it again",
+        "{}: made by a cairn without A/B slots or unified kernel images (no disk.slot or disk.boot.uki in the report): build it again",
         report.display()
     )]
     OldReport { report: PathBuf },

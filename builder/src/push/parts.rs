@@ -1,11 +1,11 @@
 //! The payload's parts, out of a build's verified outputs: slot A's root image and hash device read in place from
-//! the raw disk (by offset, never copied), the kernel and initrd its boot entry starts (out of the ESP, checked
-//! against the report), the entry's data and the report itself.
+//! the raw disk (by offset, never copied), its unified kernel image (out of the ESP, signed as the build signed
+//! it, checked against the report) and the report itself.
 
 use std::path::{Path, PathBuf};
 
 use cairn_profile::contract;
-use cairn_profile::payload::{About, Blob, Entry, Part};
+use cairn_profile::payload::{About, Blob, Part};
 use cairn_profile::{Arch, Digest, Profile};
 use sha2::{Digest as _, Sha256};
 
@@ -67,7 +67,12 @@ pub fn gather(profile: &Profile, build: &Build) -> Result<Gathered, PushError> {
     let disk = report.disk.as_ref().ok_or_else(|| PushError::NoDisk {
         report: build.report_path.clone(),
     })?;
-    let (Some(slot), Some(boot)) = (&disk.slot, &disk.boot) else {
+    let (Some(slot), Some((uki_path, uki_image))) = (
+        &disk.slot,
+        disk.boot
+            .as_ref()
+            .and_then(|b| Some((b.uki_path.as_ref()?, b.uki.as_ref()?))),
+    ) else {
         return Err(PushError::OldReport {
             report: build.report_path.clone(),
         });
@@ -113,15 +118,20 @@ pub fn gather(profile: &Profile, build: &Build) -> Result<Gathered, PushError> {
             ),
         });
     }
-    let [initrd_path] = entry.initrd.as_slice() else {
+    if entry.file != *uki_path {
         return Err(PushError::Damaged {
             report: build.report_path.clone(),
-            what: format!("the boot entry {} has not one initrd", entry.file),
+            what: format!(
+                "the default boot entry is {}, the report's {}",
+                entry.file, uki_path
+            ),
         });
-    };
+    }
     let temp = image.temp().to_path_buf();
-    let extract = |on: &str, name: &str, expected: &ImageRef| -> Result<Source, PushError> {
-        let dest = temp.join(name);
+    let uki = {
+        let on = &entry.file;
+        let expected = uki_image;
+        let dest = temp.join("uki.efi");
         Tool::Mcopy
             .command()
             .args(["-n", "-i", &format!("{}@@{esp_offset}", raw.raw.display())])
@@ -144,33 +154,14 @@ pub fn gather(profile: &Profile, build: &Build) -> Result<Gathered, PushError> {
                 ),
             });
         }
-        Ok(Source {
-            part: Part::Kernel,
+        Source {
+            part: Part::Uki,
             path: dest,
             offset: 0,
             size,
             digest,
-        })
+        }
     };
-    let kernel = extract(&entry.linux, "vmlinuz", &boot.kernel)?;
-    let initrd = Source {
-        part: Part::Initrd,
-        ..extract(initrd_path, "initrd.img", &boot.initrd)?
-    };
-    let entry_data = Entry {
-        title: entry.title.clone(),
-        version: report.version.clone(),
-        options: entry.options.clone(),
-    };
-    let entry_path = temp.join("entry.json");
-    let entry_bytes = serde_json::to_vec(&entry_data).map_err(|e| PushError::Io {
-        path: entry_path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::write(&entry_path, &entry_bytes).map_err(|source| PushError::Io {
-        path: entry_path.clone(),
-        source,
-    })?;
     let in_disk = |part, offset, image: &ImageRef| -> Result<Source, PushError> {
         Ok(Source {
             part,
@@ -189,15 +180,7 @@ pub fn gather(profile: &Profile, build: &Build) -> Result<Gathered, PushError> {
     let sources = vec![
         in_disk(Part::Root, root.offset, &slot.root)?,
         in_disk(Part::Verity, verity.offset, &slot.verity)?,
-        kernel,
-        initrd,
-        Source {
-            part: Part::Entry,
-            path: entry_path,
-            offset: 0,
-            size: entry_bytes.len() as u64,
-            digest: Digest::from_sha256(&Sha256::digest(&entry_bytes)),
-        },
+        uki,
         Source {
             part: Part::Report,
             path: build.report_path.clone(),

@@ -38,7 +38,7 @@ fn what_push_writes_parses_back() {
     let p = Payload::parse(&bytes(&written())).unwrap();
     assert_eq!(p.about, about());
     assert_eq!(p.blobs, blobs());
-    assert_eq!(p.blob(Part::Initrd).size, 103);
+    assert_eq!(p.blob(Part::Uki).size, 102);
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn refusals_name_what_is_wrong() {
 
     let mut m = written();
     m.layers.remove(2);
-    assert_eq!(refused(&m), "no kernel blob");
+    assert_eq!(refused(&m), "no uki blob");
 
     let mut m = written();
     let extra = m.layers[1].clone();
@@ -105,11 +105,11 @@ fn refusals_name_what_is_wrong() {
     assert!(refused(&m).starts_with("blob 0 (application/vnd.cairn.update.root.v1)"));
 
     let mut m = written();
-    m.layers[4].size = (64 << 10) + 1;
-    assert!(refused(&m).contains("65537 bytes, outside 1..=65536"));
+    m.layers[3].size = (16 << 20) + 1;
+    assert!(refused(&m).contains("16777217 bytes, outside 1..=16777216"));
 
     let mut m = written();
-    m.layers[3].size = 0;
+    m.layers[2].size = 0;
     assert!(refused(&m).contains("0 bytes"));
 
     let mut m = written();
@@ -177,32 +177,35 @@ fn a_report_must_describe_the_manifest_s_build() {
 }
 
 #[test]
-fn an_entry_must_carry_the_root_hash() {
-    let ok = format!(
-        r#"{{"title":"node 2.0","version":"2.0","options":"console=ttyS0 cairn.verity={HASH}"}}"#
-    );
-    let e = Entry::parse(ok.as_bytes(), HASH).unwrap();
-    assert_eq!(e.version, "2.0");
-    let other = "f".repeat(64);
+fn a_uki_must_carry_the_root_hash_and_the_version() {
+    let uki = |cmdline: &str, osrel: &str| crate::uki::About {
+        cmdline: cmdline.into(),
+        os_release: osrel.into(),
+    };
+    let osrel = "PRETTY_NAME=\"node 2.0\"\nIMAGE_VERSION=\"2.0\"\n";
+    let ok = uki(&format!("console=ttyS0 cairn.verity={HASH}"), osrel);
+    assert_eq!(check_uki(&ok, &about()).unwrap(), "node 2.0");
+    let other = uki(&format!("cairn.verity={}", "f".repeat(64)), osrel);
     assert!(
-        Entry::parse(ok.as_bytes(), &other)
+        check_uki(&other, &about())
             .unwrap_err()
             .to_string()
-            .contains("does not carry `cairn.verity=ffff")
+            .contains("does not carry `cairn.verity=0123")
     );
-    let prefix = format!(r#"{{"title":"t","version":"v","options":"cairn.verity={HASH}0"}}"#);
-    assert!(Entry::parse(prefix.as_bytes(), HASH).is_err());
-    let newline =
-        format!(r#"{{"title":"t\ninitrd /evil","version":"v","options":"cairn.verity={HASH}"}}"#);
+    let prefix = uki(&format!("cairn.verity={HASH}0"), osrel);
+    assert!(check_uki(&prefix, &about()).is_err());
+    let old = uki(
+        &format!("cairn.verity={HASH}"),
+        "PRETTY_NAME=\"node 1.0\"\nIMAGE_VERSION=\"1.0\"\n",
+    );
     assert!(
-        Entry::parse(newline.as_bytes(), HASH)
+        check_uki(&old, &about())
             .unwrap_err()
             .to_string()
-            .contains("`title` is empty or holds a control character")
+            .contains("version Some(\"1.0\"), the manifest \"2.0\"")
     );
-    let unknown =
-        format!(r#"{{"title":"t","version":"v","options":"cairn.verity={HASH}","linux":"/x"}}"#);
-    assert!(Entry::parse(unknown.as_bytes(), HASH).is_err());
+    let untitled = uki(&format!("cairn.verity={HASH}"), "IMAGE_VERSION=2.0\n");
+    assert!(check_uki(&untitled, &about()).is_err());
 }
 
 proptest! {
@@ -211,7 +214,6 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..2048)) {
         let _ = Payload::parse(&b);
-        let _ = Entry::parse(&b, HASH);
     }
 
     /// A real manifest with one byte changed either still parses to a payload that names every part, or is refused.
