@@ -27,6 +27,8 @@ use crate::inspect::outputs::{Build, OutputsError};
 /// OVMF as Debian's `ovmf` package installs it: the firmware, and the variable store each boot copies.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF's Secure Boot build: it needs SMM, and its variable store must be written through SMM only.
+pub const OVMF_CODE_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 const QEMU: &str = "qemu-system-x86_64";
 /// How long the guest has to power off once asked, pressing the button again every [`PRESS_EVERY`]: systemd
 /// may still be starting units when the first press comes, and ignores it then.
@@ -143,6 +145,9 @@ pub struct Machine {
     /// loopback port (QEMU's `guestfwd`, each connection relayed by `socat`: a `tcp:` chardev would carry only
     /// one); nothing else leaves the machine.
     pub guest_forwards: Vec<(String, u16)>,
+    /// Secure Boot: OVMF's Secure Boot build with this variable store (the keys enrolled in it, or none for
+    /// setup mode), copied for each boot.
+    pub secure_boot_vars: Option<PathBuf>,
 }
 
 impl Default for Machine {
@@ -153,6 +158,7 @@ impl Default for Machine {
             memory_mib: 1024,
             cpus: 2,
             guest_forwards: Vec::new(),
+            secure_boot_vars: None,
         }
     }
 }
@@ -178,7 +184,11 @@ pub fn qemu(
     dir: &Path,
     machine: &Machine,
 ) -> Result<std::process::Command, BootError> {
-    for path in [OVMF_CODE, OVMF_VARS] {
+    let (code, vars_from) = match &machine.secure_boot_vars {
+        Some(v) => (OVMF_CODE_SECURE_BOOT, v.display().to_string()),
+        None => (OVMF_CODE, OVMF_VARS.to_string()),
+    };
+    for path in [code, OVMF_VARS] {
         if !Path::new(path).is_file() {
             return Err(BootError::Firmware {
                 path,
@@ -187,17 +197,26 @@ pub fn qemu(
         }
     }
     let vars = dir.join("vars.fd");
-    std::fs::copy(OVMF_VARS, &vars).map_err(io(OVMF_VARS))?;
+    std::fs::copy(&vars_from, &vars).map_err(io(vars_from.clone()))?;
     let mut cmd = std::process::Command::new(QEMU);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .args(["-accel", machine.accel.name(), "-machine", "q35"])
-        .args(["-m", &machine.memory_mib.to_string()])
+        .args(["-accel", machine.accel.name(), "-machine"]);
+    if machine.secure_boot_vars.is_some() {
+        cmd.args([
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+        ]);
+    } else {
+        cmd.arg("q35");
+    }
+    cmd.args(["-m", &machine.memory_mib.to_string()])
         .args(["-smp", &machine.cpus.to_string()])
         .args(["-display", "none", "-no-reboot"])
         .arg("-drive")
         .arg(format!(
-            "if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"
+            "if=pflash,format=raw,unit=0,file={code},readonly=on"
         ))
         .arg("-drive")
         .arg(format!(

@@ -285,8 +285,12 @@ enum Command {
         /// Keep the whole serial console in this file.
         #[arg(long, value_name = "FILE")]
         console: Option<PathBuf>,
+        /// Boot with Secure Boot on: OVMF's Secure Boot build and this variable store, with the image's
+        /// certificate enrolled (made e.g. with virt-fw-vars; it is copied, never written).
+        #[arg(long, value_name = "FILE")]
+        secure_boot_vars: Option<PathBuf>,
     },
-    /// Push a build's update payload (root, verity tree, kernel, initrd, boot entry, report) as one OCI artifact,
+    /// Push a build's update payload (root, verity tree, unified kernel image, report) as one OCI artifact,
     /// and print REF@sha256:DIGEST, what nodes update from (`cairn-agent update`).
     #[command(
         after_help = "Examples:\n  cairn push cairn.toml registry.example/edge/node          # tagged with the profile's version\n  cairn push cairn.toml registry.example/edge/node:stable --out out\n  cairn push cairn.toml oci-layout:/media/usb/updates       # an OCI image layout, for removable media\n  cairn push --message-format json cairn.toml 127.0.0.1:5000/node | jq -r .push.reference"
@@ -604,6 +608,7 @@ fn main() -> ExitCode {
             memory,
             cpus,
             console,
+            secure_boot_vars,
         } => {
             let options = cairn::boot::Options {
                 machine: cairn::boot::Machine {
@@ -615,6 +620,7 @@ fn main() -> ExitCode {
                     memory_mib: memory,
                     cpus,
                     guest_forwards: Vec::new(),
+                    secure_boot_vars,
                 },
                 timeout: std::time::Duration::from_secs(timeout),
                 console,

@@ -34,8 +34,9 @@ pub fn status(packages: &[(&str, &str)]) -> String {
         .join("\n")
 }
 
-/// What a disk build needs of a base rock, and no more: a kernel, its module lists, systemd-boot, a tool and a
-/// hostname. Nothing boots it; inspect and push read it.
+/// What a disk build needs of a base rock, and no more: a kernel, its module lists, systemd-boot and systemd-stub
+/// (tiny PE files, enough to assemble and sign a UKI from), os-release, a tool and a hostname. Nothing boots it;
+/// inspect and push read it.
 pub fn bootable_base() -> LayerBuilder {
     LayerBuilder::new()
         .file("boot/vmlinuz-6.1.0-test", 0o644, fake_kernel())
@@ -45,7 +46,21 @@ pub fn bootable_base() -> LayerBuilder {
             0o644,
             "kernel/drivers/md/dm-verity.ko\nkernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\n",
         )
-        .file("usr/lib/systemd/boot/efi/systemd-bootx64.efi", 0o644, "a boot loader")
+        .file(
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            0o644,
+            cairn_profile::uki::fixture::tiny_pe(),
+        )
+        .file(
+            "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            0o644,
+            cairn_profile::uki::fixture::tiny_pe(),
+        )
+        .file(
+            "usr/lib/os-release",
+            0o644,
+            "PRETTY_NAME=\"Test OS\"\nNAME=\"Test OS\"\nID=test\nVERSION_ID=1\n",
+        )
         .file("usr/bin/tool", 0o755, vec![7u8; 100_000])
         .file("etc/hostname", 0o644, "base\n")
 }

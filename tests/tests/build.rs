@@ -340,21 +340,9 @@ fn source_date_epoch_clamps_mtimes() {
 #[test]
 fn a_raw_build_with_source_date_epoch_set_is_that_epochs_build() {
     let registry = registry::shared();
-    // Enough of a bootable root for the disk format: a kernel, its module lists (the essential ones built in),
-    // systemd-boot, something for the factory /var. None of it has to run.
-    let layer = LayerBuilder::new()
-        .file("boot/vmlinuz-6.1.0-test", 0o644, "a kernel")
-        .file("usr/lib/modules/6.1.0-test/modules.dep", 0o644, "")
-        .file(
-            "usr/lib/modules/6.1.0-test/modules.builtin",
-            0o644,
-            "kernel/drivers/md/dm-verity.ko\nkernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\n",
-        )
-        .file(
-            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-            0o644,
-            "a boot loader",
-        )
+    // Enough of a bootable root for the disk format (a kernel, its module lists, systemd-boot and systemd-stub,
+    // os-release) and something for the factory /var. None of it has to run.
+    let layer = cairn_e2e::inspect::bootable_base()
         .file("var/lib/state", 0o644, "factory")
         .mtime(2_000_000_000);
     let pushed = push_layer(registry, "e2e/disk-epoch", "v1", &layer, Compression::Gzip);

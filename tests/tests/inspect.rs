@@ -131,7 +131,7 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
         strings(&c["origins"], "origin"),
         ["base.rock", "layer[0].rock", "files", "cairn"]
     );
-    // Layer two's three files, the status among them (it replaced the base's); the base's six others.
+    // Layer two's three files, the status among them (it replaced the base's); the base's eight others.
     let two_status = status(&[
         ("base-files", "12.5"),
         ("libc6", "2.36-9"),
@@ -142,7 +142,7 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
         (3, (5 + BIG + two_status.len()) as u64)
     );
     assert_eq!(
-        origins["base.rock"].0, 6,
+        origins["base.rock"].0, 8,
         "the replaced status counts for the layer only"
     );
     assert_eq!(origins["files"], (1, "hello, two\n".len() as u64));
@@ -252,9 +252,13 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
     assert_eq!(boot["root_hash"], root_hash);
     assert_eq!(boot["kernel"]["version"], VERSION);
     assert_eq!(boot["kernel"]["size"], fake_kernel().len() as u64);
-    assert_eq!(boot["default"], "loader/entries/cairn-a.conf");
-    assert_eq!(boot["entries"][0]["version"], "1");
-    assert_eq!(boot["kernel"]["path"], "/cairn/a/vmlinuz");
+    assert_eq!(boot["default"], "EFI/Linux/cairn-1-a.efi");
+    assert_eq!(boot["entries"][0]["generation"], 1);
+    assert_eq!(boot["entries"][0]["version"], "1.0.0");
+    assert_eq!(boot["entries"][0]["uname"], "6.1.0-test");
+    assert_eq!(boot["entries"][0]["signed"], false);
+    assert_eq!(boot["entries"][0]["sha256"], r["disk"]["boot"]["uki"]["sha256"]);
+    assert_eq!(boot["kernel"]["path"], "EFI/Linux/cairn-1-a.efi:.linux");
     assert!(
         i["notes"].as_array().expect("notes").is_empty(),
         "{}",

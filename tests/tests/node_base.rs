@@ -605,33 +605,43 @@ fn the_disk_image_is_verified_and_deterministic() {
         );
     }
 
-    // The loader entry carries the root hash; veritysetup accepts the pair with it.
-    let entry = output(
-        Command::new("mtype")
-            .arg("-i")
-            .arg(&esp)
-            .arg("::/loader/entries/cairn-a.conf"),
+    // Slot A's entry is a UKI whose command line carries the root hash; veritysetup accepts the pair with it.
+    let uki_bytes = Command::new("mtype")
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/EFI/Linux/cairn-1-a.efi")
+        .output()
+        .expect("mtype")
+        .stdout;
+    let mut uki_file = std::io::Cursor::new(&uki_bytes);
+    let uki_table = cairn_profile::uki::sections(&mut uki_file).expect("the UKI's sections");
+    let about = cairn_profile::uki::About::read(&mut uki_file).expect("the UKI's .cmdline and .osrel");
+    let entry = about.cmdline.clone();
+    assert_eq!(entry, format!("console=ttyS0 cairn.verity={root_hash}"));
+    assert_eq!(
+        report["disk"]["boot"]["uki"]["sha256"],
+        hex::encode(Sha256::digest(&uki_bytes)),
+        "the report's UKI is the ESP's"
     );
-    assert!(
-        entry.contains(&format!("options console=ttyS0 cairn.verity={root_hash}\n")),
-        "{entry}"
+    // Its os-release names the profile and has no sort key (systemd-boot ranks cairn's entries by file name);
+    // its sections are the ones systemd-stub reads, the kernel last.
+    assert_eq!(
+        about.os_release_value("PRETTY_NAME").as_deref(),
+        Some("disk 1.0.0")
     );
-    // Slot A's entry: generation 1, its own kernel and initrd; systemd-boot picks cairn's entries by a glob.
-    for line in [
-        "sort-key cairn\n",
-        "version 1\n",
-        "linux /cairn/a/vmlinuz\n",
-        "initrd /cairn/a/initrd.img\n",
-    ] {
-        assert!(entry.contains(line), "{line:?} not in {entry}");
-    }
+    assert_eq!(about.os_release_value("ID"), None);
+    let names: Vec<&str> = uki_table.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        &names[names.len() - 5..],
+        [".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
+    );
     let loader = output(
         Command::new("mtype")
             .arg("-i")
             .arg(&esp)
             .arg("::/loader/loader.conf"),
     );
-    assert_eq!(loader, "default cairn-*.conf\ntimeout 0\neditor no\n");
+    assert_eq!(loader, "default cairn-*.efi\ntimeout 0\neditor no\n");
     assert!(
         !entry.contains("roothash="),
         "systemd's roothash= must not be used"
@@ -726,13 +736,13 @@ fn the_disk_image_is_verified_and_deterministic() {
     assert_eq!(items["root"].mode & 0o7777, 0o700);
 
     // The initrd: the static agent as /init, dm-verity and its dependencies, the load order.
-    let initrd = Command::new("mtype")
-        .arg("-i")
-        .arg(&esp)
-        .arg("::/cairn/a/initrd.img")
-        .output()
-        .expect("mtype")
-        .stdout;
+    let initrd = cairn_profile::uki::read_section(
+        &mut uki_file,
+        &uki_table,
+        cairn_profile::uki::INITRD,
+        1 << 30,
+    )
+    .expect("the UKI's .initrd");
     let entries = cpio_entries(&initrd);
     assert!(
         entries
@@ -909,7 +919,7 @@ fn the_node_boots_verified_once_and_refuses_a_tampered_root() {
     let esp_image = format!("{}@@{esp_offset}", esp_disk.display());
     let esp_instance = work.path().join("esp-instance.toml");
     std::fs::write(&esp_instance, "[system]\nhostname = \"from-esp\"\n").expect("write");
-    // The ESP's /cairn folder exists already (the kernel and initrd live there).
+    // The ESP's /cairn folder exists already, for this file.
     run(Command::new("mcopy")
         .args(["-i", &esp_image])
         .arg(&esp_instance)

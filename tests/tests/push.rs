@@ -6,14 +6,14 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use cairn_e2e::cairn::{assert_ok, stderr, write_docker_config};
-use cairn_e2e::inspect::{bootable_base, build, cairn, fake_kernel, json, report};
+use cairn_e2e::inspect::{bootable_base, build, cairn, json, report};
 use cairn_e2e::push::Client;
 use cairn_e2e::registry::{self, Auth, Registry};
 use cairn_e2e::{Compression, Image, LayerBuilder, push_image, write_profile};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-const ARTIFACT: &str = "application/vnd.cairn.update.v1";
+const ARTIFACT: &str = "application/vnd.cairn.update.v2";
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -78,8 +78,8 @@ fn push(b: &Built, target: &str, env: &[(&str, &str)]) -> std::process::Output {
     )
 }
 
-/// The bytes each part must have, from the build's own outputs: slot A's partitions of the raw, the report's
-/// kernel and initrd digests, the report file.
+/// The bytes each part must have, from the build's own outputs: slot A's partitions of the raw, the report's UKI
+/// digest, the report file.
 fn expected_parts(b: &Built) -> Vec<(&'static str, String, u64)> {
     let disk = &b.report["disk"];
     let part = |name: &str| {
@@ -99,21 +99,17 @@ fn expected_parts(b: &Built) -> Vec<(&'static str, String, u64)> {
     let verity_len = disk["slot"]["verity"]["bytes"]
         .as_u64()
         .expect("verity bytes");
-    let kernel = fake_kernel();
     let report_bytes = std::fs::read(b.out.join("edge.manifest.json")).expect("report");
     vec![
         ("root", slice("root-a", root_len), root_len),
         ("verity", slice("root-a-verity", verity_len), verity_len),
-        ("kernel", sha256(&kernel), kernel.len() as u64),
         (
-            "initrd",
+            "uki",
             format!(
                 "sha256:{}",
-                disk["boot"]["initrd"]["sha256"].as_str().expect("initrd")
+                disk["boot"]["uki"]["sha256"].as_str().expect("uki")
             ),
-            disk["boot"]["initrd"]["bytes"]
-                .as_u64()
-                .expect("initrd bytes"),
+            disk["boot"]["uki"]["bytes"].as_u64().expect("uki bytes"),
         ),
         ("report", sha256(&report_bytes), report_bytes.len() as u64),
     ]
@@ -175,9 +171,7 @@ fn a_pushed_payload_pulls_back_as_the_builds_bytes_and_a_second_push_sends_nothi
         [
             "application/vnd.cairn.update.root.v1",
             "application/vnd.cairn.update.verity.v1",
-            "application/vnd.cairn.update.kernel.v1",
-            "application/vnd.cairn.update.initrd.v1",
-            "application/vnd.cairn.update.entry.v1+json",
+            "application/vnd.cairn.update.uki.v1",
             "application/vnd.cairn.update.report.v1+json",
         ]
     );
@@ -190,19 +184,19 @@ fn a_pushed_payload_pulls_back_as_the_builds_bytes_and_a_second_push_sends_nothi
         assert_eq!(bytes.len() as u64, layers[i]["size"].as_u64().unwrap());
         bytes
     };
-    let by_part = [0, 1, 2, 3, 5];
-    for ((name, want, size), i) in expected_parts(&b).into_iter().zip(by_part) {
+    for (i, (name, want, size)) in expected_parts(&b).into_iter().enumerate() {
         let got = blob(i);
         assert_eq!(sha256(&got), want, "the {name} part");
         assert_eq!(got.len() as u64, size, "the {name} part's size");
     }
-    let entry: Value = serde_json::from_slice(&blob(4)).expect("entry json");
-    assert_eq!(entry["title"], "edge 1.0.0");
-    assert_eq!(entry["version"], "1.0.0");
+    // The UKI names the build and boots its root.
+    let uki = cairn_profile::uki::About::read(&mut std::io::Cursor::new(blob(2))).expect("the UKI");
     assert_eq!(
-        entry["options"],
-        format!("console=ttyS0 cairn.verity={root_hash}")
+        uki.os_release_value("PRETTY_NAME").as_deref(),
+        Some("edge 1.0.0")
     );
+    assert_eq!(uki.os_release_value("IMAGE_VERSION").as_deref(), Some("1.0.0"));
+    assert_eq!(uki.cmdline, format!("console=ttyS0 cairn.verity={root_hash}"));
 
     // Again, under another tag: the same digest, nothing sent.
     let o = push(&b, &format!("{repo}:stable"), &[]);

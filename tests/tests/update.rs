@@ -1,7 +1,7 @@
 //! `cairn-agent update` on a disk image: v1's raw disk (its ESP copied out to a folder, as a node has it mounted
 //! at /efi) takes v2's payload that `cairn push` put into the real registry or an OCI layout. What a node relies
-//! on: slot B holds v2's bytes and verifies, its GPT entries carry v2's root GUIDs, the ESP has v2's kernel,
-//! initrd and a counted entry of the next generation, slot A is untouched byte for byte; and every refusal or
+//! on: slot B holds v2's bytes and verifies, its GPT entries carry v2's root GUIDs, the ESP has v2's unified
+//! kernel image as a counted entry of the next generation, slot A is untouched byte for byte; and every refusal or
 //! failure (a corrupt blob, another architecture, a process killed mid-write) leaves a disk that boots v1.
 
 use std::ffi::OsStr;
@@ -226,7 +226,7 @@ impl Node {
     }
 
     fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.esp.join("loader/entries"))
+        let mut names: Vec<String> = std::fs::read_dir(self.esp.join("EFI/Linux"))
             .expect("entries")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
@@ -274,7 +274,7 @@ fn assert_boots_v1(v: &Versions, n: &Node, what: &str) {
         n.bytes(&v.v1.report, "root-a-verity", verity.len()) == verity,
         "{what}: slot A's hash tree changed"
     );
-    assert_eq!(n.entries(), ["cairn-a.conf"], "{what}: the entries");
+    assert_eq!(n.entries(), ["cairn-1-a.efi"], "{what}: the entries");
     let parts = n.table();
     assert_eq!(parts[1]["name"], "root-a", "{what}");
     for p in &parts[3..5] {
@@ -364,30 +364,28 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
     assert_eq!(parts[4]["uuid"], guid(&hash2[32..]));
     assert_eq!(parts[1]["uuid"], guid(&v.v1.root_hash()[..32]));
 
-    // The ESP: v2's kernel and initrd in /cairn/b/, the new entry counted and of the next generation.
-    assert_eq!(n.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
-    let entry =
-        std::fs::read_to_string(n.esp.join("loader/entries/cairn-b+3.conf")).expect("entry");
-    assert!(entry.contains("title edge 2.0.0\n"), "{entry}");
-    assert!(entry.contains("version 2\n"), "{entry}");
-    assert!(
-        entry.contains("linux /cairn/b/vmlinuz\ninitrd /cairn/b/initrd.img\n"),
-        "{entry}"
-    );
-    assert!(entry.contains(&format!("cairn.verity={hash2}")), "{entry}");
-    let initrd = std::fs::read(n.esp.join("cairn/b/initrd.img")).expect("initrd");
+    // The ESP: v2's UKI, byte for byte the one v2's build made, counted and of the next generation.
+    assert_eq!(n.entries(), ["cairn-1-a.efi", "cairn-2-b+3.efi"]);
+    let uki = std::fs::read(n.esp.join("EFI/Linux/cairn-2-b+3.efi")).expect("entry");
     assert_eq!(
-        sha256(&initrd),
+        sha256(&uki),
         format!(
             "sha256:{}",
-            v.v2.report["disk"]["boot"]["initrd"]["sha256"]
+            v.v2.report["disk"]["boot"]["uki"]["sha256"]
                 .as_str()
                 .unwrap()
         )
     );
+    let about =
+        cairn_profile::uki::About::read(&mut std::io::Cursor::new(&uki)).expect("the UKI");
+    assert_eq!(
+        about.os_release_value("PRETTY_NAME").as_deref(),
+        Some("edge 2.0.0")
+    );
     assert!(
-        n.esp.join("cairn/a/vmlinuz").is_file(),
-        "slot A's kernel kept"
+        about.cmdline.contains(&format!("cairn.verity={hash2}")),
+        "{}",
+        about.cmdline
     );
     let leftovers: Vec<_> = walk(&n.esp)
         .into_iter()
@@ -404,7 +402,7 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
         std::fs::read(&n.disk).expect("disk") == before,
         "a second update wrote to the disk"
     );
-    assert_eq!(n.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+    assert_eq!(n.entries(), ["cairn-1-a.efi", "cairn-2-b+3.efi"]);
 
     // Booted into v2 once (systemd-boot counted a try: `+2-1`), not yet good: no update until it is.
     let mut trial = Node {
@@ -412,12 +410,12 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
         ..node(&v, "trial")
     };
     trial.disk = n.disk.clone();
-    let entries = trial.esp.join("loader/entries");
+    let entries = trial.esp.join("EFI/Linux");
     std::fs::remove_dir_all(&trial.esp).expect("esp");
     copy_tree(&n.esp, &trial.esp);
     std::fs::rename(
-        entries.join("cairn-b+3.conf"),
-        entries.join("cairn-b+2-1.conf"),
+        entries.join("cairn-2-b+3.efi"),
+        entries.join("cairn-2-b+2-1.efi"),
     )
     .expect("count a try");
     let v1_ref = push(&v.v1, &repo);
@@ -425,7 +423,7 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
-        e.contains("the running version (edge 2.0.0) is still on trial (cairn-b+2-1.conf)"),
+        e.contains("the running version (edge 2.0.0) is still on trial (cairn-2-b+2-1.efi)"),
         "{e}"
     );
     assert!(
@@ -448,7 +446,7 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
         std::fs::read(&l.disk).expect("disk") == std::fs::read(&n.disk).expect("disk"),
         "the same disk"
     );
-    assert_eq!(l.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+    assert_eq!(l.entries(), ["cairn-1-a.efi", "cairn-2-b+3.efi"]);
 
     // Status: both slots, what boots next, no rollback yet.
     let status = l.status();
@@ -468,10 +466,10 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
 
     // v2's tries spent (systemd-boot renamed its entry at each boot, none marked good): v1 boots again, status
     // names the rollback, and v2 is not applied again unless asked.
-    let entries = l.esp.join("loader/entries");
+    let entries = l.esp.join("EFI/Linux");
     std::fs::rename(
-        entries.join("cairn-b+3.conf"),
-        entries.join("cairn-b+0-3.conf"),
+        entries.join("cairn-2-b+3.efi"),
+        entries.join("cairn-2-b+0-3.efi"),
     )
     .expect("spend the tries");
     let status = l.status();
@@ -481,13 +479,13 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
     assert_eq!(rollback["root_hash"], hash2);
     assert_eq!(
         rollback["reason"],
-        "edge 2.0.0 was not marked good in 3 boots (cairn-b+0-3.conf)"
+        "edge 2.0.0 was not marked good in 3 boots (cairn-2-b+0-3.efi)"
     );
     let o = l.update(&from_layout);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
-        e.contains("edge 2.0.0 was rolled back on this node (edge 2.0.0 was not marked good in 3 boots (cairn-b+0-3.conf)): give --allow-rolled-back"),
+        e.contains("edge 2.0.0 was rolled back on this node (edge 2.0.0 was not marked good in 3 boots (cairn-2-b+0-3.efi)): give --allow-rolled-back"),
         "{e}"
     );
     let mut args = l.args(&from_layout);
@@ -495,7 +493,7 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
     let out = ok_json(&run_agent(args, &[]), "update with --allow-rolled-back");
     assert_eq!(out["written"], true);
     assert_eq!(out["generation"], 3);
-    assert_eq!(l.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+    assert_eq!(l.entries(), ["cairn-1-a.efi", "cairn-3-b+3.efi"]);
     // The rollback stays on record once its entry is gone.
     let recorded: Value = serde_json::from_slice(
         &std::fs::read(l.root.join("var/lib/cairn/rollbacks.json")).expect("rollbacks"),
@@ -610,7 +608,7 @@ fn a_corrupt_blob_a_broken_connection_and_a_killed_update_leave_v1_booting() {
     proxy.clear();
     let out = ok_json(&k.update(&via_proxy), "the update after the kill");
     assert_eq!(out["written"], true);
-    assert_eq!(k.entries(), ["cairn-a.conf", "cairn-b+3.conf"]);
+    assert_eq!(k.entries(), ["cairn-1-a.efi", "cairn-2-b+3.efi"]);
 
     // A corrupt blob in the registry: refused by its digest, nothing boots it.
     let c = node(&v, "corrupt");

@@ -63,7 +63,7 @@ fn entries(disk: &Path, esp_offset: u64) -> Vec<String> {
     let o = Command::new("mdir")
         .args(["-b", "-i"])
         .arg(format!("{}@@{esp_offset}", disk.display()))
-        .arg("::/loader/entries")
+        .arg("::/EFI/Linux")
         .output()
         .expect("mdir (apt-get install -y mtools)");
     assert!(
@@ -74,7 +74,7 @@ fn entries(disk: &Path, esp_offset: u64) -> Vec<String> {
     let mut names: Vec<String> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| l.rsplit('/').next().map(str::to_string))
-        .filter(|n| n.ends_with(".conf"))
+        .filter(|n| n.ends_with(".efi"))
         .collect();
     names.sort();
     names
@@ -331,7 +331,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     }
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-a.conf", "cairn-b+3.conf"]
+        ["cairn-1-a.efi", "cairn-2-b+3.efi"]
     );
 
     // v2: booted from slot B by its counted entry, the update already running, provisioning kept, marked good.
@@ -369,7 +369,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-a.conf", "cairn-b.conf"],
+        ["cairn-1-a.efi", "cairn-2-b.efi"],
         "systemd-bless-boot did not mark v2 good:\n{serial}"
     );
 
@@ -392,7 +392,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-b.conf"],
+        ["cairn-2-b.efi"],
         "after the corrupt blob"
     );
 
@@ -404,7 +404,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     vm.power_cut();
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-b.conf"],
+        ["cairn-2-b.efi"],
         "after the power cut"
     );
 
@@ -420,7 +420,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-a+3.conf", "cairn-b.conf"]
+        ["cairn-3-a+3.efi", "cairn-2-b.efi"]
     );
     for attempt in 1..=3 {
         let mut vm = Vm::boot_with(&disk, None, Some(&media3));
@@ -440,7 +440,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     }
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-a+0-3.conf", "cairn-b.conf"]
+        ["cairn-3-a+0-3.efi", "cairn-2-b.efi"]
     );
     let mut vm = Vm::boot_with(&disk, None, Some(&media3));
     vm.wait_for("cairn-agent: ready ", bound);
@@ -461,13 +461,13 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert!(
         serial.contains(
-            "\"reason\": \"edge 3.0.0 was not marked good in 3 boots (cairn-a+0-3.conf)\""
+            "\"reason\": \"edge 3.0.0 was not marked good in 3 boots (cairn-3-a+0-3.efi)\""
         ),
         "status names the rollback: {serial}"
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-a+0-3.conf", "cairn-b.conf"]
+        ["cairn-3-a+0-3.efi", "cairn-2-b.efi"]
     );
 
     // A slot on trial whose root does not verify (a byte of v3's root flipped on the disk, its entry given its
@@ -491,8 +491,8 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     run(Command::new("mren")
         .arg("-i")
         .arg(format!("{}@@{esp_offset}", disk.display()))
-        .arg("::/loader/entries/cairn-a+0-3.conf")
-        .arg("::/loader/entries/cairn-a+3.conf"));
+        .arg("::/EFI/Linux/cairn-3-a+0-3.efi")
+        .arg("::/EFI/Linux/cairn-3-a+3.efi"));
     let mut vm = Vm::boot_with(&disk, None, None);
     let (failed, _) = vm.wait_for("cairn-init: failed ", bound);
     assert!(failed.contains("did not verify"), "{failed}");
@@ -503,7 +503,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-a+2-1.conf", "cairn-b.conf"],
+        ["cairn-3-a+2-1.efi", "cairn-2-b.efi"],
         "the failed boot did not spend a try"
     );
 }

@@ -189,6 +189,10 @@ impl Boot {
                 path: uki_path.clone(),
                 bytes: uki.clone(),
             },
+            EspFile {
+                path: ESP_README_PATH.into(),
+                bytes: ESP_README.as_bytes().to_vec(),
+            },
         ];
         Ok(EspBoot {
             files,
@@ -198,6 +202,12 @@ impl Boot {
         })
     }
 }
+
+/// The ESP's `cairn/` folder, where instance data may be put (`cairn/instance.toml`), with a note saying so.
+const ESP_README_PATH: &str = "cairn/README.txt";
+const ESP_README: &str = "Instance data for this node's first boot goes in this folder, as instance.toml.\r\n\
+The unified kernel images in EFI/Linux are this node's boot entries: do not edit them (they are signed when the\r\n\
+image was built with a Secure Boot key).\r\n";
 
 /// The kernel command line: the profile's, then the root hash.
 pub fn cmdline(profile: &Profile, verity: &Verity) -> String {

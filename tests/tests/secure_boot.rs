@@ -1,0 +1,223 @@
+//! Secure Boot, end to end: the node base built with the tests' own key (made here with openssl, as a user would
+//! make one), booted under Debian's Secure Boot OVMF (`OVMF_CODE_4M.secboot.fd`, SMM on) with a variable store
+//! whose PK, KEK and db are that key's certificate (made here with virt-fw-vars). What users rely on:
+//! - the signed image boots to ready, and the node reports Secure Boot on and the UKI it booted;
+//! - a UKI with one byte changed is refused (by systemd-boot, through the firmware's check);
+//! - an unsigned image, and one signed with another key, are refused by the firmware before anything runs;
+//! - two builds with the same key are the same bytes, and the key is nowhere in the outputs.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_e2e::cairn::{assert_ok, build_args, run_cairn};
+use cairn_e2e::qemu::Vm;
+use cairn_e2e::rocks::node_base;
+use cairn_e2e::write_profile;
+use sha2::{Digest as _, Sha256};
+
+/// The tools venv rocks/setup-host makes (virt-firmware's virt-fw-vars in it).
+const TOOLS_VENV: &str = "/opt/cairn-tools";
+/// The owner GUID the variable store's entries carry.
+const OWNER: &str = "a0b5f1a2-6f39-4c5f-9d1b-3c7e2d4a5b60";
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// An RSA key and its self-signed certificate, PEM.
+fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
+    run(Command::new("openssl")
+        .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"])
+        .args(["-days", "3650", "-subj", &format!("/CN=cairn test {name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (key, cert)
+}
+
+fn der(cert: &Path) -> Vec<u8> {
+    run(Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(cert))
+}
+
+/// `cairn build` of `profile` into `out`, signed with `key` when given.
+fn build(profile: &Path, out: &Path, cache: &Path, key: Option<(&Path, &Path)>) {
+    let mut args = build_args(profile, out, cache);
+    if let Some((k, c)) = key {
+        args.extend([
+            OsStr::new("--secure-boot-key"),
+            k.as_os_str(),
+            OsStr::new("--secure-boot-cert"),
+            c.as_os_str(),
+        ]);
+    }
+    assert_ok(&run_cairn(args, &[]), &format!("build {}", out.display()));
+}
+
+fn sha256_file(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The firmware (or systemd-boot through it) refused to start what the disk holds: OVMF gives up on the disk's
+/// boot option with "Access Denied"; systemd-boot prints "Error loading ..." for a UKI it may not start.
+fn wait_refused(vm: &mut Vm, what: &str) -> String {
+    let bound = Duration::from_secs(240);
+    let (line, took) = vm.wait_for_text(what, bound);
+    eprintln!("refused {:.1} s after QEMU started: {}", took.as_secs_f64(), line.trim());
+    let serial = vm.serial();
+    assert!(
+        !serial.contains("Linux version"),
+        "a kernel started: {serial}"
+    );
+    line
+}
+
+#[test]
+fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
+    let pinned = node_base();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let w = work.path();
+    let (key, cert) = key_pair(w, "db");
+    let (other_key, other_cert) = key_pair(w, "other");
+    let profile = write_profile(
+        w,
+        "secure",
+        &pinned,
+        &[],
+        "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\"]\n",
+    );
+    let cache = w.join("cache");
+    build(&profile, &w.join("signed"), &cache, Some((&key, &cert)));
+    build(&profile, &w.join("again"), &cache, Some((&key, &cert)));
+    build(&profile, &w.join("unsigned"), &cache, None);
+    build(&profile, &w.join("other"), &cache, Some((&other_key, &other_cert)));
+    let disk = w.join("signed/secure.raw");
+
+    // The same profile and key: the same bytes.
+    assert_eq!(
+        sha256_file(&disk),
+        sha256_file(&w.join("again/secure.raw")),
+        "two signed builds differ"
+    );
+    // The report names the certificate, never the key; the image stores the certificate for updates.
+    let report_text = std::fs::read_to_string(w.join("signed/secure.manifest.json")).expect("report");
+    let report: serde_json::Value = serde_json::from_str(&report_text).expect("json");
+    let sb = &report["disk"]["secure_boot"];
+    let cert_der = der(&cert);
+    assert_eq!(sb["signed"], true);
+    assert_eq!(sb["certificate_sha256"], hex::encode(Sha256::digest(&cert_der)));
+    assert_eq!(
+        sb["signed_files"],
+        serde_json::json!([
+            "EFI/BOOT/BOOTX64.EFI",
+            "EFI/systemd/systemd-bootx64.efi",
+            "EFI/Linux/cairn-1-a.efi"
+        ])
+    );
+    assert!(!report_text.contains("PRIVATE KEY"));
+    assert!(!report_text.contains(&key.display().to_string()));
+    let raw = std::fs::read(&disk).expect("disk");
+    let key_der = run(Command::new("openssl")
+        .args(["pkey", "-outform", "der", "-in"])
+        .arg(&key));
+    let esp = &report["disk"]["partition_table"]["partitions"][0];
+    let (esp_off, esp_len) = (
+        esp["offset"].as_u64().expect("offset") as usize,
+        esp["size"].as_u64().expect("size") as usize,
+    );
+    // The key's last 64 bytes (inside its private exponent's CRT values) are nowhere on the ESP.
+    assert!(!find(&raw[esp_off..esp_off + esp_len], &key_der[key_der.len() - 64..]));
+    assert!(find(&raw[esp_off..esp_off + esp_len], &cert_der), "the signatures carry the certificate");
+    drop(raw);
+    assert_eq!(report["disk"]["secure_boot"]["signed"], true);
+    let unsigned: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(w.join("unsigned/secure.manifest.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(unsigned["disk"]["secure_boot"]["signed"], false);
+    assert_eq!(unsigned["disk"]["root_hash"], report["disk"]["root_hash"]);
+
+    // The variable store: PK, KEK and db are the certificate, Secure Boot on.
+    let vars = w.join("vars.fd");
+    run(Command::new(format!("{TOOLS_VENV}/bin/virt-fw-vars"))
+        .args(["--input", cairn::boot::OVMF_VARS, "--output"])
+        .arg(&vars)
+        .args(["--secure-boot", "--set-pk", OWNER])
+        .arg(&cert)
+        .args(["--add-kek", OWNER])
+        .arg(&cert)
+        .args(["--add-db", OWNER])
+        .arg(&cert));
+    let machine = || cairn::boot::Machine {
+        secure_boot_vars: Some(vars.clone()),
+        ..cairn::boot::Machine::default()
+    };
+
+    // The signed image boots, and says so.
+    let mut vm = Vm::boot_machine(&disk, machine(), None);
+    let (ready, took) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    eprintln!(
+        "signed, Secure Boot on: QEMU start to `cairn-agent: ready` in {:.1} s",
+        took.as_secs_f64()
+    );
+    let ready: serde_json::Value =
+        serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
+            .unwrap_or_else(|e| panic!("{ready}: {e}"));
+    assert_eq!(ready["image"]["secure_boot"], true, "{ready}");
+    assert_eq!(ready["image"]["boot_entry"], "cairn-1-a.efi", "{ready}");
+    assert!(
+        vm.serial().contains("Secure boot enabled"),
+        "the kernel did not see Secure Boot"
+    );
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "the guest did not power down on ACPI"
+    );
+
+    // One byte of the UKI changed (inside its initrd): systemd-boot may not start it.
+    let tampered = w.join("tampered.raw");
+    std::fs::copy(w.join("again/secure.raw"), &tampered).expect("copy");
+    let image = format!("{}@@{esp_off}", tampered.display());
+    let uki_path = w.join("uki.efi");
+    run(Command::new("mcopy")
+        .args(["-n", "-i", &image, "::/EFI/Linux/cairn-1-a.efi"])
+        .arg(&uki_path));
+    let mut uki = std::fs::read(&uki_path).expect("uki");
+    let table = cairn_profile::uki::sections(&mut std::io::Cursor::new(&uki)).expect("sections");
+    let initrd = table.iter().find(|s| s.name == ".initrd").expect(".initrd");
+    uki[initrd.raw_offset as usize + 4096] ^= 1;
+    std::fs::write(&uki_path, &uki).expect("write");
+    run(Command::new("mcopy")
+        .args(["-o", "-i", &image])
+        .arg(&uki_path)
+        .arg("::/EFI/Linux/cairn-1-a.efi"));
+    let mut vm = Vm::boot_machine(&tampered, machine(), None);
+    let line = wait_refused(&mut vm, "Error loading");
+    assert!(line.contains("cairn-1-a.efi"), "{line}");
+    drop(vm);
+
+    // Unsigned, and signed by a key the firmware does not know: the firmware refuses systemd-boot itself.
+    for name in ["unsigned", "other"] {
+        let mut vm = Vm::boot_machine(&w.join(name).join("secure.raw"), machine(), None);
+        wait_refused(&mut vm, "Access Denied");
+        assert!(
+            !vm.serial().contains("systemd-boot"),
+            "{name}: systemd-boot started"
+        );
+    }
+}
