@@ -102,7 +102,8 @@ impl Image {
             let bytes = target.read(&format!("{EFIVARS}/{name}-{guid}")).ok()??;
             bytes.get(4..).map(<[u8]>::to_vec)
         };
-        self.secure_boot = var("SecureBoot", EFI_GLOBAL_GUID).and_then(|v| v.first().map(|b| *b == 1));
+        self.secure_boot =
+            var("SecureBoot", EFI_GLOBAL_GUID).and_then(|v| v.first().map(|b| *b == 1));
         self.boot_entry = var("LoaderEntrySelected", LOADER_GUID).and_then(|v| utf16_text(&v));
         self
     }
@@ -365,7 +366,11 @@ mod tests {
         for u in "cairn-2-b+3.efi\0".encode_utf16() {
             entry.extend(u.to_le_bytes());
         }
-        std::fs::write(vars.join(format!("LoaderEntrySelected-{LOADER_GUID}")), &entry).unwrap();
+        std::fs::write(
+            vars.join(format!("LoaderEntrySelected-{LOADER_GUID}")),
+            &entry,
+        )
+        .unwrap();
         let i = Image::default().with_firmware(&t);
         assert_eq!(i.secure_boot, Some(true));
         assert_eq!(i.boot_entry.as_deref(), Some("cairn-2-b+3.efi"));
@@ -374,7 +379,11 @@ mod tests {
             [6, 0, 0, 0, 0],
         )
         .unwrap();
-        std::fs::write(vars.join(format!("LoaderEntrySelected-{LOADER_GUID}")), [6, 0, 0, 0, 0xff]).unwrap();
+        std::fs::write(
+            vars.join(format!("LoaderEntrySelected-{LOADER_GUID}")),
+            [6, 0, 0, 0, 0xff],
+        )
+        .unwrap();
         let i = Image::default().with_firmware(&t);
         assert_eq!(i.secure_boot, Some(false));
         assert_eq!(i.boot_entry, None, "half a UTF-16 unit is no name");

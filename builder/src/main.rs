@@ -221,6 +221,10 @@ enum Command {
             conflicts_with = "secure_boot_key"
         )]
         secure_boot_sign_command: Option<String>,
+        /// How a machine in Secure Boot setup mode is offered the key (PK, KEK and db on the ESP): `manual` (a
+        /// boot menu entry), `force` (enrolled at once, then a reset: for VMs) or `off`.
+        #[arg(long, value_name = "HOW", default_value = "manual", value_parser = parse_enroll)]
+        secure_boot_enroll: cairn::disk::enroll::Enroll,
     },
     /// Look after the cache of pulled and unpacked rocks.
     Cache {
@@ -351,6 +355,10 @@ impl Command {
             _ => None,
         }
     }
+}
+
+fn parse_enroll(s: &str) -> Result<cairn::disk::enroll::Enroll, String> {
+    cairn::disk::enroll::Enroll::parse(s).ok_or_else(|| format!("`{s}`: off, manual or force"))
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -523,6 +531,7 @@ fn main() -> ExitCode {
             secure_boot_key,
             secure_boot_cert,
             secure_boot_sign_command,
+            secure_boot_enroll,
         } => {
             let opts = BuildOptions {
                 profile,
@@ -534,6 +543,7 @@ fn main() -> ExitCode {
                     key: secure_boot_key,
                     cert: secure_boot_cert,
                     sign_command: secure_boot_sign_command,
+                    enroll: secure_boot_enroll,
                 },
             };
             runtime()

@@ -257,7 +257,10 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
     assert_eq!(boot["entries"][0]["version"], "1.0.0");
     assert_eq!(boot["entries"][0]["uname"], "6.1.0-test");
     assert_eq!(boot["entries"][0]["signed"], false);
-    assert_eq!(boot["entries"][0]["sha256"], r["disk"]["boot"]["uki"]["sha256"]);
+    assert_eq!(
+        boot["entries"][0]["sha256"],
+        r["disk"]["boot"]["uki"]["sha256"]
+    );
     assert_eq!(boot["kernel"]["path"], "EFI/Linux/cairn-1-a.efi:.linux");
     assert!(
         i["notes"].as_array().expect("notes").is_empty(),

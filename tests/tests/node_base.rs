@@ -615,7 +615,8 @@ fn the_disk_image_is_verified_and_deterministic() {
         .stdout;
     let mut uki_file = std::io::Cursor::new(&uki_bytes);
     let uki_table = cairn_profile::uki::sections(&mut uki_file).expect("the UKI's sections");
-    let about = cairn_profile::uki::About::read(&mut uki_file).expect("the UKI's .cmdline and .osrel");
+    let about =
+        cairn_profile::uki::About::read(&mut uki_file).expect("the UKI's .cmdline and .osrel");
     let entry = about.cmdline.clone();
     assert_eq!(entry, format!("console=ttyS0 cairn.verity={root_hash}"));
     assert_eq!(

@@ -195,8 +195,14 @@ fn a_pushed_payload_pulls_back_as_the_builds_bytes_and_a_second_push_sends_nothi
         uki.os_release_value("PRETTY_NAME").as_deref(),
         Some("edge 1.0.0")
     );
-    assert_eq!(uki.os_release_value("IMAGE_VERSION").as_deref(), Some("1.0.0"));
-    assert_eq!(uki.cmdline, format!("console=ttyS0 cairn.verity={root_hash}"));
+    assert_eq!(
+        uki.os_release_value("IMAGE_VERSION").as_deref(),
+        Some("1.0.0")
+    );
+    assert_eq!(
+        uki.cmdline,
+        format!("console=ttyS0 cairn.verity={root_hash}")
+    );
 
     // Again, under another tag: the same digest, nothing sent.
     let o = push(&b, &format!("{repo}:stable"), &[]);

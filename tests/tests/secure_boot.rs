@@ -34,9 +34,14 @@ fn run(cmd: &mut Command) -> Vec<u8> {
 
 /// An RSA key and its self-signed certificate, PEM.
 fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
+    let (key, cert) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
     run(Command::new("openssl")
-        .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"])
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+        ])
         .args(["-days", "3650", "-subj", &format!("/CN=cairn test {name}")])
         .arg("-keyout")
         .arg(&key)
@@ -78,7 +83,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
 fn wait_refused(vm: &mut Vm, what: &str) -> String {
     let bound = Duration::from_secs(240);
     let (line, took) = vm.wait_for_text(what, bound);
-    eprintln!("refused {:.1} s after QEMU started: {}", took.as_secs_f64(), line.trim());
+    eprintln!(
+        "refused {:.1} s after QEMU started: {}",
+        took.as_secs_f64(),
+        line.trim()
+    );
     let serial = vm.serial();
     assert!(
         !serial.contains("Linux version"),
@@ -105,7 +114,12 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     build(&profile, &w.join("signed"), &cache, Some((&key, &cert)));
     build(&profile, &w.join("again"), &cache, Some((&key, &cert)));
     build(&profile, &w.join("unsigned"), &cache, None);
-    build(&profile, &w.join("other"), &cache, Some((&other_key, &other_cert)));
+    build(
+        &profile,
+        &w.join("other"),
+        &cache,
+        Some((&other_key, &other_cert)),
+    );
     let disk = w.join("signed/secure.raw");
 
     // The same profile and key: the same bytes.
@@ -115,12 +129,16 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         "two signed builds differ"
     );
     // The report names the certificate, never the key; the image stores the certificate for updates.
-    let report_text = std::fs::read_to_string(w.join("signed/secure.manifest.json")).expect("report");
+    let report_text =
+        std::fs::read_to_string(w.join("signed/secure.manifest.json")).expect("report");
     let report: serde_json::Value = serde_json::from_str(&report_text).expect("json");
     let sb = &report["disk"]["secure_boot"];
     let cert_der = der(&cert);
     assert_eq!(sb["signed"], true);
-    assert_eq!(sb["certificate_sha256"], hex::encode(Sha256::digest(&cert_der)));
+    assert_eq!(
+        sb["certificate_sha256"],
+        hex::encode(Sha256::digest(&cert_der))
+    );
     assert_eq!(
         sb["signed_files"],
         serde_json::json!([
@@ -141,8 +159,14 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         esp["size"].as_u64().expect("size") as usize,
     );
     // The key's last 64 bytes (inside its private exponent's CRT values) are nowhere on the ESP.
-    assert!(!find(&raw[esp_off..esp_off + esp_len], &key_der[key_der.len() - 64..]));
-    assert!(find(&raw[esp_off..esp_off + esp_len], &cert_der), "the signatures carry the certificate");
+    assert!(!find(
+        &raw[esp_off..esp_off + esp_len],
+        &key_der[key_der.len() - 64..]
+    ));
+    assert!(
+        find(&raw[esp_off..esp_off + esp_len], &cert_der),
+        "the signatures carry the certificate"
+    );
     drop(raw);
     assert_eq!(report["disk"]["secure_boot"]["signed"], true);
     let unsigned: serde_json::Value = serde_json::from_slice(
@@ -150,7 +174,8 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     )
     .expect("json");
     assert_eq!(unsigned["disk"]["secure_boot"]["signed"], false);
-    assert_eq!(unsigned["disk"]["root_hash"], report["disk"]["root_hash"]);
+    // The signed image's root carries its certificate (an update's UKI is checked against it): another root.
+    assert_ne!(unsigned["disk"]["root_hash"], report["disk"]["root_hash"]);
 
     // The variable store: PK, KEK and db are the certificate, Secure Boot on.
     let vars = w.join("vars.fd");

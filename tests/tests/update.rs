@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::cairn::{agent_bin, assert_ok, run_agent, run_cairn, stderr};
+use cairn_e2e::cairn::{agent_bin, assert_ok, build_args, run_agent, run_cairn, stderr};
 use cairn_e2e::fault_proxy::{Fault, FaultProxy};
-use cairn_e2e::inspect::{bootable_base, build, json, report};
+use cairn_e2e::inspect::{bootable_base, json, report};
 use cairn_e2e::registry::{self, Registry};
 use cairn_e2e::{Compression, Image, LayerBuilder, push_image, write_profile};
 use serde_json::Value;
@@ -72,6 +72,35 @@ struct Versions {
 }
 
 fn versions(registry: &Registry, prefix: &str) -> Versions {
+    versions_signed(registry, prefix, &[None, None])
+}
+
+/// A Secure Boot key and its certificate (PEM files).
+type KeyPair = (PathBuf, PathBuf);
+
+/// An RSA key and its self-signed certificate, made with openssl as a user would.
+fn key_pair(dir: &Path, name: &str) -> KeyPair {
+    let (key, cert) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
+    let o = Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+        ])
+        .args(["-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (key, cert)
+}
+
+/// v1 and v2 of `edge`, each signed with its key when one is given.
+fn versions_signed(registry: &Registry, prefix: &str, keys: &[Option<&KeyPair>; 2]) -> Versions {
     let image = |l: &LayerBuilder| Image::builder().layer_from(l, Compression::Gzip).build();
     let base = push_image(
         registry,
@@ -80,7 +109,7 @@ fn versions(registry: &Registry, prefix: &str) -> Versions {
         &image(&bootable_base()),
     );
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let one = |version: &str, fill: u8| {
+    let one = |version: &str, fill: u8, key: Option<&KeyPair>| {
         let app = push_image(
             registry,
             &format!("{prefix}/app"),
@@ -103,7 +132,7 @@ fn versions(registry: &Registry, prefix: &str) -> Versions {
         )
         .expect("profile");
         let out = dir.join("out");
-        build(&profile, &out, &work.path().join("cache"), &[]);
+        build_signed(&profile, &out, &work.path().join("cache"), key);
         Built {
             report: report(&out, "edge"),
             raw: std::fs::read(out.join("edge.raw")).expect("raw"),
@@ -111,10 +140,27 @@ fn versions(registry: &Registry, prefix: &str) -> Versions {
             out,
         }
     };
-    let v1 = one("1.0.0", 1);
-    let v2 = one("2.0.0", 2);
+    let v1 = one("1.0.0", 1, keys[0]);
+    let v2 = one("2.0.0", 2, keys[1]);
     assert_ne!(v1.root_hash(), v2.root_hash());
     Versions { work, v1, v2 }
+}
+
+/// `cairn build`, signed with `key` when given.
+fn build_signed(profile: &Path, out: &Path, cache: &Path, key: Option<&KeyPair>) {
+    let mut args = build_args(profile, out, cache);
+    if let Some((k, c)) = key {
+        args.extend([
+            OsStr::new("--secure-boot-key"),
+            k.as_os_str(),
+            OsStr::new("--secure-boot-cert"),
+            c.as_os_str(),
+        ]);
+    }
+    assert_ok(
+        &run_cairn(args, &[]),
+        &format!("build {}", profile.display()),
+    );
 }
 
 /// `cairn push PROFILE TARGET --out OUT`: the pushed reference (`...@sha256:...`).
@@ -376,8 +422,7 @@ fn a_node_updates_from_a_registry_and_an_oci_layout_and_refuses_what_does_not_fi
                 .unwrap()
         )
     );
-    let about =
-        cairn_profile::uki::About::read(&mut std::io::Cursor::new(&uki)).expect("the UKI");
+    let about = cairn_profile::uki::About::read(&mut std::io::Cursor::new(&uki)).expect("the UKI");
     assert_eq!(
         about.os_release_value("PRETTY_NAME").as_deref(),
         Some("edge 2.0.0")
@@ -686,4 +731,70 @@ fn bad_sources_and_payloads_are_refused_before_the_disk_is_touched() {
         "a refusal wrote to the disk"
     );
     assert_boots_v1(&v, &n, "refusals");
+}
+
+/// A node built with a Secure Boot key takes only updates signed with that key: its root carries the certificate,
+/// and an update whose UKI another key signed, or nobody, is refused before the disk is touched.
+#[test]
+fn an_update_must_be_signed_with_the_running_images_key() {
+    let registry = registry::shared();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let db = key_pair(keys.path(), "db");
+    let other = key_pair(keys.path(), "other");
+    let v = versions_signed(registry, "e2e/update-signed", &[Some(&db), Some(&db)]);
+    // v2 as three builds: signed with v1's key, with another, and not at all.
+    let variant = |name: &str, key: Option<&KeyPair>| {
+        let out = v.work.path().join(name);
+        build_signed(&v.v2.profile, &out, &v.work.path().join("cache"), key);
+        let layout = v.work.path().join(format!("{name}-layout"));
+        let built = Built {
+            report: report(&out, "edge"),
+            raw: Vec::new(),
+            profile: v.v2.profile.clone(),
+            out,
+        };
+        push(&built, &format!("oci-layout:{}", layout.display()))
+    };
+    let by_other = variant("by-other", Some(&other));
+    let unsigned = variant("unsigned", None);
+    let by_db = push(
+        &v.v2,
+        &format!("oci-layout:{}", v.work.path().join("db-layout").display()),
+    );
+    assert_eq!(v.v1.report["disk"]["secure_boot"]["signed"], true);
+    // The running image's certificate, as its root has it.
+    let n = node(&v, "signed");
+    let cert_in_root = n.root.join("usr/lib/cairn/secure-boot/db.der");
+    std::fs::create_dir_all(cert_in_root.parent().expect("parent")).expect("dir");
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(&db.1)
+        .output()
+        .expect("openssl")
+        .stdout;
+    std::fs::write(&cert_in_root, &der).expect("cert");
+    for (source, why) in [
+        (&by_other, "it is signed by another key (issuer CN=other"),
+        (&unsigned, "not signed"),
+    ] {
+        let o = n.update(source);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("the payload's unified kernel image is refused: ") && e.contains(why),
+            "{e}"
+        );
+        assert!(e.contains("usr/lib/cairn/secure-boot/db.der"), "{e}");
+        assert_boots_v1(&v, &n, why);
+    }
+    let out = n.update(&by_db);
+    assert_ok(&out, "the update signed with the running image's key");
+    assert!(
+        stderr(&out).contains("signed by the running image's key"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(n.entries(), ["cairn-1-a.efi", "cairn-2-b+3.efi"]);
+    let uki = std::fs::read(n.esp.join("EFI/Linux/cairn-2-b+3.efi")).expect("uki");
+    cairn_profile::authenticode::verify(&uki, &der).expect("the UKI written verifies");
 }

@@ -24,8 +24,7 @@ pub const SHA256_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.
 /// rsaEncryption, as a signer info's signature algorithm.
 pub const RSA_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 /// sha256WithRSAEncryption, which some signers name instead.
-pub const RSA_SHA256_OID: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+pub const RSA_SHA256_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 /// The signed attributes a signer info must carry.
 pub const CONTENT_TYPE_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
 pub const MESSAGE_DIGEST_OID: ObjectIdentifier =

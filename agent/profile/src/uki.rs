@@ -164,7 +164,11 @@ pub fn os_release_value(text: &str, key: &str) -> Option<String> {
             let mut out = String::with_capacity(unquoted.len());
             let mut chars = unquoted.chars();
             while let Some(c) = chars.next() {
-                out.push(if c == '\\' { chars.next().unwrap_or(c) } else { c });
+                out.push(if c == '\\' {
+                    chars.next().unwrap_or(c)
+                } else {
+                    c
+                });
             }
             out
         })
@@ -189,9 +193,7 @@ pub enum AssembleError {
     NotPe { path: String, reason: String },
     #[error("systemd-stub ({0}) is already signed: cairn signs the whole UKI")]
     SignedStub(String),
-    #[error(
-        "systemd-stub ({path}) has room for {room} more section headers, {needed} are needed"
-    )]
+    #[error("systemd-stub ({path}) has room for {room} more section headers, {needed} are needed")]
     NoRoom {
         path: String,
         room: usize,
@@ -214,7 +216,11 @@ fn align(v: u64, to: u64) -> u64 {
 }
 
 /// The stub at `stub_path` (for messages) with `sections` added, in order.
-pub fn assemble(stub_path: &str, stub: &[u8], sections: &[NewSection<'_>]) -> Result<Vec<u8>, AssembleError> {
+pub fn assemble(
+    stub_path: &str,
+    stub: &[u8],
+    sections: &[NewSection<'_>],
+) -> Result<Vec<u8>, AssembleError> {
     let not_pe = |reason: String| AssembleError::NotPe {
         path: stub_path.into(),
         reason,
@@ -314,7 +320,11 @@ pub fn assemble(stub_path: &str, stub: &[u8], sections: &[NewSection<'_>]) -> Re
     // PE32+ optional header: SizeOfInitializedData at 8, SizeOfImage at 56, CheckSum at 64 (left 0, as ukify
     // leaves it: UEFI does not check it, and Authenticode skips it).
     let init = u64::from(opt.size_of_initialized_data()) + initialized;
-    put(&mut out, opt_start + 8, &(init.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    put(
+        &mut out,
+        opt_start + 8,
+        &(init.min(u64::from(u32::MAX)) as u32).to_le_bytes(),
+    );
     let image = align(next_va, section_align);
     if image > u64::from(u32::MAX) {
         return Err(AssembleError::TooBig(image as usize));
@@ -367,13 +377,17 @@ mod tests {
 
     #[test]
     fn os_release_values_are_unquoted() {
-        let text = "NAME=\"Debian GNU/Linux\"\nID=debian\nPRETTY_NAME='x y'\nIMAGE_VERSION=\"a\\\"b\"\n";
+        let text =
+            "NAME=\"Debian GNU/Linux\"\nID=debian\nPRETTY_NAME='x y'\nIMAGE_VERSION=\"a\\\"b\"\n";
         assert_eq!(
             os_release_value(text, "NAME").as_deref(),
             Some("Debian GNU/Linux")
         );
         assert_eq!(os_release_value(text, "ID").as_deref(), Some("debian"));
-        assert_eq!(os_release_value(text, "PRETTY_NAME").as_deref(), Some("x y"));
+        assert_eq!(
+            os_release_value(text, "PRETTY_NAME").as_deref(),
+            Some("x y")
+        );
         assert_eq!(
             os_release_value(text, "IMAGE_VERSION").as_deref(),
             Some("a\"b")

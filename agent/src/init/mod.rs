@@ -375,7 +375,8 @@ mod tests {
             .unwrap()
         };
         let check = || super::on_trial_with_fallback(dir.path(), &new);
-        let mv = |from: &str, to: &str| std::fs::rename(entries.join(from), entries.join(to)).unwrap();
+        let mv =
+            |from: &str, to: &str| std::fs::rename(entries.join(from), entries.join(to)).unwrap();
         write("cairn-2-b+2-1.efi", &new);
         assert!(!check(), "no other entry: powering off beats a reboot loop");
         write("cairn-1-a.efi", &old);

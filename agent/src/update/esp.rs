@@ -218,7 +218,10 @@ pub(crate) mod tests {
         let found = esp.entries().unwrap();
         let files: Vec<&str> = found.iter().map(|f| f.ranked.file.as_str()).collect();
         // The B entry has no tries left: A boots, though B is newer; the damaged one ranks by its name.
-        assert_eq!(files, ["cairn-3-a+3.efi", "cairn-1-a.efi", "cairn-2-b+0.efi"]);
+        assert_eq!(
+            files,
+            ["cairn-3-a+3.efi", "cairn-1-a.efi", "cairn-2-b+0.efi"]
+        );
         assert_eq!(found[0].root_hash(), None);
         assert_eq!(found[1].root_hash().as_deref(), Some("aa"));
         assert_eq!(found[1].title(), "edge 1.0");

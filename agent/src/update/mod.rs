@@ -27,9 +27,9 @@ pub mod source;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use cairn_profile::authenticode;
 use cairn_profile::boot_entry;
 use cairn_profile::contract;
-use cairn_profile::authenticode;
 use cairn_profile::payload::{self, Part, Payload, PayloadError, ReportFacts};
 use serde::{Deserialize, Serialize};
 

@@ -20,7 +20,9 @@ use crate::filesystem::{FilesystemError, read_file};
 pub enum BootError {
     #[error("no kernel in the root (/boot/vmlinuz-*)")]
     NoKernel,
-    #[error("/{0} is missing: the base rock must carry systemd-boot and systemd-stub (Debian's systemd-boot-efi)")]
+    #[error(
+        "/{0} is missing: the base rock must carry systemd-boot and systemd-stub (Debian's systemd-boot-efi)"
+    )]
     NoBootLoader(&'static str),
     #[error("no os-release in the root (/usr/lib/os-release or /etc/os-release)")]
     NoOsRelease,
@@ -55,6 +57,8 @@ pub struct EspBoot {
     pub uki_path: String,
     /// The ESP's files that are signed.
     pub signed: Vec<String>,
+    /// The key enrollment files ([`super::enroll`]).
+    pub enroll: Vec<String>,
 }
 
 impl Boot {
@@ -111,7 +115,12 @@ impl Boot {
     }
 
     /// Slot A's UKI, unsigned: os-release, command line, uname, initrd and kernel, in ukify's order.
-    pub fn uki(&self, profile: &Profile, cmdline: &str, initrd: &[u8]) -> Result<Vec<u8>, BootError> {
+    pub fn uki(
+        &self,
+        profile: &Profile,
+        cmdline: &str,
+        initrd: &[u8],
+    ) -> Result<Vec<u8>, BootError> {
         let os_release = boot_entry::os_release(&self.os_release, &profile.name, &profile.version);
         Ok(uki::assemble(
             self.stub_path,
@@ -150,6 +159,7 @@ impl Boot {
         cmdline: &str,
         initrd: &[u8],
         signer: Option<&Signer>,
+        epoch: u64,
     ) -> Result<EspBoot, BootError> {
         let mut uki = self.uki(profile, cmdline, initrd)?;
         let removable = format!("EFI/BOOT/{}", self.removable_name);
@@ -167,12 +177,17 @@ impl Boot {
         );
         let mut loader = self.loader;
         let mut signed = Vec::new();
+        let mut keys = Vec::new();
+        let mut loader_conf = boot_entry::LOADER_CONF.to_string();
         if let Some(s) = signer {
             loader = s.sign_pe(self.loader_path, &loader)?;
             uki = s.sign_pe(&uki_path, &uki)?;
             signed = vec![removable.clone(), own.clone(), uki_path.clone()];
+            keys = super::enroll::key_files(s, s.enroll(), epoch)?;
+            loader_conf.push_str(&format!("secure-boot-enroll {}\n", s.enroll().word()));
         }
-        let files = vec![
+        let enroll = keys.iter().map(|f| f.path.clone()).collect();
+        let mut files = vec![
             EspFile {
                 path: removable,
                 bytes: loader.clone(),
@@ -183,7 +198,7 @@ impl Boot {
             },
             EspFile {
                 path: boot_entry::LOADER_CONF_PATH.into(),
-                bytes: boot_entry::LOADER_CONF.as_bytes().to_vec(),
+                bytes: loader_conf.into_bytes(),
             },
             EspFile {
                 path: uki_path.clone(),
@@ -194,11 +209,13 @@ impl Boot {
                 bytes: ESP_README.as_bytes().to_vec(),
             },
         ];
+        files.extend(keys);
         Ok(EspBoot {
             files,
             uki,
             uki_path,
             signed,
+            enroll,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod boot;
 pub mod data;
+pub mod enroll;
 pub mod esp;
 pub mod gpt;
 pub mod initrd;
@@ -193,6 +194,11 @@ pub struct SecureBootReport {
     pub certificate_subject: Option<String>,
     /// The ESP's signed files.
     pub signed_files: Vec<String>,
+    /// How systemd-boot offers the keys to a machine in setup mode (`off`, `manual`, `force`), and their files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enroll: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub enroll_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -307,7 +313,7 @@ pub fn build_raw(
     let cmdline = boot::cmdline(profile, &v);
     let (kernel_image, initrd_image) = (Image::of(boot.kernel()), Image::of(&initrd));
     let esp_boot = step("unified kernel image", || {
-        boot.esp_files(profile, &cmdline, &initrd, signer)
+        boot.esp_files(profile, &cmdline, &initrd, signer, epoch)
     })?;
     drop(initrd);
     let boot_images = BootImages {
@@ -321,6 +327,8 @@ pub fn build_raw(
         certificate_sha256: signer.map(|s| s.certificate_sha256()),
         certificate_subject: signer.map(|s| s.subject()),
         signed_files: esp_boot.signed.clone(),
+        enroll: signer.map(|s| s.enroll().word()),
+        enroll_files: esp_boot.enroll.clone(),
     };
     let esp_files = esp_boot.files;
     let staging = work.join("esp");

@@ -63,7 +63,10 @@ pub enum SecureBootError {
         source: std::io::Error,
     },
     #[error("{}: {error}", path.display())]
-    Cert { path: PathBuf, error: ac::SignatureError },
+    Cert {
+        path: PathBuf,
+        error: ac::SignatureError,
+    },
     #[error("{}: not an RSA private key in PEM (PKCS#8 or PKCS#1): {reason}", path.display())]
     Key { path: PathBuf, reason: String },
     #[error("the key does not match {}: its signature does not verify with that certificate", cert.display())]
@@ -88,6 +91,8 @@ pub struct SecureBootOptions {
     pub key: Option<String>,
     pub cert: Option<PathBuf>,
     pub sign_command: Option<String>,
+    /// How the ESP offers the keys for enrollment.
+    pub enroll: super::enroll::Enroll,
 }
 
 enum Key {
@@ -102,6 +107,7 @@ pub struct Signer {
     cert_path: PathBuf,
     key: Key,
     verifying: rsa::pkcs1v15::VerifyingKey<Sha256>,
+    enroll: super::enroll::Enroll,
 }
 
 impl Signer {
@@ -136,10 +142,15 @@ impl Signer {
             cert_path: cert_path.clone(),
             key,
             verifying: rsa::pkcs1v15::VerifyingKey::new(public),
+            enroll: opts.enroll,
         };
         // The key and the certificate must match before any work.
         signer.raw_sign(b"cairn: does this key match its certificate?")?;
         Ok(Some(signer))
+    }
+
+    pub fn enroll(&self) -> super::enroll::Enroll {
+        self.enroll
     }
 
     /// The certificate, DER, as the image stores it (public).
@@ -245,8 +256,10 @@ impl Signer {
         let attrs: SetOfVec<Attribute> = SetOfVec::try_from(vec![
             Attribute {
                 oid: CONTENT_TYPE_OID,
-                values: SetOfVec::try_from(vec![Any::encode_from(&SPC_INDIRECT_DATA_OBJID).map_err(e)?])
-                    .map_err(e)?,
+                values: SetOfVec::try_from(vec![
+                    Any::encode_from(&SPC_INDIRECT_DATA_OBJID).map_err(e)?,
+                ])
+                .map_err(e)?,
             },
             Attribute {
                 oid: MESSAGE_DIGEST_OID,
@@ -337,10 +350,7 @@ fn run_command(cmd: &str, data: &[u8]) -> Result<Vec<u8>, SecureBootError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| fail("no stdin".into()))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
     let data = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&data));
     let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
@@ -374,8 +384,20 @@ mod tests {
         let key = dir.join(format!("{name}.key"));
         let cert = dir.join(format!("{name}.crt"));
         openssl(&[
-            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
-            &format!("/CN={name}"), "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
         ]);
         (key, cert)
     }
@@ -389,6 +411,7 @@ mod tests {
             key: Some(key.display().to_string()),
             cert: Some(cert.clone()),
             sign_command: None,
+            ..SecureBootOptions::default()
         })
         .unwrap()
         .unwrap();
@@ -438,6 +461,7 @@ mod tests {
             key: Some(key.display().to_string()),
             cert: Some(cert.clone()),
             sign_command: None,
+            ..SecureBootOptions::default()
         })
         .unwrap()
         .unwrap();
@@ -445,6 +469,7 @@ mod tests {
             key: None,
             cert: Some(cert.clone()),
             sign_command: Some(format!("openssl dgst -sha256 -sign {}", key.display())),
+            ..SecureBootOptions::default()
         })
         .unwrap()
         .unwrap();
@@ -465,6 +490,7 @@ mod tests {
                 key: key.map(|k| k.display().to_string()),
                 cert: cert.map(Path::to_path_buf),
                 sign_command: cmd.map(str::to_string),
+                ..SecureBootOptions::default()
             })
         };
         assert!(load(None, None, None).unwrap().is_none());
@@ -492,8 +518,13 @@ mod tests {
             load(Some(&key), Some(&key), None),
             Err(SecureBootError::Cert { .. })
         ));
-        let e = load(None, Some(&cert), Some("echo nonsense")).err().unwrap();
-        assert!(e.to_string().contains("not a signature that verifies"), "{e}");
+        let e = load(None, Some(&cert), Some("echo nonsense"))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("not a signature that verifies"),
+            "{e}"
+        );
         let e = load(None, Some(&cert), Some("exit 3")).err().unwrap();
         assert!(e.to_string().contains("exit status: 3"), "{e}");
         assert!(

@@ -125,11 +125,13 @@ pub fn read(disk: &Path, offset: u64) -> Result<Boot, EspError> {
     for name in &names {
         let file = format!("{}/{name}", boot_entry::ENTRIES_DIR);
         let bytes = cat(&file)?;
-        entries.push(parse_entry(&file, &bytes).map_err(|reason| EspError::Entry {
-            disk: disk.to_path_buf(),
-            entry: file.clone(),
-            reason,
-        })?);
+        entries.push(
+            parse_entry(&file, &bytes).map_err(|reason| EspError::Entry {
+                disk: disk.to_path_buf(),
+                entry: file.clone(),
+                reason,
+            })?,
+        );
     }
     // loader.conf may be absent: systemd-boot then starts the first entry.
     let conf = cat(boot_entry::LOADER_CONF_PATH).unwrap_or_default();
@@ -191,7 +193,11 @@ pub fn choose<'a>(entries: &'a [LoaderEntry], default: Option<&str>) -> Option<&
         .iter()
         .map(|e| {
             let file = e.file.rsplit('/').next().unwrap_or(&e.file);
-            (e, boot_entry::Ranked::parse(file), file.to_ascii_lowercase())
+            (
+                e,
+                boot_entry::Ranked::parse(file),
+                file.to_ascii_lowercase(),
+            )
         })
         .collect();
     ranked.sort_by(|a, b| match (&a.1, &b.1) {
@@ -287,7 +293,10 @@ mod tests {
             "stub",
             &uki::fixture::tiny_pe(),
             &[
-                sec(uki::OSREL, b"PRETTY_NAME=\"edge 1.0\"\nIMAGE_VERSION=\"1.0\"\n"),
+                sec(
+                    uki::OSREL,
+                    b"PRETTY_NAME=\"edge 1.0\"\nIMAGE_VERSION=\"1.0\"\n",
+                ),
                 sec(uki::CMDLINE, b"console=ttyS0 cairn.verity=ab12 quiet"),
                 sec(uki::UNAME, b"6.1.0"),
                 sec(uki::LINUX, kernel),
@@ -341,7 +350,10 @@ mod tests {
         let tried = [entry("cairn-1-a.efi"), entry("cairn-2-b+0-3.efi")];
         assert_eq!(chosen(&tried, glob_default), "cairn-1-a.efi");
         // An exact default boots even an entry out of tries, as systemd-boot does; its id keeps the counter.
-        assert_eq!(chosen(&tried, Some("cairn-2-b+0-3.efi")), "cairn-2-b+0-3.efi");
+        assert_eq!(
+            chosen(&tried, Some("cairn-2-b+0-3.efi")),
+            "cairn-2-b+0-3.efi"
+        );
         assert_eq!(chosen(&updated, Some("nothing-*.efi")), "cairn-2-b+3.efi");
         assert_eq!(chosen(&updated, None), "cairn-2-b+3.efi");
         let mixed = [entry("debian.efi"), entry("cairn-1-a.efi")];
