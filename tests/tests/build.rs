@@ -1404,3 +1404,155 @@ fn quiet_verbose_and_color_shape_what_goes_to_stderr() {
     let never = run(&["--color", "never"], &[]);
     assert!(!never.contains('\u{1b}'), "{never}");
 }
+
+/// The Secure Boot key three ways give one image: a PEM file, the same key in a PKCS#11 token (SoftHSM, through
+/// OpenSSL's pkcs11 engine, as an HSM is used) and a signing command (as a KMS is). A wrong key, a token that
+/// refuses (a wrong PIN) and a half-given option are bad input: exit 2, naming it, nothing written.
+#[test]
+fn a_pkcs11_key_and_a_signing_command_sign_as_the_pem_key_does() {
+    let registry = registry::shared();
+    let layer = cairn_e2e::inspect::bootable_base();
+    let pushed = push_layer(registry, "e2e/signed", "v1", &layer, Compression::Gzip);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let profile = write_profile(
+        w,
+        "signed",
+        &pushed.reference_by_digest,
+        &[],
+        "[image]\nformats = [\"raw\"]\n",
+    );
+    let run = |cmd: &mut std::process::Command| {
+        let o = cmd.output().expect("run");
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let (key, cert, other_key) = (w.join("db.key"), w.join("db.crt"), w.join("other.key"));
+    for (k, c) in [(&key, w.join("db.crt")), (&other_key, w.join("other.crt"))] {
+        run(std::process::Command::new("openssl")
+            .args([
+                "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
+            ])
+            .args(["-subj", "/CN=db", "-keyout"])
+            .arg(k)
+            .arg("-out")
+            .arg(c));
+    }
+    // A SoftHSM token holding the same key.
+    let tokens = w.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("tokens");
+    let conf = w.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
+    )
+    .expect("conf");
+    let conf_s = conf.display().to_string();
+    let pk8 = w.join("db.pk8");
+    run(std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&pk8));
+    run(std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "cairn",
+            "--pin",
+            "1234",
+            "--so-pin",
+            "5678",
+        ]));
+    run(std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--import"])
+        .arg(&pk8)
+        .args([
+            "--token", "cairn", "--label", "db", "--id", "01", "--pin", "1234",
+        ]));
+    let env = [("SOFTHSM2_CONF", conf_s.as_str())];
+    let cache = w.join("cache");
+    let signed = |tag: &str, extra: &[&str]| {
+        let out = w.join(tag);
+        let mut args: Vec<&std::ffi::OsStr> = build_args(&profile, &out, &cache);
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        (run_cairn(args, &env), out)
+    };
+    let key_s = key.display().to_string();
+    let cert_s = cert.display().to_string();
+    let (o, pem) = signed(
+        "pem",
+        &["--secure-boot-key", &key_s, "--secure-boot-cert", &cert_s],
+    );
+    assert_ok(&o, "signed with the PEM key");
+    let (o, hsm) = signed(
+        "pkcs11",
+        &[
+            "--secure-boot-key",
+            "pkcs11:token=cairn;object=db;type=private?pin-value=1234",
+            "--secure-boot-cert",
+            &cert_s,
+        ],
+    );
+    assert_ok(&o, "signed through PKCS#11");
+    let command = format!("openssl dgst -sha256 -sign {key_s}");
+    let (o, cmd) = signed(
+        "command",
+        &[
+            "--secure-boot-sign-command",
+            &command,
+            "--secure-boot-cert",
+            &cert_s,
+        ],
+    );
+    assert_ok(&o, "signed by a command");
+    let raw = |dir: &Path| sha256_hex(&dir.join("signed.raw"));
+    assert_eq!(raw(&pem), raw(&hsm), "PKCS#11 and PEM differ");
+    assert_eq!(raw(&pem), raw(&cmd), "the command and PEM differ");
+
+    let other_s = other_key.display().to_string();
+    for (tag, extra, says) in [
+        (
+            "wrong-key",
+            vec![
+                "--secure-boot-key",
+                other_s.as_str(),
+                "--secure-boot-cert",
+                cert_s.as_str(),
+            ],
+            format!("the key does not match {cert_s}"),
+        ),
+        (
+            "wrong-pin",
+            vec![
+                "--secure-boot-key",
+                "pkcs11:token=cairn;object=db;type=private?pin-value=0000",
+                "--secure-boot-cert",
+                cert_s.as_str(),
+            ],
+            "the signing command `openssl dgst -sha256 -engine pkcs11".to_string(),
+        ),
+        (
+            "no-cert",
+            vec!["--secure-boot-sign-command", command.as_str()],
+            "--secure-boot-cert".to_string(),
+        ),
+    ] {
+        let (o, out) = signed(tag, &extra);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&says), "{tag}: {}", stderr(&o));
+        assert!(
+            !out.join("signed.raw").exists(),
+            "{tag}: an image was written"
+        );
+    }
+}

@@ -4,7 +4,9 @@
 //! - the signed image boots to ready, and the node reports Secure Boot on and the UKI it booted;
 //! - a UKI with one byte changed is refused (by systemd-boot, through the firmware's check);
 //! - an unsigned image, and one signed with another key, are refused by the firmware before anything runs;
-//! - two builds with the same key are the same bytes, and the key is nowhere in the outputs.
+//! - two builds with the same key are the same bytes, and the key is nowhere in the outputs;
+//! - a machine in setup mode enrolls the image's own PK, KEK and db from its ESP (systemd-boot's
+//!   `secure-boot-enroll force`), resets, and then boots the image with Secure Boot on.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -58,6 +60,16 @@ fn der(cert: &Path) -> Vec<u8> {
 
 /// `cairn build` of `profile` into `out`, signed with `key` when given.
 fn build(profile: &Path, out: &Path, cache: &Path, key: Option<(&Path, &Path)>) {
+    build_enrolling(profile, out, cache, key, "manual")
+}
+
+fn build_enrolling(
+    profile: &Path,
+    out: &Path,
+    cache: &Path,
+    key: Option<(&Path, &Path)>,
+    enroll: &str,
+) {
     let mut args = build_args(profile, out, cache);
     if let Some((k, c)) = key {
         args.extend([
@@ -65,6 +77,8 @@ fn build(profile: &Path, out: &Path, cache: &Path, key: Option<(&Path, &Path)>) 
             k.as_os_str(),
             OsStr::new("--secure-boot-cert"),
             c.as_os_str(),
+            OsStr::new("--secure-boot-enroll"),
+            OsStr::new(enroll),
         ]);
     }
     assert_ok(&run_cairn(args, &[]), &format!("build {}", out.display()));
@@ -145,6 +159,15 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
             "EFI/BOOT/BOOTX64.EFI",
             "EFI/systemd/systemd-bootx64.efi",
             "EFI/Linux/cairn-1-a.efi"
+        ])
+    );
+    assert_eq!(sb["enroll"], "manual");
+    assert_eq!(
+        sb["enroll_files"],
+        serde_json::json!([
+            "loader/keys/cairn/PK.auth",
+            "loader/keys/cairn/KEK.auth",
+            "loader/keys/cairn/db.auth"
         ])
     );
     assert!(!report_text.contains("PRIVATE KEY"));
@@ -245,4 +268,46 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
             "{name}: systemd-boot started"
         );
     }
+
+    // A machine in setup mode (no PK: OVMF's empty store) with the `force` image: systemd-boot enrolls the
+    // image's keys from loader/keys/auto and resets; the store kept from that boot then has Secure Boot on.
+    let mut vm = Vm::boot_machine(
+        &w.join("force/secure.raw"),
+        cairn::boot::Machine {
+            secure_boot_vars: Some(PathBuf::from(cairn::boot::OVMF_VARS)),
+            ..cairn::boot::Machine::default()
+        },
+        None,
+    );
+    assert!(
+        vm.wait_exit(Duration::from_secs(240)),
+        "no reset after enrolling: {}",
+        vm.serial()
+    );
+    let enrolled = w.join("enrolled.fd");
+    std::fs::copy(vm.dir().join("vars.fd"), &enrolled).expect("the enrolled store");
+    drop(vm);
+    let printed =
+        String::from_utf8_lossy(&run(Command::new(format!("{TOOLS_VENV}/bin/virt-fw-vars"))
+            .args(["--print", "--input"])
+            .arg(&enrolled)))
+        .into_owned();
+    assert!(
+        printed.contains("cairn test db"),
+        "the store holds no cairn key: {printed}"
+    );
+    let mut vm = Vm::boot_machine(
+        &w.join("force/secure.raw"),
+        cairn::boot::Machine {
+            secure_boot_vars: Some(enrolled),
+            ..cairn::boot::Machine::default()
+        },
+        None,
+    );
+    let (ready, _) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    assert!(ready.contains("\"secure_boot\":true"), "{ready}");
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "the guest did not power down on ACPI"
+    );
 }
