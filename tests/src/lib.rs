@@ -32,6 +32,7 @@ pub mod push;
 pub mod qemu;
 pub mod registry;
 pub mod rocks;
+pub mod secure_boot;
 pub mod snap;
 pub mod token;
 

@@ -1430,17 +1430,8 @@ fn a_pkcs11_key_and_a_signing_command_sign_as_the_pem_key_does() {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    let (key, cert, other_key) = (w.join("db.key"), w.join("db.crt"), w.join("other.key"));
-    for (k, c) in [(&key, w.join("db.crt")), (&other_key, w.join("other.crt"))] {
-        run(std::process::Command::new("openssl")
-            .args([
-                "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
-            ])
-            .args(["-subj", "/CN=db", "-keyout"])
-            .arg(k)
-            .arg("-out")
-            .arg(c));
-    }
+    let (key, cert) = cairn_e2e::secure_boot::key_pair(w, "db");
+    let (other_key, _) = cairn_e2e::secure_boot::key_pair(w, "other");
     // A SoftHSM token holding the same key.
     let tokens = w.join("tokens");
     std::fs::create_dir_all(&tokens).expect("tokens");

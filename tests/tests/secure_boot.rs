@@ -16,6 +16,7 @@ use std::time::Duration;
 use cairn_e2e::cairn::{assert_ok, build_args, run_cairn};
 use cairn_e2e::qemu::Vm;
 use cairn_e2e::rocks::node_base;
+use cairn_e2e::secure_boot::{KeyPair, der, key_pair, sign_args};
 use cairn_e2e::write_profile;
 use sha2::{Digest as _, Sha256};
 
@@ -34,52 +35,16 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     o.stdout
 }
 
-/// An RSA key and its self-signed certificate, PEM.
-fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (key, cert) = (
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.crt")),
-    );
-    run(Command::new("openssl")
-        .args([
-            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
-        ])
-        .args(["-days", "3650", "-subj", &format!("/CN=cairn test {name}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    (key, cert)
-}
-
-fn der(cert: &Path) -> Vec<u8> {
-    run(Command::new("openssl")
-        .args(["x509", "-outform", "der", "-in"])
-        .arg(cert))
-}
-
 /// `cairn build` of `profile` into `out`, signed with `key` when given.
-fn build(profile: &Path, out: &Path, cache: &Path, key: Option<(&Path, &Path)>) {
+fn build(profile: &Path, out: &Path, cache: &Path, key: Option<&KeyPair>) {
     build_enrolling(profile, out, cache, key, "manual")
 }
 
-fn build_enrolling(
-    profile: &Path,
-    out: &Path,
-    cache: &Path,
-    key: Option<(&Path, &Path)>,
-    enroll: &str,
-) {
+fn build_enrolling(profile: &Path, out: &Path, cache: &Path, key: Option<&KeyPair>, enroll: &str) {
     let mut args = build_args(profile, out, cache);
-    if let Some((k, c)) = key {
-        args.extend([
-            OsStr::new("--secure-boot-key"),
-            k.as_os_str(),
-            OsStr::new("--secure-boot-cert"),
-            c.as_os_str(),
-            OsStr::new("--secure-boot-enroll"),
-            OsStr::new(enroll),
-        ]);
+    if let Some(pair) = key {
+        args.extend(sign_args(pair));
+        args.extend([OsStr::new("--secure-boot-enroll"), OsStr::new(enroll)]);
     }
     assert_ok(&run_cairn(args, &[]), &format!("build {}", out.display()));
 }
@@ -115,8 +80,9 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     let pinned = node_base();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let w = work.path();
-    let (key, cert) = key_pair(w, "db");
-    let (other_key, other_cert) = key_pair(w, "other");
+    let db = key_pair(w, "db");
+    let other = key_pair(w, "other");
+    let (key, cert) = (&db.0, &db.1);
     let profile = write_profile(
         w,
         "secure",
@@ -125,15 +91,10 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         "[system]\nkernel-cmdline = [\"console=ttyS0\"]\n[image]\nformats = [\"raw\"]\n",
     );
     let cache = w.join("cache");
-    build(&profile, &w.join("signed"), &cache, Some((&key, &cert)));
-    build(&profile, &w.join("again"), &cache, Some((&key, &cert)));
+    build(&profile, &w.join("signed"), &cache, Some(&db));
+    build(&profile, &w.join("again"), &cache, Some(&db));
     build(&profile, &w.join("unsigned"), &cache, None);
-    build(
-        &profile,
-        &w.join("other"),
-        &cache,
-        Some((&other_key, &other_cert)),
-    );
+    build(&profile, &w.join("other"), &cache, Some(&other));
     let disk = w.join("signed/secure.raw");
 
     // The same profile and key: the same bytes.
@@ -147,7 +108,7 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         std::fs::read_to_string(w.join("signed/secure.manifest.json")).expect("report");
     let report: serde_json::Value = serde_json::from_str(&report_text).expect("json");
     let sb = &report["disk"]["secure_boot"];
-    let cert_der = der(&cert);
+    let cert_der = der(cert);
     assert_eq!(sb["signed"], true);
     assert_eq!(
         sb["certificate_sha256"],
@@ -175,7 +136,7 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     let raw = std::fs::read(&disk).expect("disk");
     let key_der = run(Command::new("openssl")
         .args(["pkey", "-outform", "der", "-in"])
-        .arg(&key));
+        .arg(key));
     let esp = &report["disk"]["partition_table"]["partitions"][0];
     let (esp_off, esp_len) = (
         esp["offset"].as_u64().expect("offset") as usize,

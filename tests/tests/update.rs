@@ -13,6 +13,7 @@ use cairn_e2e::cairn::{agent_bin, assert_ok, build_args, run_agent, run_cairn, s
 use cairn_e2e::fault_proxy::{Fault, FaultProxy};
 use cairn_e2e::inspect::{bootable_base, json, report};
 use cairn_e2e::registry::{self, Registry};
+use cairn_e2e::secure_boot::{KeyPair, der, key_pair, sign_args};
 use cairn_e2e::{Compression, Image, LayerBuilder, push_image, write_profile};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -75,30 +76,6 @@ fn versions(registry: &Registry, prefix: &str) -> Versions {
     versions_signed(registry, prefix, &[None, None])
 }
 
-/// A Secure Boot key and its certificate (PEM files).
-type KeyPair = (PathBuf, PathBuf);
-
-/// An RSA key and its self-signed certificate, made with openssl as a user would.
-fn key_pair(dir: &Path, name: &str) -> KeyPair {
-    let (key, cert) = (
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.crt")),
-    );
-    let o = Command::new("openssl")
-        .args([
-            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-        ])
-        .args(["-subj", &format!("/CN={name}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    (key, cert)
-}
-
 /// v1 and v2 of `edge`, each signed with its key when one is given.
 fn versions_signed(registry: &Registry, prefix: &str, keys: &[Option<&KeyPair>; 2]) -> Versions {
     let image = |l: &LayerBuilder| Image::builder().layer_from(l, Compression::Gzip).build();
@@ -149,13 +126,8 @@ fn versions_signed(registry: &Registry, prefix: &str, keys: &[Option<&KeyPair>; 
 /// `cairn build`, signed with `key` when given.
 fn build_signed(profile: &Path, out: &Path, cache: &Path, key: Option<&KeyPair>) {
     let mut args = build_args(profile, out, cache);
-    if let Some((k, c)) = key {
-        args.extend([
-            OsStr::new("--secure-boot-key"),
-            k.as_os_str(),
-            OsStr::new("--secure-boot-cert"),
-            c.as_os_str(),
-        ]);
+    if let Some(pair) = key {
+        args.extend(sign_args(pair));
     }
     assert_ok(
         &run_cairn(args, &[]),
@@ -766,15 +738,13 @@ fn an_update_must_be_signed_with_the_running_images_key() {
     let n = node(&v, "signed");
     let cert_in_root = n.root.join("usr/lib/cairn/secure-boot/db.der");
     std::fs::create_dir_all(cert_in_root.parent().expect("parent")).expect("dir");
-    let der = Command::new("openssl")
-        .args(["x509", "-outform", "der", "-in"])
-        .arg(&db.1)
-        .output()
-        .expect("openssl")
-        .stdout;
+    let der = der(&db.1);
     std::fs::write(&cert_in_root, &der).expect("cert");
     for (source, why) in [
-        (&by_other, "it is signed by another key (issuer CN=other"),
+        (
+            &by_other,
+            "it is signed by another key (issuer CN=cairn test other",
+        ),
         (&unsigned, "not signed"),
     ] {
         let o = n.update(source);

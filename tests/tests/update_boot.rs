@@ -420,7 +420,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-3-a+3.efi", "cairn-2-b.efi"]
+        ["cairn-2-b.efi", "cairn-3-a+3.efi"]
     );
     for attempt in 1..=3 {
         let mut vm = Vm::boot_with(&disk, None, Some(&media3));
@@ -440,7 +440,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     }
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-3-a+0-3.efi", "cairn-2-b.efi"]
+        ["cairn-2-b.efi", "cairn-3-a+0-3.efi"]
     );
     let mut vm = Vm::boot_with(&disk, None, Some(&media3));
     vm.wait_for("cairn-agent: ready ", bound);
@@ -467,7 +467,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-3-a+0-3.efi", "cairn-2-b.efi"]
+        ["cairn-2-b.efi", "cairn-3-a+0-3.efi"]
     );
 
     // A slot on trial whose root does not verify (a byte of v3's root flipped on the disk, its entry given its
@@ -503,7 +503,7 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     );
     assert_eq!(
         entries(&disk, esp_offset),
-        ["cairn-3-a+2-1.efi", "cairn-2-b.efi"],
+        ["cairn-2-b.efi", "cairn-3-a+2-1.efi"],
         "the failed boot did not spend a try"
     );
 }

@@ -402,19 +402,22 @@ mod tests {
         (key, cert)
     }
 
+    fn pem_signer(key: &Path, cert: &Path) -> Signer {
+        Signer::load(&SecureBootOptions {
+            key: Some(key.display().to_string()),
+            cert: Some(cert.to_path_buf()),
+            ..SecureBootOptions::default()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
     #[test]
     fn a_signed_pe_verifies_with_its_certificate_and_no_other() {
         let dir = tempfile::tempdir().unwrap();
         let (key, cert) = key_and_cert(dir.path(), "db");
         let (_, other) = key_and_cert(dir.path(), "other");
-        let signer = Signer::load(&SecureBootOptions {
-            key: Some(key.display().to_string()),
-            cert: Some(cert.clone()),
-            sign_command: None,
-            ..SecureBootOptions::default()
-        })
-        .unwrap()
-        .unwrap();
+        let signer = pem_signer(&key, &cert);
         let pe = cairn_profile::uki::fixture::tiny_pe();
         let signed = signer.sign_pe("stub", &pe).unwrap();
         ac::verify(&signed, signer.certificate_der()).unwrap();
@@ -455,14 +458,7 @@ mod tests {
     fn a_signing_command_gives_the_same_signature_as_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let (key, cert) = key_and_cert(dir.path(), "db");
-        let by_key = Signer::load(&SecureBootOptions {
-            key: Some(key.display().to_string()),
-            cert: Some(cert.clone()),
-            sign_command: None,
-            ..SecureBootOptions::default()
-        })
-        .unwrap()
-        .unwrap();
+        let by_key = pem_signer(&key, &cert);
         let by_command = Signer::load(&SecureBootOptions {
             key: None,
             cert: Some(cert.clone()),
