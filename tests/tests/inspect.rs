@@ -282,6 +282,7 @@ fn inspect_shows_contents_packages_partitions_and_boot_and_diff_lists_exactly_wh
         "newpkg".into(),
         format!("cmdline:   console=ttyS0 cairn.verity={root_hash}"),
         format!("root hash: {}", &root_hash[..12]),
+        "entry:     EFI/Linux/cairn-1-a.efi, two 1.0.0, ".into(),
         VERSION.into(),
     ] {
         assert!(text.contains(&want), "`{want}` missing from:\n{text}");

@@ -5,6 +5,7 @@
 //! - a UKI with one byte changed is refused (by systemd-boot, through the firmware's check);
 //! - an unsigned image, and one signed with another key, are refused by the firmware before anything runs;
 //! - two builds with the same key are the same bytes, and the key is nowhere in the outputs;
+//! - an update signed with the same key, written by the agent into slot B, boots with Secure Boot on;
 //! - a machine in setup mode enrolls the image's own PK, KEK and db from its ESP (systemd-boot's
 //!   `secure-boot-enroll force`), resets, and then boots the image with Secure Boot on.
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_e2e::cairn::{assert_ok, build_args, run_cairn};
+use cairn_e2e::cairn::{assert_ok, build_args, run_agent, run_cairn};
 use cairn_e2e::qemu::Vm;
 use cairn_e2e::rocks::node_base;
 use cairn_e2e::secure_boot::{KeyPair, der, key_pair, sign_args};
@@ -198,6 +199,86 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         "the guest did not power down on ACPI"
     );
 
+    // An update under Secure Boot: v2, signed with the same key, written into slot B by the agent (on the host, on
+    // a copy of the disk, as update.rs does; the node's root holds the certificate, as the image's does) boots
+    // from its counted entry with Secure Boot on.
+    let v2_profile = w.join("v2.toml");
+    std::fs::write(
+        &v2_profile,
+        std::fs::read_to_string(&profile)
+            .expect("profile")
+            .replace("version = \"1.0.0\"", "version = \"2.0.0\""),
+    )
+    .expect("v2 profile");
+    build(&v2_profile, &w.join("v2"), &cache, Some(&db));
+    let layout = w.join("layout");
+    let pushed = run_cairn(
+        [
+            OsStr::new("--message-format"),
+            OsStr::new("json"),
+            OsStr::new("push"),
+            v2_profile.as_os_str(),
+            OsStr::new(&format!("oci-layout:{}", layout.display())),
+            OsStr::new("--out"),
+            w.join("v2").as_os_str(),
+        ],
+        &[],
+    );
+    assert_ok(&pushed, "push v2");
+    let digest = cairn_e2e::inspect::json(&pushed, "push")["push"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let updated = w.join("updated.raw");
+    std::fs::copy(w.join("again/secure.raw"), &updated).expect("copy");
+    let (esp_dir, node_root) = (w.join("updated-esp"), w.join("updated-root"));
+    std::fs::create_dir_all(&esp_dir).expect("esp");
+    let image = format!("{}@@{esp_off}", updated.display());
+    run(Command::new("mcopy")
+        .args(["-s", "-n", "-i", &image, "::*"])
+        .arg(&esp_dir));
+    let cert_in_root = node_root.join("usr/lib/cairn/secure-boot/db.der");
+    std::fs::create_dir_all(cert_in_root.parent().expect("parent")).expect("dir");
+    std::fs::write(&cert_in_root, &cert_der).expect("cert");
+    let root_hash = report["disk"]["root_hash"].as_str().expect("root hash");
+    let o = run_agent(
+        [
+            "update".to_string(),
+            format!("oci-layout:{}@{digest}", layout.display()),
+            "--disk".into(),
+            updated.display().to_string(),
+            "--esp".into(),
+            esp_dir.display().to_string(),
+            "--cmdline".into(),
+            format!("console=ttyS0 cairn.verity={root_hash}"),
+            "--root".into(),
+            node_root.display().to_string(),
+        ],
+        &[],
+    );
+    assert_ok(&o, "update to v2");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("signed by the running image's key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    run(Command::new("mcopy")
+        .args(["-o", "-i", &image])
+        .arg(esp_dir.join("EFI/Linux/cairn-2-b+3.efi"))
+        .arg("::/EFI/Linux/cairn-2-b+3.efi"));
+    let mut vm = Vm::boot_machine(&updated, machine(), None);
+    let (ready, _) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    let ready: serde_json::Value =
+        serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
+            .unwrap_or_else(|e| panic!("{ready}: {e}"));
+    assert_eq!(ready["image"]["secure_boot"], true, "{ready}");
+    assert_eq!(ready["image"]["version"], "2.0.0", "{ready}");
+    assert_eq!(ready["image"]["boot_entry"], "cairn-2-b+3.efi", "{ready}");
+    assert!(
+        vm.powerdown(Duration::from_secs(180)),
+        "v2 did not power down on ACPI"
+    );
+
     // One byte of the UKI changed (inside its initrd): systemd-boot may not start it.
     let tampered = w.join("tampered.raw");
     std::fs::copy(w.join("again/secure.raw"), &tampered).expect("copy");
@@ -248,15 +329,29 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     let enrolled = w.join("enrolled.fd");
     std::fs::copy(vm.dir().join("vars.fd"), &enrolled).expect("the enrolled store");
     drop(vm);
-    let printed =
-        String::from_utf8_lossy(&run(Command::new(format!("{TOOLS_VENV}/bin/virt-fw-vars"))
-            .args(["--print", "--input"])
-            .arg(&enrolled)))
-        .into_owned();
-    assert!(
-        printed.contains("cairn test db"),
-        "the store holds no cairn key: {printed}"
+    // virt-fw-vars prints the store on stderr.
+    let printed = Command::new(format!("{TOOLS_VENV}/bin/virt-fw-vars"))
+        .args(["--print", "--verbose", "--input"])
+        .arg(&enrolled)
+        .output()
+        .expect("virt-fw-vars");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&printed.stdout),
+        String::from_utf8_lossy(&printed.stderr)
     );
+    for var in ["name=PK ", "name=KEK ", "name=db "] {
+        let at = printed
+            .find(var)
+            .unwrap_or_else(|| panic!("no {var} in the store: {printed}"));
+        assert!(
+            printed[at..]
+                .lines()
+                .take(4)
+                .any(|l| l.contains("subject CN=cairn test db")),
+            "{var} is not the image's certificate: {printed}"
+        );
+    }
     let mut vm = Vm::boot_machine(
         &w.join("force/secure.raw"),
         cairn::boot::Machine {

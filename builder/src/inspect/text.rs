@@ -183,6 +183,16 @@ pub fn inspection(i: &Inspection) -> String {
         table(&mut o, "  ", &rows, &[0, 3, 4]);
         let b = &d.boot;
         let _ = writeln!(o, "\nboot ({})", b.default);
+        for e in &b.entries {
+            let _ = writeln!(
+                o,
+                "  entry:     {}, {}, {}, {}",
+                e.file,
+                e.title,
+                human(e.size),
+                if e.signed { "signed" } else { "unsigned" }
+            );
+        }
         let version = b
             .kernel
             .version
