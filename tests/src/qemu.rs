@@ -86,7 +86,8 @@ impl Vm {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "QEMU exited ({status}) before `{prefix}`; console:\n{}",
+                    "QEMU exited ({status}) before `{prefix}`; its stderr: {}; console:\n{}",
+                    self.stderr(),
                     tail(&serial)
                 );
             }
@@ -144,6 +145,19 @@ impl Vm {
         // Our own child, by its own pid: never a pattern match on process names.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// What QEMU wrote on stderr, once it has exited (empty before).
+    pub fn stderr(&mut self) -> String {
+        use std::io::Read;
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            return String::new();
+        }
+        let mut text = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
     }
 
     pub fn dir(&self) -> PathBuf {

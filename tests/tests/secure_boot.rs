@@ -96,6 +96,7 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     build(&profile, &w.join("again"), &cache, Some(&db));
     build(&profile, &w.join("unsigned"), &cache, None);
     build(&profile, &w.join("other"), &cache, Some(&other));
+    build_enrolling(&profile, &w.join("force"), &cache, Some(&db), "force");
     let disk = w.join("signed/secure.raw");
 
     // The same profile and key: the same bytes.
@@ -328,6 +329,7 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     );
     let enrolled = w.join("enrolled.fd");
     std::fs::copy(vm.dir().join("vars.fd"), &enrolled).expect("the enrolled store");
+    let enrolling = format!("{}\nQEMU's stderr: {}", vm.serial(), vm.stderr());
     drop(vm);
     // virt-fw-vars prints the store on stderr.
     let printed = Command::new(format!("{TOOLS_VENV}/bin/virt-fw-vars"))
@@ -343,7 +345,7 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
     for var in ["name=PK ", "name=KEK ", "name=db "] {
         let at = printed
             .find(var)
-            .unwrap_or_else(|| panic!("no {var} in the store: {printed}"));
+            .unwrap_or_else(|| panic!("no {var} in the store: {printed}\nconsole:\n{enrolling}"));
         assert!(
             printed[at..]
                 .lines()
