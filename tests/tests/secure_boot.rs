@@ -268,7 +268,11 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         .arg(esp_dir.join("EFI/Linux/cairn-2-b+3.efi"))
         .arg("::/EFI/Linux/cairn-2-b+3.efi"));
     let mut vm = Vm::boot_machine(&updated, machine(), None);
-    let (ready, _) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    let (ready, took) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    eprintln!(
+        "v2 from its counted entry, Secure Boot on: `cairn-agent: ready` {:.1} s after QEMU started",
+        took.as_secs_f64()
+    );
     let ready: serde_json::Value =
         serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
             .unwrap_or_else(|e| panic!("{ready}: {e}"));
