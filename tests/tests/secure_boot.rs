@@ -169,11 +169,11 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         .args(["--input", cairn::boot::OVMF_VARS, "--output"])
         .arg(&vars)
         .args(["--secure-boot", "--set-pk", OWNER])
-        .arg(&cert)
+        .arg(cert)
         .args(["--add-kek", OWNER])
-        .arg(&cert)
+        .arg(cert)
         .args(["--add-db", OWNER])
-        .arg(&cert));
+        .arg(cert));
     let machine = || cairn::boot::Machine {
         secure_boot_vars: Some(vars.clone()),
         ..cairn::boot::Machine::default()
