@@ -508,6 +508,9 @@ struct Console {
     offset: u64,
     partial: Vec<u8>,
     lines: Vec<String>,
+    /// A cairn line a kernel message broke, and the console lines after it so far
+    /// ([`contract::rejoin_console_line`]).
+    broken: Vec<String>,
 }
 
 impl Console {
@@ -516,6 +519,7 @@ impl Console {
             path,
             offset: 0,
             partial: Vec::new(),
+            broken: Vec::new(),
             lines: Vec::new(),
         }
     }
@@ -539,12 +543,29 @@ impl Console {
             let raw: Vec<u8> = self.partial.drain(..=end).collect();
             let line = String::from_utf8_lossy(&raw);
             let line = line.trim_end_matches(['\n', '\r']);
-            // The kernel or systemd may share the line's start with escape sequences; cairn's text starts later.
-            if let Some(at) = line
-                .find(contract::CONSOLE_AGENT)
-                .or_else(|| line.find(contract::CONSOLE_INIT))
-            {
-                let line = line[at..].to_string();
+            let line = if self.broken.is_empty() {
+                // The kernel or systemd may share the line's start with escape sequences; cairn's text starts
+                // later.
+                let Some(at) = line
+                    .find(contract::CONSOLE_AGENT)
+                    .or_else(|| line.find(contract::CONSOLE_INIT))
+                else {
+                    continue;
+                };
+                line[at..].to_string()
+            } else {
+                line.to_string()
+            };
+            self.broken.push(line);
+            let whole = contract::rejoin_console_line(
+                &self.broken[0],
+                self.broken[1..].iter().map(String::as_str),
+            )
+            .or_else(|| {
+                (self.broken.len() >= contract::CONSOLE_PIECES).then(|| self.broken[0].clone())
+            });
+            if let Some(line) = whole {
+                self.broken.clear();
                 tracing::info!("console: {}", short(&line));
                 fresh.push(line.clone());
                 self.lines.push(line);

@@ -79,10 +79,26 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             let serial = self.serial();
-            // Complete lines only: the agent's line is some 2 KB, and QEMU may have written half of it.
+            // Complete lines only: the agent's line is some 2 KB, and QEMU may have written half of it; a kernel
+            // message may have broken it in two (`rejoin_console_line`), the rest to come.
             let complete = &serial[..serial.rfind('\n').map_or(0, |i| i + 1)];
-            if let Some(line) = complete.lines().find(|l| matches(l)) {
-                return (line.to_string(), self.started.elapsed());
+            let lines: Vec<&str> = complete.lines().collect();
+            if let Some(i) = lines.iter().position(|l| matches(l)) {
+                let joined = if is_cairn_line(lines[i]) {
+                    cairn_profile::contract::rejoin_console_line(
+                        lines[i],
+                        lines[i + 1..].iter().copied(),
+                    )
+                    .or_else(|| {
+                        (lines.len() - i >= cairn_profile::contract::CONSOLE_PIECES)
+                            .then(|| lines[i].to_string())
+                    })
+                } else {
+                    Some(lines[i].to_string())
+                };
+                if let Some(line) = joined {
+                    return (line, self.started.elapsed());
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
@@ -176,4 +192,11 @@ impl Drop for Vm {
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A line of cairn's own (the agent's or the initrd's), whose JSON may have been broken by a kernel message.
+fn is_cairn_line(line: &str) -> bool {
+    let c = cairn_profile::contract::CONSOLE_AGENT;
+    let i = cairn_profile::contract::CONSOLE_INIT;
+    line.contains(c) || line.contains(i)
 }

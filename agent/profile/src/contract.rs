@@ -152,9 +152,95 @@ pub const CONSOLE_AGENT: &str = "cairn-agent: ";
 pub const CONSOLE_READY: &str = "ready ";
 pub const CONSOLE_FAILED: &str = "failed ";
 
+/// Whether a console line of cairn's is whole: it carries no JSON, or JSON that parses.
+pub fn console_line_is_whole(line: &str) -> bool {
+    match line.find('{') {
+        None => true,
+        Some(at) => serde_json::from_str::<serde::de::IgnoredAny>(line[at..].trim_end()).is_ok(),
+    }
+}
+
+/// How many console lines a cairn line may be broken into before it is taken as it is.
+pub const CONSOLE_PIECES: usize = 8;
+
+/// A cairn console line (`cairn-agent: ready {json}`) made whole from the serial console's lines. The kernel writes
+/// a tty in chunks of at most 2048 bytes, and its own messages (`[   11.510090] random: crng init done`) can land
+/// between two chunks of a long line, ending it early: the line's text goes on at the start of a later line. While
+/// the JSON does not parse, a kernel message at the end is cut off and the next line appended, at most
+/// [`CONSOLE_PIECES`] lines in all. `None` when the lines given do not make it whole yet (more may come).
+pub fn rejoin_console_line<'a>(
+    first: &str,
+    mut next: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    let mut line = first.trim_end_matches(['\r', '\n']).to_string();
+    for _ in 1..CONSOLE_PIECES {
+        if console_line_is_whole(&line) {
+            return Some(line);
+        }
+        if let Some(at) = kernel_message_start(&line) {
+            line.truncate(at);
+        }
+        line.push_str(next.next()?.trim_end_matches(['\r', '\n']));
+    }
+    console_line_is_whole(&line).then_some(line)
+}
+
+/// Where a kernel message (`[ SECONDS.MICROS] ...`, printk's timestamp) starts in `line`, the last one.
+fn kernel_message_start(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    (0..b.len()).rev().find(|&i| {
+        if b[i] != b'[' {
+            return false;
+        }
+        let rest = &line[i + 1..];
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        let stamp = rest[..end].trim_start();
+        let (secs, micros) = stamp.split_once('.').unwrap_or(("", ""));
+        !secs.is_empty()
+            && !micros.is_empty()
+            && secs.bytes().all(|c| c.is_ascii_digit())
+            && micros.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_line_broken_by_the_kernel_is_made_whole() {
+        let whole = r#"cairn-agent: ready {"phase":"system","steps":[{"name":"a"}],"ready":true}"#;
+        assert_eq!(
+            rejoin_console_line(whole, std::iter::empty()).as_deref(),
+            Some(whole)
+        );
+        // Broken mid-JSON by a kernel message, the rest on the next line.
+        let (a, b) = whole.split_at(40);
+        let first = format!("{a}[   11.510090] random: crng init done");
+        assert_eq!(
+            rejoin_console_line(&first, [b].into_iter()).as_deref(),
+            Some(whole)
+        );
+        // Twice, with a line of the kernel's own between.
+        let (a, rest) = whole.split_at(25);
+        let (b, c) = rest.split_at(20);
+        let first = format!("{a}[    9.1] x");
+        let second = format!("{b}[   10.25] y: [z]");
+        assert_eq!(
+            rejoin_console_line(&first, [second.as_str(), c].into_iter()).as_deref(),
+            Some(whole)
+        );
+        // Not yet whole: more lines may come.
+        assert_eq!(rejoin_console_line(a, std::iter::empty()), None);
+        // No JSON: as it is.
+        assert_eq!(
+            rejoin_console_line("cairn-init: rebooting", std::iter::empty()).as_deref(),
+            Some("cairn-init: rebooting")
+        );
+        assert!(!console_line_is_whole("cairn-agent: ready {\"a\":"));
+    }
 
     #[test]
     fn root_uuids_split_the_root_hash() {
