@@ -64,6 +64,19 @@ impl Vm {
         self.wait_for_line(prefix, timeout, |l| l.starts_with(prefix))
     }
 
+    /// [`Vm::wait_for`] for one of cairn's JSON lines (`cairn-agent: ready {...}`): its JSON, and the time since
+    /// QEMU started. Panics with the line when it is not JSON.
+    pub fn wait_for_json(
+        &mut self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> (serde_json::Value, Duration) {
+        let (line, took) = self.wait_for(prefix, timeout);
+        let json = serde_json::from_str(line.trim_start_matches(prefix).trim())
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        (json, took)
+    }
+
     /// Like [`Vm::wait_for`], for a line that holds `text` anywhere (a unit's output through the journal comes
     /// after the kernel's timestamp and the process name).
     pub fn wait_for_text(&mut self, text: &str, timeout: Duration) -> (String, Duration) {

@@ -115,12 +115,13 @@ pub fn build_profile(profile: &Path, out: &Path, cache: &Path) {
     );
 }
 
-/// Runs a command that must succeed.
-pub fn run(cmd: &mut Command) {
+/// Runs a command that must succeed; returns its stdout.
+pub fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }

@@ -4,6 +4,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::rocks::run;
+
 /// A key and its certificate, PEM files.
 pub type KeyPair = (PathBuf, PathBuf);
 
@@ -13,7 +15,7 @@ pub fn key_pair(dir: &Path, name: &str) -> KeyPair {
         dir.join(format!("{name}.key")),
         dir.join(format!("{name}.crt")),
     );
-    let o = Command::new("openssl")
+    run(Command::new("openssl")
         .args([
             "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
         ])
@@ -21,26 +23,15 @@ pub fn key_pair(dir: &Path, name: &str) -> KeyPair {
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        o.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+        .arg(&cert));
     (key, cert)
 }
 
 /// The certificate as DER.
 pub fn der(cert: &Path) -> Vec<u8> {
-    let o = Command::new("openssl")
+    run(Command::new("openssl")
         .args(["x509", "-outform", "der", "-in"])
-        .arg(cert)
-        .output()
-        .expect("openssl");
-    assert!(o.status.success(), "openssl x509");
-    o.stdout
+        .arg(cert))
 }
 
 /// `--secure-boot-key KEY --secure-boot-cert CERT`, for `cairn build`'s arguments.

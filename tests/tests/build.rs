@@ -1422,14 +1422,7 @@ fn a_pkcs11_key_and_a_signing_command_sign_as_the_pem_key_does() {
         &[],
         "[image]\nformats = [\"raw\"]\n",
     );
-    let run = |cmd: &mut std::process::Command| {
-        let o = cmd.output().expect("run");
-        assert!(
-            o.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let run = cairn_e2e::rocks::run;
     let (key, cert) = cairn_e2e::secure_boot::key_pair(w, "db");
     let (other_key, _) = cairn_e2e::secure_boot::key_pair(w, "other");
     // A SoftHSM token holding the same key.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cairn_e2e::cairn::{assert_ok, build_args, run_agent, run_cairn};
 use cairn_e2e::qemu::Vm;
-use cairn_e2e::rocks::node_base;
+use cairn_e2e::rocks::{node_base, run};
 use cairn_e2e::secure_boot::{KeyPair, der, key_pair, sign_args};
 use cairn_e2e::write_profile;
 use sha2::{Digest as _, Sha256};
@@ -25,16 +25,6 @@ use sha2::{Digest as _, Sha256};
 const TOOLS_VENV: &str = "/opt/cairn-tools";
 /// The owner GUID the variable store's entries carry.
 const OWNER: &str = "a0b5f1a2-6f39-4c5f-9d1b-3c7e2d4a5b60";
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
-}
 
 /// `cairn build` of `profile` into `out`, signed with `key` when given.
 fn build(profile: &Path, out: &Path, cache: &Path, key: Option<&KeyPair>) {
@@ -181,14 +171,11 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
 
     // The signed image boots, and says so.
     let mut vm = Vm::boot_machine(&disk, machine(), None);
-    let (ready, took) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    let (ready, took) = vm.wait_for_json("cairn-agent: ready ", Duration::from_secs(420));
     eprintln!(
         "signed, Secure Boot on: QEMU start to `cairn-agent: ready` in {:.1} s",
         took.as_secs_f64()
     );
-    let ready: serde_json::Value =
-        serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
-            .unwrap_or_else(|e| panic!("{ready}: {e}"));
     assert_eq!(ready["image"]["secure_boot"], true, "{ready}");
     assert_eq!(ready["image"]["boot_entry"], "cairn-1-a.efi", "{ready}");
     assert!(
@@ -268,14 +255,11 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         .arg(esp_dir.join("EFI/Linux/cairn-2-b+3.efi"))
         .arg("::/EFI/Linux/cairn-2-b+3.efi"));
     let mut vm = Vm::boot_machine(&updated, machine(), None);
-    let (ready, took) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
+    let (ready, took) = vm.wait_for_json("cairn-agent: ready ", Duration::from_secs(420));
     eprintln!(
         "v2 from its counted entry, Secure Boot on: `cairn-agent: ready` {:.1} s after QEMU started",
         took.as_secs_f64()
     );
-    let ready: serde_json::Value =
-        serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
-            .unwrap_or_else(|e| panic!("{ready}: {e}"));
     assert_eq!(ready["image"]["secure_boot"], true, "{ready}");
     assert_eq!(ready["image"]["version"], "2.0.0", "{ready}");
     assert_eq!(ready["image"]["boot_entry"], "cairn-2-b+3.efi", "{ready}");
@@ -366,8 +350,8 @@ fn the_signed_chain_boots_and_every_break_in_it_is_refused() {
         },
         None,
     );
-    let (ready, _) = vm.wait_for("cairn-agent: ready ", Duration::from_secs(420));
-    assert!(ready.contains("\"secure_boot\":true"), "{ready}");
+    let (ready, _) = vm.wait_for_json("cairn-agent: ready ", Duration::from_secs(420));
+    assert_eq!(ready["image"]["secure_boot"], true, "{ready}");
     assert!(
         vm.powerdown(Duration::from_secs(180)),
         "the guest did not power down on ACPI"

@@ -338,13 +338,11 @@ fn a_node_updates_from_a_tls_registry_keeps_a_good_version_and_falls_back_from_a
     let mut vm = Vm::boot_machine(&disk, machine(), Some(&media2));
     let (init, _) = vm.wait_for("cairn-init: ready ", bound);
     assert!(!init.contains("failed"), "{init}");
-    let (ready, took) = vm.wait_for("cairn-agent: ready ", bound);
+    let (ready, took) = vm.wait_for_json("cairn-agent: ready ", bound);
     eprintln!(
         "v2: QEMU start to `cairn-agent: ready` in {:.1} s",
         took.as_secs_f64()
     );
-    let ready: Value = serde_json::from_str(ready.trim_start_matches("cairn-agent: ready ").trim())
-        .unwrap_or_else(|e| panic!("{ready}: {e}"));
     for s in ready["steps"]
         .as_array()
         .expect("steps")

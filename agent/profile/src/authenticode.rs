@@ -50,9 +50,16 @@ pub enum SignatureError {
 /// The Authenticode SHA-256 digest of a PE image: every byte but its checksum, its certificate table entry and
 /// the certificate table, in the order the specification gives.
 pub fn digest(pe: &[u8]) -> Result<[u8; 32], SignatureError> {
-    let file = PeFile64::parse(pe).map_err(|e| SignatureError::NotPe(e.to_string()))?;
+    digest_of(&parse(pe)?)
+}
+
+fn parse(pe: &[u8]) -> Result<PeFile64<'_>, SignatureError> {
+    PeFile64::parse(pe).map_err(|e| SignatureError::NotPe(e.to_string()))
+}
+
+fn digest_of(file: &PeFile64<'_>) -> Result<[u8; 32], SignatureError> {
     let mut h = Hasher(Sha256::new());
-    authenticode::authenticode_digest(&file, &mut h)
+    authenticode::authenticode_digest(file, &mut h)
         .map_err(|e| SignatureError::NotPe(e.to_string()))?;
     Ok(h.0.finalize().into())
 }
@@ -68,10 +75,13 @@ impl digest010::Update for Hasher {
 
 /// Whether `pe` has a certificate table (signed by someone; [`verify`] says by whom).
 pub fn is_signed(pe: &[u8]) -> bool {
-    PeFile64::parse(pe).is_ok_and(|f| {
-        f.data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY)
-            .is_some_and(|d| d.size.get(object::LittleEndian) != 0)
-    })
+    PeFile64::parse(pe).is_ok_and(|f| has_certificate_table(&f))
+}
+
+/// Whether a parsed PE's security directory names a certificate table.
+pub fn has_certificate_table(file: &PeFile64<'_>) -> bool {
+    file.data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY)
+        .is_some_and(|d| d.size.get(object::LittleEndian) != 0)
 }
 
 /// A certificate's fingerprint: sha256 of its DER, lower-case hex.
@@ -120,11 +130,11 @@ pub fn verify(pe: &[u8], cert_der: &[u8]) -> Result<(), SignatureError> {
     let cert =
         Certificate::from_der(cert_der).map_err(|e| SignatureError::Certificate(e.to_string()))?;
     let key = rsa::pkcs1v15::VerifyingKey::<Sha256>::new(public_key(&cert)?);
-    let file = PeFile64::parse(pe).map_err(|e| SignatureError::NotPe(e.to_string()))?;
+    let file = parse(pe)?;
     let certs = AttributeCertificateIterator::new(&file)
         .map_err(|e| SignatureError::Malformed(e.to_string()))?
         .ok_or(SignatureError::Unsigned)?;
-    let computed = digest(pe)?;
+    let computed = digest_of(&file)?;
     let mut last = SignatureError::Unsigned;
     for c in certs {
         let c = c.map_err(|e| SignatureError::Malformed(e.to_string()))?;

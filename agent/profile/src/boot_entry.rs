@@ -49,6 +49,11 @@ impl Slot {
         }
     }
 
+    /// The entry's path on the ESP: `EFI/Linux/` and [`Slot::entry_file`].
+    pub fn entry_path(self, generation: u64, tries: Option<u32>) -> String {
+        format!("{ENTRIES_DIR}/{}", self.entry_file(generation, tries))
+    }
+
     /// The entry's file name: `cairn-1-a.efi`, or with tries left `cairn-2-b+3.efi`.
     pub fn entry_file(self, generation: u64, tries: Option<u32>) -> String {
         match tries {
@@ -180,6 +185,7 @@ mod tests {
     fn names() {
         assert_eq!(Slot::A.entry_file(1, None), "cairn-1-a.efi");
         assert_eq!(Slot::B.entry_file(2, Some(3)), "cairn-2-b+3.efi");
+        assert_eq!(Slot::A.entry_path(1, None), "EFI/Linux/cairn-1-a.efi");
         assert_eq!(
             EntryName::parse("cairn-12-b+2-1.efi"),
             Some(EntryName {

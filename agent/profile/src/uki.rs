@@ -17,8 +17,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 use object::LittleEndian as LE;
 use object::pe::{
-    IMAGE_DIRECTORY_ENTRY_SECURITY, IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA,
-    IMAGE_SCN_MEM_READ, ImageDosHeader, ImageNtHeaders64,
+    IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ, ImageDosHeader,
+    ImageNtHeaders64,
 };
 use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile64};
 
@@ -133,8 +133,13 @@ pub struct About {
 impl About {
     pub fn read<R: Read + Seek>(r: &mut R) -> Result<About, UkiError> {
         let table = sections(r)?;
+        About::read_in(r, &table)
+    }
+
+    /// [`About::read`] with the section table already read.
+    pub fn read_in<R: Read + Seek>(r: &mut R, table: &[Section]) -> Result<About, UkiError> {
         let text = |r: &mut R, name: &'static str| -> Result<String, UkiError> {
-            let bytes = read_section(r, &table, name, SMALL_SECTION_LIMIT)?;
+            let bytes = read_section(r, table, name, SMALL_SECTION_LIMIT)?;
             let s = String::from_utf8(bytes).map_err(|_| UkiError::NotText(name))?;
             Ok(s.trim_end_matches(['\0', '\n', ' ']).to_string())
         };
@@ -228,10 +233,7 @@ pub fn assemble(
     let file = PeFile64::parse(stub).map_err(|e| not_pe(e.to_string()))?;
     let nt = file.nt_headers();
     let opt = nt.optional_header();
-    if file
-        .data_directory(IMAGE_DIRECTORY_ENTRY_SECURITY)
-        .is_some_and(|d| d.size.get(LE) != 0)
-    {
+    if crate::authenticode::has_certificate_table(&file) {
         return Err(AssembleError::SignedStub(stub_path.into()));
     }
     let file_align = u64::from(opt.file_alignment());

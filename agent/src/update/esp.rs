@@ -68,15 +68,6 @@ impl Esp {
         self.entries_dir().join(file)
     }
 
-    /// The path, relative to the ESP, of `slot`'s entry of `generation` with `tries` left.
-    pub fn entry_rel(slot: Slot, generation: u64, tries: Option<u32>) -> String {
-        format!(
-            "{}/{}",
-            boot_entry::ENTRIES_DIR,
-            slot.entry_file(generation, tries)
-        )
-    }
-
     /// cairn's entries, in systemd-boot's order (the first boots). Only each UKI's headers and small sections
     /// are read.
     pub fn entries(&self) -> Result<Vec<Found>, EspError> {

@@ -445,11 +445,7 @@ pub fn update(opts: &Options) -> Result<Outcome, UpdateError> {
         .max()
         .unwrap_or(0)
         + 1;
-    let mut staged = esp.file(&Esp::entry_rel(
-        inactive,
-        generation,
-        Some(boot_entry::TRIES),
-    ))?;
+    let mut staged = esp.file(&inactive.entry_path(generation, Some(boot_entry::TRIES)))?;
     staged.write(&uki).map_err(|source| EspError {
         path: staged.staged().to_path_buf(),
         source,

@@ -170,11 +170,7 @@ impl Boot {
                 .next()
                 .unwrap_or(self.loader_path)
         );
-        let uki_path = format!(
-            "{}/{}",
-            boot_entry::ENTRIES_DIR,
-            Slot::A.entry_file(boot_entry::FIRST_GENERATION, None)
-        );
+        let uki_path = Slot::A.entry_path(boot_entry::FIRST_GENERATION, None);
         let mut loader = self.loader;
         let mut signed = Vec::new();
         let mut keys = Vec::new();

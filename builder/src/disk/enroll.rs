@@ -8,18 +8,11 @@
 //! decides what the machine boots, and the firmware stops trusting anything else (option ROMs signed by
 //! Microsoft's keys among them, which some graphics and storage cards need to start).
 
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
-use cms::content_info::CmsVersion;
-use cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
-};
-use der::asn1::{Any, ObjectIdentifier, OctetString, SetOfVec};
-use der::{Decode, Encode};
+use cms::signed_data::EncapsulatedContentInfo;
+use der::Encode;
+use der::asn1::ObjectIdentifier;
 use sha2::{Digest, Sha256};
-use x509_cert::Certificate;
-use x509_cert::spki::AlgorithmIdentifierOwned;
 
-use cairn_profile::authenticode::{RSA_OID, SHA256_OID};
 use cairn_profile::gpt::guid_bytes;
 
 use super::esp::EspFile;
@@ -139,8 +132,19 @@ fn authenticated(
         what: format!("{name}.auth"),
         reason,
     };
-    let signature = signer.raw_sign(&signed)?;
-    let p7 = detached_signed_data(signer.certificate_der(), signature).map_err(fail)?;
+    // No ContentInfo around the SignedData, as the UEFI specification asks; the data is detached and the
+    // signature over it directly (no signed attributes).
+    let p7 = signer
+        .signed_data(
+            EncapsulatedContentInfo {
+                econtent_type: ID_DATA,
+                econtent: None,
+            },
+            None,
+            &signed,
+        )
+        .and_then(|d| d.to_der().map_err(|e| e.to_string()))
+        .map_err(fail)?;
     let mut out = Vec::with_capacity(16 + 24 + p7.len() + data.len());
     out.extend_from_slice(&time);
     out.extend_from_slice(&((24 + p7.len()) as u32).to_le_bytes());
@@ -150,47 +154,6 @@ fn authenticated(
     out.extend_from_slice(&p7);
     out.extend_from_slice(data);
     Ok(out)
-}
-
-/// A PKCS#7 SignedData (no ContentInfo around it, as the UEFI specification asks) over detached data, with no
-/// signed attributes: `signature` is over the data itself.
-fn detached_signed_data(cert_der: &[u8], signature: Vec<u8>) -> Result<Vec<u8>, String> {
-    let e = |e: der::Error| e.to_string();
-    let cert = Certificate::from_der(cert_der).map_err(e)?;
-    let sha256 = AlgorithmIdentifierOwned {
-        oid: SHA256_OID,
-        parameters: Some(Any::null()),
-    };
-    let signer = SignerInfo {
-        version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-            issuer: cert.tbs_certificate.issuer.clone(),
-            serial_number: cert.tbs_certificate.serial_number.clone(),
-        }),
-        digest_alg: sha256.clone(),
-        signed_attrs: None,
-        signature_algorithm: AlgorithmIdentifierOwned {
-            oid: RSA_OID,
-            parameters: Some(Any::null()),
-        },
-        signature: OctetString::new(signature).map_err(e)?,
-        unsigned_attrs: None,
-    };
-    SignedData {
-        version: CmsVersion::V1,
-        digest_algorithms: SetOfVec::try_from(vec![sha256]).map_err(e)?,
-        encap_content_info: EncapsulatedContentInfo {
-            econtent_type: ID_DATA,
-            econtent: None,
-        },
-        certificates: Some(CertificateSet(
-            SetOfVec::try_from(vec![CertificateChoices::Certificate(cert)]).map_err(e)?,
-        )),
-        crls: None,
-        signer_infos: SignerInfos(SetOfVec::try_from(vec![signer]).map_err(e)?),
-    }
-    .to_der()
-    .map_err(e)
 }
 
 /// The ESP's key files for `enroll` (none when off).

@@ -46,8 +46,6 @@ const SIGNED_DATA_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.
 /// `WIN_CERTIFICATE`: revision 2.0, PKCS#7 SignedData.
 const WIN_CERT_REVISION: u16 = 0x0200;
 const WIN_CERT_TYPE_PKCS_SIGNED_DATA: u16 = 0x0002;
-/// The security directory's place in a PE32+ optional header (data directory 4).
-const SECURITY_DIR_IN_OPTIONAL_HEADER: usize = 112 + 4 * 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecureBootError {
@@ -208,17 +206,20 @@ impl Signer {
         let mut out = pe.to_vec();
         // The certificate table starts 8-aligned; the padding is hashed as the data after the last section.
         out.resize(out.len().div_ceil(8) * 8, 0);
-        let lfanew = u32::from_le_bytes(
-            out.get(0x3c..0x40)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| fail("no DOS header".into()))?,
-        ) as usize;
-        let dir = lfanew + 4 + 20 + SECURITY_DIR_IN_OPTIONAL_HEADER;
+        // Where the security directory entry is, as the Authenticode digest skips it.
+        let dir = object::read::pe::PeFile64::parse(&*out)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                authenticode::PeTrait::offsets(&f)
+                    .map(|o| o.security_data_dir)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(&fail)?;
         if out.get(dir..dir + 8) != Some(&[0u8; 8][..]) {
             return Err(fail("it is already signed".into()));
         }
         let digest = ac::digest(&out).map_err(|e| fail(e.to_string()))?;
-        let der = self.signed_data(&digest).map_err(fail)?;
+        let der = self.authenticode(&digest).map_err(fail)?;
         let at = out.len();
         let len = 8 + der.len();
         out.extend_from_slice(&(len as u32).to_le_bytes());
@@ -234,12 +235,9 @@ impl Signer {
     }
 
     /// The PKCS#7 ContentInfo of an Authenticode signature of `digest`.
-    fn signed_data(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+    fn authenticode(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
         let e = |e: der::Error| e.to_string();
-        let sha256 = AlgorithmIdentifierOwned {
-            oid: SHA256_OID,
-            parameters: Some(Any::null()),
-        };
+        let sha256 = sha256_algorithm();
         let indirect = authenticode::SpcIndirectDataContent {
             data: authenticode::SpcAttributeTypeAndOptionalValue {
                 value_type: SPC_PE_IMAGE_DATA_OBJID,
@@ -271,9 +269,36 @@ impl Signer {
             },
         ])
         .map_err(e)?;
-        let signature = self
-            .raw_sign(&attrs.to_der().map_err(e)?)
-            .map_err(|err| err.to_string())?;
+        let to_sign = attrs.to_der().map_err(e)?;
+        let signed = self.signed_data(
+            EncapsulatedContentInfo {
+                econtent_type: SPC_INDIRECT_DATA_OBJID,
+                econtent: Some(content),
+            },
+            Some(attrs),
+            &to_sign,
+        )?;
+        ContentInfo {
+            content_type: SIGNED_DATA_OID,
+            content: Any::encode_from(&signed).map_err(e)?,
+        }
+        .to_der()
+        .map_err(e)
+    }
+}
+
+impl Signer {
+    /// A PKCS#7 SignedData by this signer's certificate (its only signer, SHA-256 and RSA), of `encap` with
+    /// `signed_attrs`, the signature over `to_sign` (the attributes' DER, or without attributes the data itself).
+    pub(super) fn signed_data(
+        &self,
+        encap: EncapsulatedContentInfo,
+        signed_attrs: Option<SetOfVec<Attribute>>,
+        to_sign: &[u8],
+    ) -> Result<SignedData, String> {
+        let e = |e: der::Error| e.to_string();
+        let sha256 = sha256_algorithm();
+        let signature = self.raw_sign(to_sign).map_err(|err| err.to_string())?;
         let signer = SignerInfo {
             version: CmsVersion::V1,
             sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
@@ -281,7 +306,7 @@ impl Signer {
                 serial_number: self.cert.tbs_certificate.serial_number.clone(),
             }),
             digest_alg: sha256.clone(),
-            signed_attrs: Some(attrs),
+            signed_attrs,
             signature_algorithm: AlgorithmIdentifierOwned {
                 oid: RSA_OID,
                 parameters: Some(Any::null()),
@@ -289,26 +314,25 @@ impl Signer {
             signature: OctetString::new(signature).map_err(e)?,
             unsigned_attrs: None,
         };
-        let signed = SignedData {
+        Ok(SignedData {
             version: CmsVersion::V1,
             digest_algorithms: SetOfVec::try_from(vec![sha256]).map_err(e)?,
-            encap_content_info: EncapsulatedContentInfo {
-                econtent_type: SPC_INDIRECT_DATA_OBJID,
-                econtent: Some(content),
-            },
+            encap_content_info: encap,
             certificates: Some(CertificateSet(
                 SetOfVec::try_from(vec![CertificateChoices::Certificate(self.cert.clone())])
                     .map_err(e)?,
             )),
             crls: None,
             signer_infos: SignerInfos(SetOfVec::try_from(vec![signer]).map_err(e)?),
-        };
-        ContentInfo {
-            content_type: SIGNED_DATA_OID,
-            content: Any::encode_from(&signed).map_err(e)?,
-        }
-        .to_der()
-        .map_err(e)
+        })
+    }
+}
+
+/// SHA-256 as an algorithm identifier, with the NULL parameters signers write.
+fn sha256_algorithm() -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid: SHA256_OID,
+        parameters: Some(Any::null()),
     }
 }
 

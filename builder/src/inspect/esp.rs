@@ -158,7 +158,7 @@ pub fn read(disk: &Path, offset: u64) -> Result<Boot, EspError> {
 pub fn parse_entry(file: &str, bytes: &[u8]) -> Result<LoaderEntry, String> {
     let mut r = Cursor::new(bytes);
     let table = uki::sections(&mut r).map_err(|e| e.to_string())?;
-    let about = uki::About::read(&mut r).map_err(|e| e.to_string())?;
+    let about = uki::About::read_in(&mut r, &table).map_err(|e| e.to_string())?;
     let uname = uki::read_section(&mut r, &table, uki::UNAME, uki::SMALL_SECTION_LIMIT)
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
